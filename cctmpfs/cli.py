@@ -1,0 +1,162 @@
+"""Command line: `cctmpfs SOURCE MOUNTPOINT [-o OPTIONS] [-f]` and `cctmpfs stats`.
+
+The mount form is the argv mount(8)'s FUSE helper uses for an fstab line of
+type fuse.cctmpfs. Stats are read through a read-only xattr on the mount's
+root (trusted.cctmpfs.stats), so they need root, as the kernel allows
+trusted.* to CAP_SYS_ADMIN only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+from typing import Any, Optional
+
+from . import __version__
+from .errors import OptionError
+from .options import parse_options
+
+FSTYPE = "fuse.cctmpfs"
+XATTR_STATS = "trusted.cctmpfs.stats"
+XATTR_STATS_SETTLED = "trusted.cctmpfs.stats-settled"
+
+
+def mounted_cctmpfs() -> list[str]:
+    """Mount points of every cctmpfs mount, in mount order."""
+    out = []
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2] == FSTYPE:
+                    out.append(fields[1].encode().decode("unicode_escape"))
+    except OSError:
+        pass
+    return out
+
+
+class StatsError(Exception):
+    pass
+
+
+def read_stats(mountpoint: str, settle: bool = False) -> dict[str, Any]:
+    name = XATTR_STATS_SETTLED if settle else XATTR_STATS
+    try:
+        raw = os.getxattr(mountpoint, name)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise StatsError(f"{mountpoint}: daemon is gone (ENOTCONN); remount it") from None
+        if e.errno in (errno.ENODATA, errno.EOPNOTSUPP, errno.EPERM):
+            if mountpoint not in mounted_cctmpfs():
+                raise StatsError(f"{mountpoint}: not a cctmpfs mount point") from None
+            raise StatsError(f"{mountpoint}: reading stats needs root") from None
+        raise StatsError(f"{mountpoint}: {e.strerror}") from None
+    return json.loads(raw)
+
+
+def human(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(value) < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(n)
+
+
+COLUMNS = [
+    # (header, function of the stats dict)
+    ("MOUNTPOINT", lambda m, s: m),
+    ("CODEC", lambda m, s: s["codec"]),
+    ("BLOCK", lambda m, s: human(s["block_size"])),
+    ("FILES", lambda m, s: human(s["files_bytes"])),
+    ("LOGICAL", lambda m, s: human(s["logical_bytes"])),
+    ("STORED", lambda m, s: human(s["stored_bytes"])),
+    ("COMPR", lambda m, s: f"{s['compression_ratio']:.2f}" if s["compression_ratio"] else "-"),
+    ("BUFFER", lambda m, s: human(s["buffer_bytes"])),
+    ("RAM", lambda m, s: human(s["ram_used_bytes"])),
+    ("RATIO", lambda m, s: f"{s['ratio']:.2f}" if s["ratio"] else "-"),
+    ("DIRTY", lambda m, s: str(s["blocks"]["dirty"] + s["blocks"]["sealing"])),
+    ("CACHED", lambda m, s: str(s["blocks"]["cached"])),
+    ("STORED#", lambda m, s: str(s["blocks"]["stored"])),
+    ("ZERO", lambda m, s: str(s["counters"]["zero_blocks"])),
+    ("INCOMP", lambda m, s: str(s["incompressible_blocks"])),
+    ("INODES", lambda m, s: str(s["inodes"])),
+    ("ERRORS", lambda m, s: str(s["internal_errors"])),
+]
+
+
+def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    table = [[h for h, _ in COLUMNS]]
+    for mp, s in rows:
+        table.append([fn(mp, s) for _, fn in COLUMNS])
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+    lines = []
+    for r in table:
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def stats_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="cctmpfs stats",
+                                 description="Show the statistics of cctmpfs mounts (root only).")
+    ap.add_argument("mountpoints", nargs="*", help="default: every cctmpfs mount")
+    ap.add_argument("--json", action="store_true", help="named fields with a format version")
+    ap.add_argument("--settle", action="store_true",
+                    help="compress all pending blocks first, for settled ratios")
+    args = ap.parse_args(argv)
+    mps = args.mountpoints or mounted_cctmpfs()
+    rows = []
+    status = 0
+    for mp in mps:
+        try:
+            rows.append((mp, read_stats(mp, settle=args.settle)))
+        except StatsError as e:
+            print(f"cctmpfs stats: {e}", file=sys.stderr)
+            status = 1
+    if args.json:
+        if args.mountpoints and len(args.mountpoints) == 1:
+            print(json.dumps(rows[0][1] if rows else {}, indent=1))
+        else:
+            print(json.dumps({mp: s for mp, s in rows}, indent=1))
+    elif rows:
+        print(format_table(rows))
+    return status
+
+
+def mount_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="cctmpfs", usage="cctmpfs SOURCE MOUNTPOINT [-o OPTIONS] [-f]\n       cctmpfs stats [MOUNTPOINT ...] [--json]",
+        description="Mount a compressed tmpfs-compatible filesystem.")
+    ap.add_argument("source", help="any name; shown as the filesystem name (as tmpfs's)")
+    ap.add_argument("mountpoint")
+    ap.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                    help="comma-separated mount options (see README)")
+    ap.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
+    ap.add_argument("-d", dest="debug", action="store_true", help="debug logging (implies -f)")
+    ap.add_argument("--version", action="version", version=f"cctmpfs {__version__}")
+    args = ap.parse_args(argv)
+    try:
+        opts = parse_options(args.options, source=args.source)
+    except OptionError as e:
+        print(f"cctmpfs: bad mount option {e}", file=sys.stderr)
+        return 1
+    from .daemon import run  # llfuse is imported only when mounting
+    return run(args.source, args.mountpoint, opts, foreground=args.foreground or args.debug,
+               debug=args.debug)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "stats":
+        return stats_main(argv[1:])
+    return mount_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Block codecs: zstd, lz4 or raw, each identified by a one-byte ID.
+
+Every stored block records the ID of the codec that produced its payload, so
+blocks written under different `compress=` settings (or stored raw because
+they did not compress) always decode correctly.
+
+Threading: compress() and decompress() run outside the global lock, on any
+thread. Codec contexts are per thread: a ZstdCompressor shared between threads
+crashed the process on this machine (anchors.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+
+import lz4.block
+import zstandard
+
+
+class CodecId(enum.IntEnum):
+    """On-record codec identifier. Values are part of the stored-block format."""
+
+    RAW = 0   # payload is the raw bytes themselves
+    ZSTD = 1  # zstd frame without content size or checksum
+    LZ4 = 2   # lz4 block without a size prefix
+
+
+#: A compressed payload must save at least 1/32 (3%) of the raw size to be
+#: kept; otherwise the block is stored raw and reads skip decompression.
+MIN_SAVING_SHIFT = 5
+
+
+class Codec:
+    """Compresses with the mount's codec and decompresses any CodecId."""
+
+    def __init__(self, name: str, level: int = 3) -> None:
+        if name not in ("zstd", "lz4", "none"):
+            raise ValueError(f"unknown codec {name!r}")
+        self.name = name
+        self.level = level
+        self._local = threading.local()
+
+    def _zstd_c(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "zc", None)
+        if c is None:
+            # No content size or checksum: 4-8 bytes less per block, and the
+            # block record already knows its raw length.
+            c = self._local.zc = zstandard.ZstdCompressor(
+                level=self.level, write_content_size=False, write_checksum=False,
+                write_dict_id=False)
+        return c
+
+    def _zstd_d(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._local, "zd", None)
+        if d is None:
+            d = self._local.zd = zstandard.ZstdDecompressor()
+        return d
+
+    def compress(self, raw: bytes | bytearray) -> tuple[CodecId, bytes]:
+        """Compress raw; fall back to RAW when compression does not pay."""
+        n = len(raw)
+        if self.name == "zstd":
+            payload = self._zstd_c().compress(raw)
+            cid = CodecId.ZSTD
+        elif self.name == "lz4":
+            payload = lz4.block.compress(raw, store_size=False)
+            cid = CodecId.LZ4
+        else:
+            return CodecId.RAW, bytes(raw)
+        if len(payload) > n - (n >> MIN_SAVING_SHIFT):
+            return CodecId.RAW, bytes(raw)
+        return cid, payload
+
+    def decompress(self, cid: int, payload: bytes, raw_len: int) -> bytes:
+        if cid == CodecId.RAW:
+            return payload
+        if cid == CodecId.ZSTD:
+            out = self._zstd_d().decompress(payload, max_output_size=raw_len)
+        elif cid == CodecId.LZ4:
+            out = lz4.block.decompress(payload, uncompressed_size=raw_len)
+        else:
+            raise ValueError(f"unknown codec id {cid}")
+        if len(out) != raw_len:
+            raise ValueError(f"codec {cid}: decoded {len(out)} bytes, expected {raw_len}")
+        return out

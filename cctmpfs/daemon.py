@@ -1,0 +1,166 @@
+"""Mount lifecycle: build the filesystem, mount it, serve, unmount cleanly.
+
+Without -f the command forks: the child becomes the daemon, mounts, and
+reports "ok" or an error through a pipe; the parent returns only once the
+mount answers a stat(), so scripts and mount(8) can use it at once. Any
+failure before that leaves nothing mounted and exits non-zero with one line
+naming the problem.
+
+Threading: llfuse.main() runs `workers` handler threads under llfuse.lock;
+the Sealer adds one background thread that takes the same lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import stat
+import sys
+import time
+
+import llfuse
+
+from .codec import Codec
+from .fuseops import Operations
+from .namespace import Filesystem
+from .options import MountOptions
+from .sealer import Sealer
+
+log = logging.getLogger(__name__)
+
+#: How long the parent waits for the daemon to mount and answer.
+MOUNT_WAIT_SECONDS = 30.0
+
+
+class MountError(Exception):
+    """The mount could not be made; the message is shown to the user."""
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist") from None
+    except OSError as e:
+        raise MountError(f"mount point {mountpoint}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mount point {mountpoint} is not a directory")
+
+
+def build(opts: MountOptions, lock: object) -> Filesystem:
+    return Filesystem(
+        block_size=opts.block_size, codec=Codec(opts.codec, opts.level),
+        size_limit=opts.size_bytes, nr_inodes=opts.nr_inodes, ram_budget=opts.ram_bytes,
+        buffer_bytes=opts.buffer_bytes, root_mode=opts.root_mode, root_uid=opts.root_uid,
+        root_gid=opts.root_gid, lock=lock)  # type: ignore[arg-type]
+
+
+def _setup_daemon_logging(debug: bool) -> None:
+    """Log to syslog (the journal under systemd), never to a terminal."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    if os.path.exists("/dev/log"):
+        handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.setFormatter(logging.Formatter("cctmpfs[%(process)d]: %(name)s: %(message)s"))
+    else:
+        handler = logging.NullHandler()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def serve(source: str, mountpoint: str, opts: MountOptions, ready: "callable[[str], None]") -> int:
+    """Mount and run the main loop until unmounted. Calls ready("ok") once mounted,
+    or ready("error: ...") if mounting failed."""
+    ops = None
+    fs = build(opts, llfuse.lock)
+    ops = Operations(fs)
+    sealer = Sealer(fs.engine, llfuse.lock, on_error=lambda e: _count_error(ops))
+    try:
+        llfuse.init(ops, mountpoint, list(opts.fuse_options))
+    except Exception as e:  # noqa: BLE001 - reported to the user, nothing is mounted
+        ready(f"error: mounting {mountpoint} failed: {e}")
+        return 1
+    log.info("mounted %s on %s (%s)", source, mountpoint, ",".join(opts.fuse_options))
+    sealer.start()
+    ready("ok")
+    unmount = True
+    try:
+        llfuse.main(workers=opts.workers)
+    except Exception:
+        log.exception("main loop ended with an error")
+        unmount = True
+    finally:
+        sealer.stop()
+        llfuse.close(unmount=unmount)
+        log.info("unmounted %s", mountpoint)
+    return 0
+
+
+def _count_error(ops: Operations | None) -> None:
+    if ops is not None:
+        ops.internal_errors += 1
+
+
+def run(source: str, mountpoint: str, opts: MountOptions, *, foreground: bool,
+        debug: bool = False) -> int:
+    """The `cctmpfs SOURCE MOUNTPOINT` command. Returns the exit status."""
+    mountpoint = os.path.abspath(mountpoint)
+    try:
+        check_mountpoint(mountpoint)
+    except MountError as e:
+        print(f"cctmpfs: {e}", file=sys.stderr)
+        return 1
+    if foreground:
+        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+        def ready(msg: str) -> None:
+            if msg != "ok":
+                print(f"cctmpfs: {msg.removeprefix('error: ')}", file=sys.stderr)
+
+        return serve(source, mountpoint, opts, ready)
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(r)
+        try:
+            os.setsid()
+            os.chdir("/")
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            _setup_daemon_logging(debug)
+
+            def ready(msg: str) -> None:
+                os.write(w, msg.encode() + b"\n")
+                os.close(w)
+
+            code = serve(source, mountpoint, opts, ready)
+        except BaseException:  # noqa: BLE001
+            logging.getLogger(__name__).exception("daemon failed")
+            code = 1
+        os._exit(code)
+
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        msg = pipe.readline().decode(errors="replace").strip()
+    if msg != "ok":
+        os.waitpid(pid, 0)
+        text = msg.removeprefix("error: ") or "the daemon exited before mounting (see syslog)"
+        print(f"cctmpfs: {text}", file=sys.stderr)
+        return 1
+    # Mounted: wait until the daemon answers, so the caller can use it at once.
+    deadline = time.monotonic() + MOUNT_WAIT_SECONDS
+    while True:
+        try:
+            os.stat(mountpoint)
+            return 0
+        except OSError as e:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+            if done or time.monotonic() > deadline:
+                print(f"cctmpfs: {mountpoint} mounted but not answering: {e.strerror}",
+                      file=sys.stderr)
+                return 1
+            time.sleep(0.05)

@@ -1,0 +1,567 @@
+"""File data: per-file maps of fixed-size logical blocks, the hot buffer, and
+the engine that reads, writes, truncates and seals them.
+
+A file is a dict {block index: Slot}. A missing index is a hole and costs
+nothing. A slot holds its block uncompressed (`raw`, in the hot buffer),
+compressed (`stored`, in the block store), or both (a clean cached copy):
+
+    state    raw        stored       meaning
+    DIRTY    set        None         written since the last seal; only copy
+    SEALING  set        None         DIRTY, being compressed outside the lock
+    CACHED   set        set          clean uncompressed copy of a stored block
+    STORED   None       set          compressed only
+
+A block is sealed (compressed, then dropped from the buffer) when a
+sequential writer fills it, when its file is released, when it has not been
+touched for DIRTY_COLD_SECONDS, and when the buffer is over its budget.
+Random 4 KiB writes therefore land in an uncompressed buffer and never
+recompress a whole block per write.
+
+Threading: every function here runs with the global lock held. The ones
+that release it (marked "Releases the global lock") do so only around
+codec calls, and re-validate slots afterwards: a result is published only if
+the slot is still attached to its file (`slot.file` set and mapped) and its
+`generation` is unchanged. A SEALING slot's raw buffer is frozen: a writer
+copies it first, so the compressor never reads a buffer being changed.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import errno
+import logging
+import time
+from typing import Callable, Iterable, Optional
+
+import attrs
+
+from .blockstore import BlockStore, StoredBlock
+from .codec import Codec, CodecId
+from .errors import FsError
+from .locking import GlobalLock, released
+
+log = logging.getLogger(__name__)
+
+PAGE = 4096
+#: tmpfs's MAX_LFS_FILESIZE; past it, writes and truncates get EFBIG.
+MAX_FILE_SIZE = 2 ** 63 - 1
+#: A dirty block untouched this long is sealed by the background sealer.
+DIRTY_COLD_SECONDS = 2.0
+#: A clean cached copy untouched this long is dropped (the kernel page cache
+#: keeps its own copy of recently read data anyway).
+CLEAN_COLD_SECONDS = 10.0
+#: Blocks compressed per lock release. 16 x 128 KiB is ~3-8 ms of zstd work:
+#: long enough to amortise the lock hand-off, short enough to keep latency low.
+SEAL_BATCH = 16
+
+_ZEROS = bytes(1 << 20)
+_ZEROS_MV = memoryview(_ZEROS)
+
+
+class BlockState(enum.Enum):
+    """Derived state of a slot (see the module docstring), for stats and checks."""
+
+    DIRTY = "dirty"
+    SEALING = "sealing"
+    CACHED = "cached"
+    STORED = "stored"
+
+
+def pages(n: int) -> int:
+    """Bytes rounded up to whole 4 KiB pages, the unit of st_blocks and size=."""
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+@attrs.define(slots=True, eq=False, repr=False)
+class Slot:
+    """One logical block of one file. Protected by the global lock."""
+
+    file: Optional["FileData"]   # owner; None once detached (truncated away or freed)
+    index: int                   # block number within the file
+    extent: int = 0              # length of the block's content; beyond it, zeros
+    raw: bytes | bytearray | None = None   # uncompressed content, len == extent
+    stored: Optional[StoredBlock] = None   # sealed content, None while dirty
+    generation: int = 0          # bumped on every change of content
+    sealing: bool = False        # raw is being compressed unlocked: copy before mutating
+    charged: int = 0             # bytes of raw charged to the hot buffer
+    touched: float = 0.0         # time.monotonic() of the last access
+
+    @property
+    def dirty(self) -> bool:
+        return self.raw is not None and self.stored is None
+
+    @property
+    def state(self) -> BlockState:
+        if self.stored is None:
+            return BlockState.SEALING if self.sealing else BlockState.DIRTY
+        return BlockState.STORED if self.raw is None else BlockState.CACHED
+
+    def __repr__(self) -> str:
+        return f"<Slot #{self.index} {self.state.value} extent={self.extent} gen={self.generation}>"
+
+
+@attrs.define(slots=True, eq=False)
+class FileData:
+    """The data of one regular file. Protected by the global lock."""
+
+    size: int = 0                                    # st_size
+    blocks: dict[int, Slot] = attrs.field(factory=dict)  # block index -> slot; absent = hole
+    alloc_bytes: int = 0   # sum of pages(slot.extent): what st_blocks and size= count
+    seq_end: int = 0       # end offset of the last write, to recognise sequential writers
+
+
+class HotBuffer:
+    """The uncompressed blocks in RAM, in least-recently-used order.
+
+    Protected by the global lock. `slots` is ordered by `touched`, oldest
+    first, because touch() moves a slot to the end.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.slots: collections.OrderedDict[Slot, None] = collections.OrderedDict()
+        self.dirty_bytes = 0
+        self.clean_bytes = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.dirty_bytes + self.clean_bytes
+
+    def charge(self, slot: Slot, now: float) -> None:
+        """Account slot.raw (after any change of raw or state) and mark it used."""
+        self._uncount(slot)
+        slot.charged = len(slot.raw) if slot.raw is not None else 0
+        if slot.dirty:
+            self.dirty_bytes += slot.charged
+        else:
+            self.clean_bytes += slot.charged
+        slot.touched = now
+        self.slots[slot] = None
+        self.slots.move_to_end(slot)
+
+    def touch(self, slot: Slot, now: float) -> None:
+        slot.touched = now
+        self.slots.move_to_end(slot)
+
+    def discharge(self, slot: Slot) -> None:
+        """Forget slot; the caller drops or has dropped slot.raw."""
+        if slot in self.slots:
+            self._uncount(slot)
+            del self.slots[slot]
+        slot.charged = 0
+
+    def _uncount(self, slot: Slot) -> None:
+        if slot.charged and slot in self.slots:
+            if slot.dirty:
+                self.dirty_bytes -= slot.charged
+            else:
+                self.clean_bytes -= slot.charged
+
+
+@attrs.define(slots=True)
+class EngineCounters:
+    """Cumulative data-path counters (since mount), one comment each."""
+
+    seals: int = 0             # blocks compressed and published
+    seals_discarded: int = 0   # compressions thrown away: the block changed meanwhile
+    zero_blocks: int = 0       # blocks found all-zero at sealing and turned into holes
+    loads: int = 0             # blocks decompressed into the buffer (read or modify)
+    clean_drops: int = 0       # clean cached copies dropped from the buffer
+    pressure_seals: int = 0    # blocks sealed in a handler because the buffer was full
+    enospc: int = 0            # writes refused for size= or ram=
+
+
+class DataEngine:
+    """Reads, writes, truncates and seals file data against one block store."""
+
+    def __init__(self, *, block_size: int, codec: Codec, store: BlockStore,
+                 buffer: HotBuffer, lock: GlobalLock, size_limit: int = 0,
+                 ram_budget: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.bs = block_size
+        self.codec = codec
+        self.store = store
+        self.buffer = buffer
+        self.lock = lock
+        self.size_limit = size_limit   # 0: unlimited
+        self.ram_budget = ram_budget   # 0: unlimited
+        self.clock = clock
+        self.alloc_bytes = 0           # sum of FileData.alloc_bytes over live files
+        self.counters = EngineCounters()
+        #: Slots to seal soon (filled by sequential writers, released files).
+        self.seal_queue: list[Slot] = []
+        #: Called (under the lock, must not block) when seal_queue gains work.
+        self.wake_sealer: Callable[[], None] = lambda: None
+
+    # ---- reading -------------------------------------------------------
+    def raw_for(self, f: FileData, idx: int) -> bytes | bytearray | None:
+        """The uncompressed content of block idx, or None for a hole.
+
+        Releases the global lock (to decompress).
+        """
+        while True:
+            slot = f.blocks.get(idx)
+            if slot is None:
+                return None
+            if slot.raw is not None:
+                self.buffer.touch(slot, self.clock())
+                return slot.raw
+            stored = slot.stored
+            assert stored is not None
+            with released(self.lock):
+                raw = self.codec.decompress(stored.codec, stored.payload, stored.raw_len)
+            if f.blocks.get(idx) is slot and slot.raw is None and slot.stored is stored:
+                slot.raw = raw
+                self.buffer.charge(slot, self.clock())
+                self.counters.loads += 1
+                return raw
+
+    def read(self, f: FileData, off: int, size: int) -> bytes:
+        """Read up to size bytes at off. Releases the global lock."""
+        if off >= f.size or size <= 0:
+            return b""
+        end = min(off + size, f.size)
+        bs = self.bs
+        pieces: list[bytes | memoryview] = []
+        pos = off
+        while pos < end:
+            idx, boff = divmod(pos, bs)
+            n = min(bs - boff, end - pos)
+            raw = self.raw_for(f, idx)
+            if raw is None:
+                pieces.append(_ZEROS_MV[:n])
+            else:
+                if isinstance(raw, bytes):
+                    piece = memoryview(raw)[boff:boff + n] if (boff or n < len(raw)) else raw
+                else:
+                    # A bytearray may be resized by a writer while the lock is
+                    # released for the next block: copy, never hold a view.
+                    piece = bytes(raw[boff:boff + n])
+                pieces.append(piece)
+                if len(piece) < n:
+                    pieces.append(_ZEROS_MV[:n - len(piece)])
+            pos += n
+        self._shed_clean()
+        if len(pieces) == 1 and isinstance(pieces[0], bytes):
+            return pieces[0]
+        return b"".join(pieces)
+
+    # ---- writing -------------------------------------------------------
+    def _partial_indexes(self, off: int, end: int) -> list[int]:
+        """Blocks that a write of [off, end) covers only in part."""
+        bs = self.bs
+        first, last = off // bs, (end - 1) // bs
+        out = []
+        if off % bs or (first == last and end % bs):
+            out.append(first)
+        if last != first and end % bs:
+            out.append(last)
+        return out
+
+    def _load_partials(self, f: FileData, off: int, end: int, idxs: Iterable[int]) -> None:
+        """Load the old content of the partly written blocks idxs that keep some
+        of it (a write from a block's start past its extent keeps nothing).
+
+        Releases the global lock.
+        """
+        bs = self.bs
+        while True:
+            missing = []
+            for i in idxs:
+                s = f.blocks.get(i)
+                if s is None or s.raw is not None:
+                    continue
+                start = i * bs
+                if off <= start and min(end, start + bs) - start >= s.extent:
+                    continue
+                missing.append(i)
+            if not missing:
+                return
+            for i in missing:
+                self.raw_for(f, i)
+
+    def _growth(self, f: FileData, off: int, end: int) -> tuple[int, int]:
+        """(allocation growth in page bytes, new dirty bytes) of writing [off, end)."""
+        bs = self.bs
+        alloc = dirty = 0
+        for idx in range(off // bs, (end - 1) // bs + 1):
+            start = idx * bs
+            new_extent_at_least = min(end, start + bs) - start
+            slot = f.blocks.get(idx)
+            old_extent = slot.extent if slot is not None else 0
+            new_extent = max(old_extent, new_extent_at_least)
+            alloc += pages(new_extent) - pages(old_extent)
+            dirty += new_extent - (slot.charged if slot is not None and slot.dirty else 0)
+        return alloc, dirty
+
+    def write(self, f: FileData, off: int, data: bytes) -> int:
+        """Write data at off; returns len(data). Releases the global lock.
+
+        Raises FsError(EFBIG) past the maximum file size and FsError(ENOSPC)
+        when size= or the RAM budget would be exceeded; nothing is changed then.
+        """
+        n = len(data)
+        if n == 0:
+            return 0
+        end = off + n
+        if off < 0 or end > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG, "write past the maximum file size")
+        partial = self._partial_indexes(off, end)
+        for attempt in range(2):
+            self._load_partials(f, off, end, partial)
+            alloc, dirty = self._growth(f, off, end)
+            if self.size_limit and self.alloc_bytes + alloc > self.size_limit:
+                self.counters.enospc += 1
+                raise FsError(errno.ENOSPC, "size= limit reached")
+            if not self.ram_budget or self.ram_in_use(dirty) <= self.ram_budget:
+                break
+            if attempt == 0:
+                self.make_room()   # releases the lock: re-check everything
+        else:
+            self.counters.enospc += 1
+            raise FsError(errno.ENOSPC, "ram= budget reached")
+        self._apply_write(f, off, data)
+        self._shed(allow_seal=True)
+        return n
+
+    def ram_in_use(self, extra_dirty: int = 0) -> int:
+        """RAM that cannot be dropped at will: stored payloads plus dirty blocks."""
+        return self.store.counters.stored_bytes + self.buffer.dirty_bytes + extra_dirty
+
+    def _apply_write(self, f: FileData, off: int, data: bytes) -> None:
+        """Copy data into the block map. Holds the lock throughout; never releases it."""
+        bs = self.bs
+        now = self.clock()
+        mv = memoryview(data)
+        n = len(data)
+        sequential = off == f.seq_end
+        pos = 0
+        while pos < n:
+            idx, boff = divmod(off + pos, bs)
+            k = min(bs - boff, n - pos)
+            chunk = mv[pos:pos + k]
+            slot = f.blocks.get(idx)
+            if slot is None:
+                slot = Slot(file=f, index=idx)
+                f.blocks[idx] = slot
+            old_extent = slot.extent
+            if boff == 0 and k >= old_extent:
+                # The write replaces all old content: no need for the old bytes,
+                # and a whole llfuse request is kept as is, without a copy.
+                raw: bytes | bytearray = data if (k == n and type(data) is bytes) else bytes(chunk)
+            else:
+                assert old_extent == 0 or slot.raw is not None, "partial write to an unloaded block"
+                raw = slot.raw if slot.raw is not None else bytearray()
+                if isinstance(raw, bytes) or slot.sealing:
+                    raw = bytearray(raw)
+                if boff > len(raw):
+                    raw.extend(_ZEROS_MV[:boff - len(raw)])
+                raw[boff:boff + k] = chunk
+            self._set_dirty(slot, raw, now)
+            f.alloc_bytes += pages(slot.extent) - pages(old_extent)
+            self.alloc_bytes += pages(slot.extent) - pages(old_extent)
+            if sequential and boff + k == bs:
+                self.seal_queue.append(slot)
+            pos += k
+        f.seq_end = off + n
+        if off + n > f.size:
+            f.size = off + n
+        if self.seal_queue:
+            self.wake_sealer()
+
+    def _set_dirty(self, slot: Slot, raw: bytes | bytearray, now: float) -> None:
+        if slot.stored is not None:
+            self.store.unref(slot.stored)
+            self.buffer.discharge(slot)   # its charge was clean; recharged as dirty below
+            slot.stored = None
+        slot.raw = raw
+        slot.extent = len(raw)
+        slot.generation += 1
+        self.buffer.charge(slot, now)
+
+    # ---- truncating and freeing -----------------------------------------
+    def truncate(self, f: FileData, new_size: int) -> None:
+        """Set the file size; growing makes a hole. Releases the global lock."""
+        if new_size < 0 or new_size > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG, "size past the maximum file size")
+        keep_idx, keep = divmod(new_size, self.bs)
+        while keep and new_size < f.size:
+            # The block the new end falls in must be loaded before it is cut.
+            s = f.blocks.get(keep_idx)
+            if s is None or s.extent <= keep or s.raw is not None:
+                break
+            self.raw_for(f, keep_idx)
+        if new_size < f.size:
+            for idx in [i for i in f.blocks if i > keep_idx or (i == keep_idx and not keep)]:
+                self._detach(f, f.blocks[idx])
+            slot = f.blocks.get(keep_idx) if keep else None
+            if slot is not None and slot.extent > keep:
+                assert slot.raw is not None
+                old_extent = slot.extent
+                self._set_dirty(slot, bytes(slot.raw[:keep]), self.clock())
+                f.alloc_bytes += pages(slot.extent) - pages(old_extent)
+                self.alloc_bytes += pages(slot.extent) - pages(old_extent)
+        f.size = new_size
+        f.seq_end = min(f.seq_end, new_size)
+
+    def _detach(self, f: FileData, slot: Slot) -> None:
+        """Remove slot from its file and release what it holds. Never releases the lock."""
+        del f.blocks[slot.index]
+        f.alloc_bytes -= pages(slot.extent)
+        self.alloc_bytes -= pages(slot.extent)
+        self.buffer.discharge(slot)
+        if slot.stored is not None:
+            self.store.unref(slot.stored)
+            slot.stored = None
+        slot.raw = None
+        slot.file = None
+        slot.generation += 1
+
+    def free(self, f: FileData) -> None:
+        """Release all data of a file being deleted. Never releases the lock."""
+        for slot in list(f.blocks.values()):
+            self._detach(f, slot)
+        f.size = 0
+
+    def release(self, f: FileData) -> None:
+        """The last handle of f was closed: queue its dirty blocks for sealing."""
+        dirty = [s for s in f.blocks.values() if s.dirty and not s.sealing]
+        if dirty:
+            self.seal_queue.extend(dirty)
+            self.wake_sealer()
+
+    # ---- sealing -------------------------------------------------------
+    def _encode(self, raw: bytes | bytearray) -> Optional[tuple[CodecId, bytes]]:
+        """Compress raw; None if it is all zeros. Runs unlocked."""
+        cid, payload = self.codec.compress(raw)
+        # Zeros compress to almost nothing, so only tiny payloads (or the
+        # "none" codec, which never shrinks anything) are worth a full scan.
+        if (cid == CodecId.RAW and self.codec.name == "none") or len(payload) * 256 < len(raw):
+            if raw.count(0) == len(raw):
+                return None
+        return cid, payload
+
+    def seal(self, slots: Iterable[Slot]) -> int:
+        """Compress dirty slots and publish them. Releases the global lock.
+
+        Returns the number of slots published.
+        """
+        jobs = []
+        for s in slots:
+            if s.file is None or not s.dirty or s.sealing:
+                continue
+            s.sealing = True
+            jobs.append((s, s.generation, s.raw))
+        if not jobs:
+            return 0
+        results: list[Optional[tuple[CodecId, bytes]]] = []
+        try:
+            with released(self.lock):
+                for _s, _gen, raw in jobs:
+                    results.append(self._encode(raw))
+        finally:
+            for s, _gen, _raw in jobs:
+                s.sealing = False
+        published = 0
+        for (s, gen, raw), res in zip(jobs, results):
+            f = s.file
+            if f is None or s.generation != gen or not s.dirty or f.blocks.get(s.index) is not s:
+                self.counters.seals_discarded += 1
+                continue
+            if res is None:
+                self._detach(f, s)
+                self.counters.zero_blocks += 1
+            else:
+                cid, payload = res
+                self.buffer.discharge(s)
+                s.stored = self.store.add(cid, payload, len(raw))
+                s.raw = None
+                self.counters.seals += 1
+            published += 1
+        return published
+
+    def _shed_clean(self) -> None:
+        """Drop clean cached copies, oldest first, while the buffer is over budget."""
+        buf = self.buffer
+        if buf.total_bytes <= buf.budget:
+            return
+        for s in list(buf.slots):
+            if buf.total_bytes <= buf.budget:
+                break
+            if not s.dirty:
+                self._drop_clean(s)
+
+    def _drop_clean(self, s: Slot) -> None:
+        self.buffer.discharge(s)
+        s.raw = None
+        self.counters.clean_drops += 1
+
+    def _shed(self, allow_seal: bool) -> None:
+        """Bring the buffer under budget. Releases the global lock when it seals."""
+        buf = self.buffer
+        for _ in range(4):
+            excess = buf.total_bytes - buf.budget
+            if excess <= 0:
+                return
+            victims: list[Slot] = []
+            freed = 0
+            for s in buf.slots:   # oldest first
+                if freed >= excess:
+                    break
+                if s.sealing:
+                    continue
+                victims.append(s)
+                freed += s.charged
+            dirty = []
+            for s in victims:
+                if s.dirty:
+                    dirty.append(s)
+                else:
+                    self._drop_clean(s)
+            if not dirty or not allow_seal:
+                return
+            self.counters.pressure_seals += self.seal(dirty)
+
+    def make_room(self) -> None:
+        """Seal every dirty block and drop every clean copy. Releases the global lock."""
+        dirty = [s for s in self.buffer.slots if s.dirty]
+        for i in range(0, len(dirty), SEAL_BATCH):
+            self.counters.pressure_seals += self.seal(dirty[i:i + SEAL_BATCH])
+        for s in [s for s in self.buffer.slots if not s.dirty and not s.sealing]:
+            self._drop_clean(s)
+
+    def background_pass(self, cold_only: bool = False) -> int:
+        """One pass of the background sealer. Releases the global lock.
+
+        Seals queued blocks, then dirty blocks older than DIRTY_COLD_SECONDS,
+        and drops clean copies older than CLEAN_COLD_SECONDS. Returns the
+        number of blocks sealed.
+        """
+        done = 0
+        while self.seal_queue:
+            batch, self.seal_queue = self.seal_queue[:SEAL_BATCH], self.seal_queue[SEAL_BATCH:]
+            done += self.seal(batch)
+        now = self.clock()
+        cold_dirty = []
+        for s in list(self.buffer.slots):
+            age = now - s.touched
+            if age < DIRTY_COLD_SECONDS:
+                break
+            if s.dirty:
+                cold_dirty.append(s)
+            elif age >= CLEAN_COLD_SECONDS and not s.sealing:
+                self._drop_clean(s)
+        for i in range(0, len(cold_dirty), SEAL_BATCH):
+            done += self.seal(cold_dirty[i:i + SEAL_BATCH])
+        self._shed(allow_seal=True)
+        return done
+
+    def seal_everything(self) -> None:
+        """Seal all dirty blocks now (tests, and stats that want settled numbers)."""
+        self.seal_queue.clear()
+        while True:
+            dirty = [s for s in self.buffer.slots if s.dirty and not s.sealing]
+            if not dirty:
+                return
+            for i in range(0, len(dirty), SEAL_BATCH):
+                self.seal(dirty[i:i + SEAL_BATCH])

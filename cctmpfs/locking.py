@@ -1,0 +1,45 @@
+"""The global lock, as the core sees it.
+
+Lock discipline (docs/locking.md has the whole story):
+
+* One global lock guards all filesystem state: the namespace, every file's
+  block map, the block store and the hot buffer. Under FUSE it is
+  `llfuse.lock`, which llfuse holds while any handler runs.
+* It is released only around compression, decompression and hashing (later:
+  device I/O), through `released()`. Every function that may release it says
+  "Releases the global lock" in its docstring, and so do its callers.
+* Work done unlocked is done on data nobody mutates (a block marked
+  `sealing`, a `bytes` payload). Results are published under the lock only if
+  the slot is still attached and its generation unchanged.
+* Nothing waits on another lock, event or queue while holding the global lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Protocol
+
+
+class GlobalLock(Protocol):
+    def acquire(self) -> object: ...
+    def release(self) -> None: ...
+
+
+@contextlib.contextmanager
+def released(lock: GlobalLock) -> Iterator[None]:
+    """Run the body with the global lock released; re-acquire it afterwards."""
+    lock.release()
+    try:
+        yield
+    finally:
+        lock.acquire()
+
+
+class NoLock:
+    """A stand-in for single-threaded unit tests: acquire and release do nothing."""
+
+    def acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass

@@ -1,0 +1,555 @@
+"""The POSIX namespace: inodes, directories, links, xattrs and lookup counts.
+
+No llfuse here: operations take inode numbers and byte names, return Inode
+records, and raise FsError for an errno answer. Permission checks are the
+kernel's (the mount always has default_permissions); this module keeps
+tmpfs's semantics for everything the kernel leaves to the filesystem:
+link counts, timestamps, setgid directories, sizes, ENOSPC and lifetimes.
+
+Threading: every method runs with the global lock held. read(), write()
+and setattr() (truncate) release it around codec work, through DataEngine.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat as S
+import time
+from typing import Callable, Iterator, Optional
+
+import attrs
+
+from .blockstore import BlockStore
+from .codec import Codec
+from .errors import FsError
+from .filemap import DataEngine, FileData, HotBuffer, pages
+from .locking import GlobalLock, NoLock
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1            # FUSE's root inode number, as llfuse.ROOT_INODE
+NAME_MAX = 255          # bytes per name, as tmpfs; the kernel lets up to 1024 through
+PATH_MAX = 4096         # bytes per symlink target
+BOGO_DIRENT_SIZE = 20   # tmpfs reports a directory's size as 20 bytes per entry
+RELATIME_SECONDS = 24 * 3600
+XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
+#: POSIX ACLs are refused: FUSE on libfuse 2 cannot make the kernel enforce
+#: them, and storing them as plain xattrs would pretend to protect files.
+ACL_PREFIX = b"system.posix_acl_"
+
+
+@attrs.frozen
+class Caller:
+    """Who asks: the uid/gid of the requesting process."""
+
+    uid: int = 0
+    gid: int = 0
+    pid: int = 0
+
+
+@attrs.define(slots=True, eq=False, repr=False)
+class Inode:
+    """One file, directory, symlink or special file. Protected by the global lock.
+
+    Kind-specific fields are None for the other kinds: `entries` and
+    `parent` for directories, `target` for symlinks, `data` for regular files.
+    """
+
+    ino: int
+    mode: int            # S_IF* type bits and permission bits
+    uid: int
+    gid: int
+    nlink: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int = 0
+    nlookup: int = 0     # kernel references (lookups not yet forgotten)
+    open_count: int = 0  # open file handles
+    entries: Optional[dict[bytes, int]] = None  # directory: name -> inode number
+    parent: int = 0      # directory: inode number of ".."
+    target: Optional[bytes] = None              # symlink target
+    data: Optional[FileData] = None             # regular file content
+    xattrs: Optional[dict[bytes, bytes]] = None  # name -> value; None when empty
+
+    def __repr__(self) -> str:
+        return f"<Inode {self.ino} mode={self.mode:o} nlink={self.nlink} nlookup={self.nlookup}>"
+
+    @property
+    def is_dir(self) -> bool:
+        return self.entries is not None
+
+    @property
+    def size(self) -> int:
+        if self.data is not None:
+            return self.data.size
+        if self.entries is not None:
+            return BOGO_DIRENT_SIZE * (len(self.entries) + 2)
+        if self.target is not None:
+            return len(self.target)
+        return 0
+
+    @property
+    def blocks_512(self) -> int:
+        """st_blocks: the pages really allocated, in 512-byte units."""
+        return self.data.alloc_bytes // 512 if self.data is not None else 0
+
+
+@attrs.define(slots=True)
+class NamespaceCounters:
+    """Cumulative namespace counters, one comment each."""
+
+    inodes_created: int = 0   # inodes ever created
+    inodes_freed: int = 0     # inodes freed (unlinked and forgotten and closed)
+
+
+class Filesystem:
+    """The whole in-memory filesystem: namespace plus data engine."""
+
+    def __init__(self, *, block_size: int = 128 * 1024, codec: Optional[Codec] = None,
+                 size_limit: int = 0, nr_inodes: int = 0, ram_budget: int = 0,
+                 buffer_bytes: int = 64 * 1024 * 1024, root_mode: int = 0o1777,
+                 root_uid: int = 0, root_gid: int = 0, lock: Optional[GlobalLock] = None,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.lock: GlobalLock = lock if lock is not None else NoLock()
+        self.block_size = block_size
+        self.nr_inodes = nr_inodes
+        self.clock_ns = clock_ns
+        self.store = BlockStore()
+        self.engine = DataEngine(
+            block_size=block_size, codec=codec or Codec("zstd", 3), store=self.store,
+            buffer=HotBuffer(buffer_bytes), lock=self.lock, size_limit=size_limit,
+            ram_budget=ram_budget)
+        self.counters = NamespaceCounters()
+        self.inodes: dict[int, Inode] = {}
+        self.next_ino = ROOT_INO
+        #: open directory handle -> (directory inode, snapshot of its entries)
+        self.dir_handles: dict[int, tuple[int, list[tuple[bytes, int]]]] = {}
+        self.next_dh = 1
+        root = self._new_inode(S.S_IFDIR | (root_mode & 0o7777), root_uid, root_gid)
+        root.parent = ROOT_INO
+        root.nlookup = 1   # the kernel holds the root for the whole mount
+
+    # ---- helpers -------------------------------------------------------
+    def get(self, ino: int) -> Inode:
+        try:
+            return self.inodes[ino]
+        except KeyError:
+            raise FsError(errno.ENOENT, f"inode {ino} does not exist") from None
+
+    def _dir(self, ino: int) -> Inode:
+        node = self.get(ino)
+        if node.entries is None:
+            raise FsError(errno.ENOTDIR)
+        return node
+
+    def _file(self, ino: int) -> Inode:
+        node = self.get(ino)
+        if node.data is None:
+            raise FsError(errno.EISDIR if node.is_dir else errno.EINVAL)
+        return node
+
+    def _new_inode(self, mode: int, uid: int, gid: int, rdev: int = 0) -> Inode:
+        if self.nr_inodes and len(self.inodes) >= self.nr_inodes:
+            raise FsError(errno.ENOSPC, "nr_inodes limit reached")
+        now = self.clock_ns()
+        ino = self.next_ino
+        self.next_ino += 1
+        node = Inode(ino=ino, mode=mode, uid=uid, gid=gid, nlink=1, rdev=rdev,
+                     atime_ns=now, mtime_ns=now, ctime_ns=now)
+        kind = S.S_IFMT(mode)
+        if kind == S.S_IFDIR:
+            node.entries = {}
+            node.nlink = 2
+        elif kind == S.S_IFREG:
+            node.data = FileData()
+        self.inodes[ino] = node
+        self.counters.inodes_created += 1
+        return node
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+            raise FsError(errno.EINVAL, "invalid name")
+
+    def _maybe_free(self, node: Inode) -> None:
+        """Free an inode once nothing refers to it: no link, no lookup, no handle."""
+        if node.nlink > 0 or node.nlookup > 0 or node.open_count > 0 or node.ino == ROOT_INO:
+            return
+        if node.data is not None:
+            self.engine.free(node.data)
+        del self.inodes[node.ino]
+        self.counters.inodes_freed += 1
+
+    def _touch_dir(self, d: Inode, now: int) -> None:
+        d.mtime_ns = d.ctime_ns = now
+
+    def _maybe_update_atime(self, node: Inode) -> None:
+        """relatime: tmpfs's default atime policy."""
+        now = self.clock_ns()
+        if (node.atime_ns <= node.mtime_ns or node.atime_ns <= node.ctime_ns
+                or now - node.atime_ns >= RELATIME_SECONDS * 10 ** 9):
+            node.atime_ns = now
+
+    # ---- lookups and lifetimes ------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> Inode:
+        """Find name in parent and take one lookup reference on it."""
+        d = self._dir(parent)
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        if name == b".":
+            node = d
+        elif name == b"..":
+            node = self.get(d.parent)
+        else:
+            ino = d.entries.get(name)  # type: ignore[union-attr]
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            node = self.inodes[ino]
+        node.nlookup += 1
+        return node
+
+    def forget(self, ino: int, n: int) -> None:
+        """The kernel dropped n lookup references. Never raises."""
+        node = self.inodes.get(ino)
+        if node is None:
+            return
+        if n > node.nlookup:
+            log.warning("forget(%d, %d) exceeds nlookup %d", ino, n, node.nlookup)
+            n = node.nlookup
+        node.nlookup -= n
+        self._maybe_free(node)
+
+    def getattr(self, ino: int) -> Inode:
+        return self.get(ino)
+
+    # ---- creating ------------------------------------------------------
+    def _link_new(self, parent: int, name: bytes, mode: int, caller: Caller,
+                  rdev: int = 0) -> Inode:
+        self._check_name(name)
+        d = self._dir(parent)
+        if d.nlink == 0:
+            raise FsError(errno.ENOENT, "directory was removed")
+        if name in d.entries:  # type: ignore[operator]
+            raise FsError(errno.EEXIST)
+        gid = caller.gid
+        if d.mode & S.S_ISGID:
+            # setgid directory: new entries take its group, subdirectories its setgid bit.
+            gid = d.gid
+            if S.S_ISDIR(mode):
+                mode |= S.S_ISGID
+        node = self._new_inode(mode, caller.uid, gid, rdev)
+        d.entries[name] = node.ino  # type: ignore[index]
+        if node.is_dir:
+            node.parent = d.ino
+            d.nlink += 1
+        self._touch_dir(d, node.ctime_ns)
+        node.nlookup += 1
+        return node
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Inode:
+        kind = S.S_IFMT(mode)
+        if kind == 0:
+            mode |= S.S_IFREG
+        elif kind not in (S.S_IFREG, S.S_IFCHR, S.S_IFBLK, S.S_IFIFO, S.S_IFSOCK):
+            raise FsError(errno.EINVAL, "mknod of a directory or symlink")
+        return self._link_new(parent, name, mode, caller, rdev)
+
+    def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Inode:
+        return self._link_new(parent, name, S.S_IFDIR | (mode & 0o7777), caller)
+
+    def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Inode:
+        if len(target) >= PATH_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        node = self._link_new(parent, name, S.S_IFLNK | 0o777, caller)
+        node.target = bytes(target)
+        return node
+
+    def create(self, parent: int, name: bytes, mode: int, caller: Caller) -> Inode:
+        """Create and open a regular file (one lookup and one open reference)."""
+        node = self._link_new(parent, name, S.S_IFREG | (mode & 0o7777), caller)
+        node.open_count += 1
+        return node
+
+    def link(self, ino: int, new_parent: int, new_name: bytes) -> Inode:
+        self._check_name(new_name)
+        node = self.get(ino)
+        if node.is_dir:
+            raise FsError(errno.EPERM, "hard link to a directory")
+        d = self._dir(new_parent)
+        if d.nlink == 0:
+            raise FsError(errno.ENOENT, "directory was removed")
+        if new_name in d.entries:  # type: ignore[operator]
+            raise FsError(errno.EEXIST)
+        d.entries[new_name] = ino  # type: ignore[index]
+        node.nlink += 1
+        now = self.clock_ns()
+        node.ctime_ns = now
+        self._touch_dir(d, now)
+        node.nlookup += 1
+        return node
+
+    # ---- removing and renaming -----------------------------------------
+    def _remove_entry(self, d: Inode, name: bytes, node: Inode, now: int) -> None:
+        del d.entries[name]  # type: ignore[union-attr]
+        if node.is_dir:
+            d.nlink -= 1
+            node.nlink = 0
+        else:
+            node.nlink -= 1
+        node.ctime_ns = now
+        self._maybe_free(node)
+
+    def _child(self, d: Inode, name: bytes) -> Inode:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        ino = d.entries.get(name)  # type: ignore[union-attr]
+        if ino is None:
+            raise FsError(errno.ENOENT)
+        return self.inodes[ino]
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        d = self._dir(parent)
+        node = self._child(d, name)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        now = self.clock_ns()
+        self._touch_dir(d, now)
+        self._remove_entry(d, name, node, now)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        d = self._dir(parent)
+        if name == b".":
+            raise FsError(errno.EINVAL)
+        if name == b"..":
+            raise FsError(errno.ENOTEMPTY)
+        node = self._child(d, name)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if node.entries:
+            raise FsError(errno.ENOTEMPTY)
+        now = self.clock_ns()
+        self._touch_dir(d, now)
+        self._remove_entry(d, name, node, now)
+
+    def _is_ancestor(self, maybe_ancestor: Inode, node: Inode) -> bool:
+        cur = node
+        while True:
+            if cur is maybe_ancestor:
+                return True
+            if cur.ino == ROOT_INO:
+                return False
+            cur = self.inodes[cur.parent]
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes) -> None:
+        self._check_name(new_name)
+        od = self._dir(old_parent)
+        nd = self._dir(new_parent)
+        src = self._child(od, old_name)
+        dst_ino = nd.entries.get(new_name)  # type: ignore[union-attr]
+        if dst_ino == src.ino:
+            return  # same inode (hard links or the same entry): POSIX says do nothing
+        if src.is_dir and self._is_ancestor(src, nd):
+            raise FsError(errno.EINVAL, "directory moved into itself")
+        dst = self.inodes[dst_ino] if dst_ino is not None else None
+        if dst is not None:
+            if dst.is_dir:
+                if not src.is_dir:
+                    raise FsError(errno.EISDIR)
+                if dst.entries:
+                    raise FsError(errno.ENOTEMPTY)
+            elif src.is_dir:
+                raise FsError(errno.ENOTDIR)
+        now = self.clock_ns()
+        if dst is not None:
+            self._remove_entry(nd, new_name, dst, now)
+        del od.entries[old_name]  # type: ignore[union-attr]
+        nd.entries[new_name] = src.ino  # type: ignore[index]
+        if src.is_dir and od is not nd:
+            od.nlink -= 1
+            nd.nlink += 1
+            src.parent = nd.ino
+        src.ctime_ns = now
+        self._touch_dir(od, now)
+        self._touch_dir(nd, now)
+
+    # ---- attributes ----------------------------------------------------
+    def setattr(self, ino: int, *, size: Optional[int] = None, mode: Optional[int] = None,
+                uid: Optional[int] = None, gid: Optional[int] = None,
+                atime_ns: Optional[int] = None, mtime_ns: Optional[int] = None) -> Inode:
+        """chmod, chown, utimens and truncate. Releases the global lock (truncate)."""
+        node = self.get(ino)
+        changed = False
+        if size is not None:
+            if node.data is None:
+                raise FsError(errno.EISDIR if node.is_dir else errno.EINVAL)
+            if size != node.data.size:
+                self.engine.truncate(node.data, size)
+                node.mtime_ns = self.clock_ns()
+                changed = True
+        if mode is not None:
+            node.mode = S.S_IFMT(node.mode) | (mode & 0o7777)
+            changed = True
+        if uid is not None:
+            node.uid = uid
+            changed = True
+        if gid is not None:
+            node.gid = gid
+            changed = True
+        if atime_ns is not None:
+            node.atime_ns = atime_ns
+            changed = True
+        if mtime_ns is not None:
+            node.mtime_ns = mtime_ns
+            changed = True
+        if changed:
+            node.ctime_ns = self.clock_ns()
+        return node
+
+    def readlink(self, ino: int) -> bytes:
+        node = self.get(ino)
+        if node.target is None:
+            raise FsError(errno.EINVAL, "not a symlink")
+        self._maybe_update_atime(node)
+        return node.target
+
+    # ---- file I/O --------------------------------------------------------
+    def open(self, ino: int) -> int:
+        """Open a regular file; the handle is its inode number."""
+        node = self._file(ino)
+        node.open_count += 1
+        return ino
+
+    def release(self, fh: int) -> None:
+        """Close one handle. Never raises for a known handle."""
+        node = self.inodes.get(fh)
+        if node is None:
+            return
+        node.open_count -= 1
+        if node.open_count == 0 and node.data is not None:
+            if node.nlink > 0:
+                self.engine.release(node.data)
+            self._maybe_free(node)
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        """Releases the global lock."""
+        node = self._file(fh)
+        if off < 0:
+            raise FsError(errno.EINVAL)
+        out = self.engine.read(node.data, off, size)  # type: ignore[arg-type]
+        self._maybe_update_atime(node)
+        return out
+
+    def write(self, fh: int, off: int, buf: bytes) -> int:
+        """Releases the global lock."""
+        node = self._file(fh)
+        if off < 0:
+            raise FsError(errno.EINVAL)
+        n = self.engine.write(node.data, off, buf)  # type: ignore[arg-type]
+        node.mtime_ns = node.ctime_ns = self.clock_ns()
+        return n
+
+    # ---- directories ---------------------------------------------------
+    def opendir(self, ino: int) -> int:
+        self._dir(ino)
+        dh = self.next_dh
+        self.next_dh += 1
+        self.dir_handles[dh] = (ino, [])
+        return dh
+
+    def readdir(self, dh: int, off: int) -> Iterator[tuple[bytes, Inode, int]]:
+        """Yield (name, inode, next offset) from offset off.
+
+        Offset 0 takes a snapshot of the names, so a listing neither skips
+        nor repeats an entry that exists throughout it, whatever is created or
+        removed meanwhile. Entries removed since the snapshot are skipped.
+        """
+        try:
+            ino, snap = self.dir_handles[dh]
+        except KeyError:
+            raise FsError(errno.EBADF, "unknown directory handle") from None
+        d = self._dir(ino)
+        if off == 0:
+            snap = [(b".", d.ino), (b"..", d.parent)] + list(d.entries.items())  # type: ignore[union-attr]
+            self.dir_handles[dh] = (ino, snap)
+            self._maybe_update_atime(d)
+        entries = d.entries
+        for i in range(off, len(snap)):
+            name, child = snap[i]
+            if i >= 2 and entries.get(name) != child:  # type: ignore[union-attr]
+                continue
+            node = self.inodes.get(child)
+            if node is None:
+                continue
+            yield name, node, i + 1
+
+    def releasedir(self, dh: int) -> None:
+        self.dir_handles.pop(dh, None)
+
+    # ---- extended attributes -----------------------------------------------
+    @staticmethod
+    def _check_xattr_name(name: bytes) -> None:
+        if name.startswith(ACL_PREFIX) or not name.startswith(XATTR_PREFIXES):
+            raise FsError(errno.EOPNOTSUPP, "unsupported xattr namespace")
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ERANGE, "xattr name too long")
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        node = self.get(ino)
+        xattrs = node.xattrs
+        if xattrs is None or name not in xattrs:
+            if not name.startswith(XATTR_PREFIXES):
+                self._check_xattr_name(name)
+            raise FsError(errno.ENODATA)
+        return xattrs[name]
+
+    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        node = self.get(ino)
+        self._check_xattr_name(name)
+        if node.xattrs is None:
+            node.xattrs = {}
+        node.xattrs[name] = bytes(value)
+        node.ctime_ns = self.clock_ns()
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        node = self.get(ino)
+        return list(node.xattrs) if node.xattrs else []
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        node = self.get(ino)
+        self._check_xattr_name(name)
+        if not node.xattrs or name not in node.xattrs:
+            raise FsError(errno.ENODATA)
+        del node.xattrs[name]
+        if not node.xattrs:
+            node.xattrs = None
+        node.ctime_ns = self.clock_ns()
+
+    # ---- whole-filesystem figures ------------------------------------------
+    def statfs(self) -> dict[str, int]:
+        """statvfs figures in 4 KiB units, following size= and nr_inodes=.
+
+        Free space is also capped by what the RAM budget can still hold at
+        the current compression ratio.
+        """
+        eng = self.engine
+        unit = 4096
+        total = eng.size_limit
+        free = max(0, total - eng.alloc_bytes) if total else 0
+        if eng.ram_budget:
+            c = self.store.counters
+            ratio = c.raw_bytes / c.stored_bytes if c.stored_bytes else 1.0
+            ram_free = max(0, eng.ram_budget - eng.ram_in_use())
+            by_ram = pages(int(ram_free * max(1.0, ratio)))
+            free = min(free, by_ram) if total else by_ram
+        files = self.nr_inodes
+        return {
+            "f_bsize": unit, "f_frsize": unit,
+            "f_blocks": total // unit, "f_bfree": free // unit, "f_bavail": free // unit,
+            "f_files": files, "f_ffree": max(0, files - len(self.inodes)) if files else 0,
+            "f_favail": max(0, files - len(self.inodes)) if files else 0,
+            "f_namemax": NAME_MAX,
+        }

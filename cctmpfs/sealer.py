@@ -1,0 +1,65 @@
+"""The background sealer: one thread that compresses blocks off the FUSE path.
+
+It wakes when a sequential writer fills a block or a file is released (the
+engine calls wake(), which only sets an event), and every POLL_SECONDS to
+seal blocks that went cold and to drop stale clean copies.
+
+Threading: the thread takes the global lock for each pass; the pass releases
+it around compression (DataEngine.seal). It waits on its event only while
+not holding the global lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from .filemap import DataEngine
+from .locking import GlobalLock
+
+log = logging.getLogger(__name__)
+
+#: How often cold blocks are looked for when nothing wakes the thread.
+POLL_SECONDS = 0.5
+
+
+class Sealer:
+    def __init__(self, engine: DataEngine, lock: GlobalLock,
+                 on_error: Callable[[BaseException], None] = lambda e: None) -> None:
+        self.engine = engine
+        self.lock = lock
+        self.on_error = on_error
+        self._event = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="cctmpfs-sealer", daemon=True)
+        engine.wake_sealer = self.wake
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Ask for a pass soon. Safe under the global lock: it never blocks."""
+        self._event.set()
+
+    def stop(self) -> None:
+        """Stop the thread. Call without holding the global lock."""
+        self._stop = True
+        self._event.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._event.wait(POLL_SECONDS)
+            self._event.clear()
+            if self._stop:
+                break
+            self.lock.acquire()
+            try:
+                self.engine.background_pass()
+            except Exception as e:  # noqa: BLE001 - a bug here must not kill the mount
+                log.exception("background sealer pass failed")
+                self.on_error(e)
+            finally:
+                self.lock.release()

@@ -1,0 +1,66 @@
+"""Named, versioned statistics of one mount (`cctmpfs stats --json`).
+
+STATS_VERSION changes whenever a field is renamed, removed or changes
+meaning; adding a field does not change it. Byte figures are plain integers.
+
+Threading: collect() reads shared state and must run with the global lock held.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+
+from .filemap import BlockState
+from .namespace import Filesystem
+
+STATS_VERSION = 1
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
+    """Every figure of the mount as one JSON-ready dict. Caller holds the lock."""
+    eng = fs.engine
+    store = fs.store.counters
+    buf = eng.buffer
+    states = {s.value: 0 for s in BlockState}
+    for slot in buf.slots:
+        states[slot.state.value] += 1
+    states["stored"] = store.blocks - states["cached"]
+    files_bytes = sum(n.data.size for n in fs.inodes.values() if n.data is not None)
+    ram_used = store.stored_bytes + buf.total_bytes
+    out: dict[str, Any] = {
+        "version": STATS_VERSION,
+        "codec": eng.codec.name if eng.codec.name != "zstd" else f"zstd:{eng.codec.level}",
+        "block_size": eng.bs,
+        # Sizes: apparent (st_size), allocated (du), stored (compressed payloads).
+        "files_bytes": files_bytes,
+        "logical_bytes": eng.alloc_bytes,
+        "stored_logical_bytes": store.raw_bytes,
+        "stored_bytes": store.stored_bytes,
+        "buffer_bytes": buf.total_bytes,
+        "buffer_dirty_bytes": buf.dirty_bytes,
+        "buffer_clean_bytes": buf.clean_bytes,
+        "ram_used_bytes": ram_used,
+        # compression_ratio: over sealed blocks only; ratio: allocated / RAM used.
+        "compression_ratio": round(store.raw_bytes / store.stored_bytes, 3) if store.stored_bytes else None,
+        "ratio": round(eng.alloc_bytes / ram_used, 3) if ram_used else None,
+        "blocks": states,
+        "incompressible_blocks": store.incompressible_blocks,
+        "limits": {"size_bytes": eng.size_limit, "ram_bytes": eng.ram_budget,
+                   "buffer_bytes": buf.budget, "nr_inodes": fs.nr_inodes},
+        "inodes": len(fs.inodes),
+        "counters": {**attrs.asdict(eng.counters), **attrs.asdict(fs.counters)},
+        "rss_bytes": _rss_bytes(),
+    }
+    out.update(extra)
+    return out
