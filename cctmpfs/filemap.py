@@ -54,6 +54,10 @@ CLEAN_COLD_SECONDS = 10.0
 #: Blocks compressed per lock release. 16 x 128 KiB is ~3-8 ms of zstd work:
 #: long enough to amortise the lock hand-off, short enough to keep latency low.
 SEAL_BATCH = 16
+#: Blocks decompressed ahead of a sequential reader. The kernel reads ahead
+#: 128 KiB per request, so 2 blocks keep one decompression in flight while
+#: the reader copies the previous block.
+PREFETCH_BLOCKS = 8
 
 _ZEROS = bytes(1 << 20)
 _ZEROS_MV = memoryview(_ZEROS)
@@ -109,6 +113,8 @@ class FileData:
     blocks: dict[int, Slot] = attrs.field(factory=dict)  # block index -> slot; absent = hole
     alloc_bytes: int = 0   # sum of pages(slot.extent): what st_blocks and size= count
     seq_end: int = 0       # end offset of the last write, to recognise sequential writers
+    read_end: int = 0      # end offset of the last read, to recognise sequential readers
+    prefetched: int = -1   # highest block index queued for prefetch
 
 
 class HotBuffer:
@@ -169,6 +175,7 @@ class EngineCounters:
     loads: int = 0             # blocks decompressed into the buffer (read or modify)
     clean_drops: int = 0       # clean cached copies dropped from the buffer
     pressure_seals: int = 0    # blocks sealed in a handler because the buffer was full
+    prefetches: int = 0        # blocks decompressed ahead of a sequential reader
     enospc: int = 0            # writes refused for size= or ram=
 
 
@@ -190,7 +197,9 @@ class DataEngine:
         self.counters = EngineCounters()
         #: Slots to seal soon (filled by sequential writers, released files).
         self.seal_queue: list[Slot] = []
-        #: Called (under the lock, must not block) when seal_queue gains work.
+        #: (file, block index) a sequential reader will want next.
+        self.prefetch_queue: list[tuple[FileData, int]] = []
+        #: Called (under the lock, must not block) when a queue gains work.
         self.wake_sealer: Callable[[], None] = lambda: None
 
     # ---- reading -------------------------------------------------------
@@ -222,6 +231,12 @@ class DataEngine:
             return b""
         end = min(off + size, f.size)
         bs = self.bs
+        sequential = off == f.read_end or off == 0
+        if off == 0:
+            f.prefetched = -1
+        f.read_end = end
+        if sequential:
+            self._queue_prefetch(f, end)
         pieces: list[bytes | memoryview] = []
         pos = off
         while pos < end:
@@ -240,11 +255,58 @@ class DataEngine:
                 pieces.append(piece)
                 if len(piece) < n:
                     pieces.append(_ZEROS_MV[:n - len(piece)])
+                if sequential and boff + n == bs:
+                    # A stream is done with this block, and the page cache now
+                    # holds it: drop our clean copy instead of aging it out.
+                    slot = f.blocks.get(idx)
+                    if slot is not None and slot.raw is raw and not slot.dirty:
+                        self._drop_clean(slot)
             pos += n
         self._shed_clean()
         if len(pieces) == 1 and isinstance(pieces[0], bytes):
             return pieces[0]
         return b"".join(pieces)
+
+    def _queue_prefetch(self, f: FileData, end: int) -> None:
+        """Ask the background thread to decompress the blocks a sequential
+        reader will want next, so decompression overlaps the FUSE round trips."""
+        first = max(f.prefetched + 1, (end + self.bs - 1) // self.bs)
+        last = (end - 1) // self.bs + PREFETCH_BLOCKS
+        for idx in range(first, last + 1):
+            s = f.blocks.get(idx)
+            if s is not None and s.raw is None:
+                self.prefetch_queue.append((f, idx))
+        if last > f.prefetched:
+            f.prefetched = last
+        if self.prefetch_queue:
+            self.wake_sealer()
+
+    def prefetch(self) -> int:
+        """Decompress queued blocks into the buffer. Releases the global lock.
+
+        One block per release, so a reader waiting for the lock gets the
+        first block as soon as it is ready. Returns the blocks loaded.
+        """
+        done = 0
+        while self.prefetch_queue:
+            f, idx = self.prefetch_queue.pop(0)
+            s = f.blocks.get(idx)
+            if (s is None or s.raw is not None or s.stored is None
+                    or (idx + 1) * self.bs <= f.read_end):
+                continue  # gone, loaded, or already passed by the reader
+            stored = s.stored
+            try:
+                with released(self.lock):
+                    raw = self.codec.decompress(stored.codec, stored.payload, stored.raw_len)
+            except Exception:  # noqa: BLE001 - the reader will get EIO for this block
+                log.warning("prefetch of block %d failed", idx, exc_info=True)
+                continue
+            if f.blocks.get(idx) is s and s.raw is None and s.stored is stored:
+                s.raw = raw
+                self.buffer.charge(s, self.clock())
+                self.counters.prefetches += 1
+                done += 1
+        return done
 
     # ---- writing -------------------------------------------------------
     def _partial_indexes(self, off: int, end: int) -> list[int]:
@@ -403,6 +465,7 @@ class DataEngine:
                 self.alloc_bytes += pages(slot.extent) - pages(old_extent)
         f.size = new_size
         f.seq_end = min(f.seq_end, new_size)
+        f.prefetched = min(f.prefetched, new_size // self.bs - 1)
 
     def _detach(self, f: FileData, slot: Slot) -> None:
         """Remove slot from its file and release what it holds. Never releases the lock."""
@@ -537,6 +600,7 @@ class DataEngine:
         and drops clean copies older than CLEAN_COLD_SECONDS. Returns the
         number of blocks sealed.
         """
+        self.prefetch()
         done = 0
         while self.seal_queue:
             batch, self.seal_queue = self.seal_queue[:SEAL_BATCH], self.seal_queue[SEAL_BATCH:]

@@ -13,6 +13,7 @@ inside the core (see cctmpfs/locking.py).
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import json
@@ -47,8 +48,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 def boundary(fn: F) -> F:
     """Map FsError to FUSEError and any other exception to a logged EIO."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     def wrapper(self: "Operations", *args: Any) -> Any:
+        self.requests[name] += 1
         try:
             return fn(self, *args)
         except FUSEError:
@@ -77,6 +81,7 @@ class Operations(llfuse.Operations):
         super().__init__()
         self.fs = fs
         self.internal_errors = 0   # handler exceptions other than FsError, answered EIO
+        self.requests: collections.Counter[str] = collections.Counter()  # FUSE requests by handler
         self.extra_stats: Callable[[], dict[str, Any]] = dict
 
     def _entry(self, node: Inode) -> llfuse.EntryAttributes:
@@ -104,6 +109,7 @@ class Operations(llfuse.Operations):
         if settle:
             self.fs.engine.seal_everything()
         return stats_mod.collect(self.fs, internal_errors=self.internal_errors,
+                                 requests=dict(sorted(self.requests.items())),
                                  **self.extra_stats())
 
     # ---- namespace -----------------------------------------------------
@@ -113,6 +119,7 @@ class Operations(llfuse.Operations):
 
     def forget(self, inode_list: list[tuple[int, int]]) -> None:
         # llfuse requires forget never to raise.
+        self.requests["forget"] += 1
         for ino, n in inode_list:
             try:
                 self.fs.forget(ino, n)
@@ -207,6 +214,7 @@ class Operations(llfuse.Operations):
 
     def readdir(self, fh: int, off: int) -> Iterator[tuple[bytes, llfuse.EntryAttributes, int]]:
         # A generator: llfuse pulls entries until its reply buffer is full.
+        self.requests["readdir"] += 1
         try:
             for name, node, next_off in self.fs.readdir(fh, off):
                 yield name, self._entry(node), next_off
