@@ -18,11 +18,13 @@ import os
 import stat
 import sys
 import time
+from typing import Callable
 
 import llfuse
 
 from .codec import Codec
 from .fuseops import Operations
+from .memtrim import limit_arenas
 from .namespace import Filesystem
 from .options import MountOptions
 from .sealer import Sealer
@@ -69,13 +71,15 @@ def _setup_daemon_logging(debug: bool) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
-def serve(source: str, mountpoint: str, opts: MountOptions, ready: "callable[[str], None]") -> int:
+def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str], None]) -> int:
     """Mount and run the main loop until unmounted. Calls ready("ok") once mounted,
     or ready("error: ...") if mounting failed."""
-    ops = None
+    limit_arenas()
     fs = build(opts, llfuse.lock)
     ops = Operations(fs)
-    sealer = Sealer(fs.engine, llfuse.lock, on_error=lambda e: _count_error(ops))
+    sealer = Sealer(fs.engine, llfuse.lock, on_error=lambda e: ops.count_internal_error())
+    ops.extra_stats = lambda: {"malloc_trims": sealer.trimmer.trims,
+                               "malloc_trim_freed_bytes": sealer.trimmer.freed_bytes}
     try:
         llfuse.init(ops, mountpoint, list(opts.fuse_options))
     except Exception as e:  # noqa: BLE001 - reported to the user, nothing is mounted
@@ -84,22 +88,17 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: "callable[[st
     log.info("mounted %s on %s (%s)", source, mountpoint, ",".join(opts.fuse_options))
     sealer.start()
     ready("ok")
-    unmount = True
+    code = 0
     try:
         llfuse.main(workers=opts.workers)
     except Exception:
         log.exception("main loop ended with an error")
-        unmount = True
+        code = 1
     finally:
         sealer.stop()
-        llfuse.close(unmount=unmount)
+        llfuse.close(unmount=True)
         log.info("unmounted %s", mountpoint)
-    return 0
-
-
-def _count_error(ops: Operations | None) -> None:
-    if ops is not None:
-        ops.internal_errors += 1
+    return code
 
 
 def run(source: str, mountpoint: str, opts: MountOptions, *, foreground: bool,

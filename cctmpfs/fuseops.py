@@ -84,6 +84,9 @@ class Operations(llfuse.Operations):
         self.requests: collections.Counter[str] = collections.Counter()  # FUSE requests by handler
         self.extra_stats: Callable[[], dict[str, Any]] = dict
 
+    def count_internal_error(self) -> None:
+        self.internal_errors += 1
+
     def _entry(self, node: Inode) -> llfuse.EntryAttributes:
         e = llfuse.EntryAttributes()
         e.st_ino = node.ino
@@ -217,7 +220,12 @@ class Operations(llfuse.Operations):
         self.requests["readdir"] += 1
         try:
             for name, node, next_off in self.fs.readdir(fh, off):
-                yield name, self._entry(node), next_off
+                # libfuse 2 has no READDIRPLUS: the kernel uses only the
+                # inode number and the type, so fill nothing else.
+                e = llfuse.EntryAttributes()
+                e.st_ino = node.ino
+                e.st_mode = node.mode
+                yield name, e, next_off
         except FsError as e:
             raise FUSEError(e.errno) from None
         except Exception:

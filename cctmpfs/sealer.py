@@ -1,8 +1,9 @@
 """The background sealer: one thread that compresses blocks off the FUSE path.
 
-It wakes when a sequential writer fills a block or a file is released (the
-engine calls wake(), which only sets an event), and every POLL_SECONDS to
-seal blocks that went cold and to drop stale clean copies.
+It wakes when a sequential writer fills a block, a file is released or a
+sequential reader wants blocks decompressed ahead (the engine calls wake(),
+which only sets an event), and every POLL_SECONDS to seal blocks that went
+cold, drop stale clean copies and return freed heap memory (memtrim.py).
 
 Threading: the thread takes the global lock for each pass; the pass releases
 it around compression (DataEngine.seal). It waits on its event only while
@@ -17,6 +18,7 @@ from typing import Callable
 
 from .filemap import DataEngine
 from .locking import GlobalLock
+from .memtrim import Trimmer
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class Sealer:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="cctmpfs-sealer", daemon=True)
         engine.wake_sealer = self.wake
+        self.trimmer = Trimmer()
 
     def start(self) -> None:
         self._thread.start()
@@ -58,8 +61,12 @@ class Sealer:
             self.lock.acquire()
             try:
                 self.engine.background_pass()
+                accounted = self.engine.store.counters.stored_bytes + self.engine.buffer.total_bytes
             except Exception as e:  # noqa: BLE001 - a bug here must not kill the mount
                 log.exception("background sealer pass failed")
                 self.on_error(e)
+                accounted = None
             finally:
                 self.lock.release()
+            if accounted is not None:
+                self.trimmer.maybe_trim(accounted)

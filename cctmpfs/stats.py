@@ -8,23 +8,15 @@ Threading: collect() reads shared state and must run with the global lock held.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import attrs
 
 from .filemap import BlockState
+from .memtrim import rss_bytes
 from .namespace import Filesystem
 
 STATS_VERSION = 1
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
@@ -60,7 +52,7 @@ def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
                    "buffer_bytes": buf.budget, "nr_inodes": fs.nr_inodes},
         "inodes": len(fs.inodes),
         "counters": {**attrs.asdict(eng.counters), **attrs.asdict(fs.counters)},
-        "rss_bytes": _rss_bytes(),
+        "rss_bytes": rss_bytes(),
     }
     out.update(extra)
     return out
