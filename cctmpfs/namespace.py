@@ -349,6 +349,8 @@ class Filesystem:
         od = self._dir(old_parent)
         nd = self._dir(new_parent)
         src = self._child(od, old_name)
+        if nd.nlink == 0:
+            raise FsError(errno.ENOENT, "directory was removed")
         dst_ino = nd.entries.get(new_name)  # type: ignore[union-attr]
         if dst_ino == src.ino:
             return  # same inode (hard links or the same entry): POSIX says do nothing
@@ -544,7 +546,12 @@ class Filesystem:
             ratio = c.raw_bytes / c.stored_bytes if c.stored_bytes else 1.0
             ram_free = max(0, eng.ram_budget - eng.ram_in_use())
             by_ram = pages(int(ram_free * max(1.0, ratio)))
-            free = min(free, by_ram) if total else by_ram
+            if total:
+                free = min(free, by_ram)
+            else:
+                # size=0: no size limit, so the capacity is what RAM can hold.
+                free = by_ram
+                total = eng.alloc_bytes + free
         files = self.nr_inodes
         return {
             "f_bsize": unit, "f_frsize": unit,

@@ -20,6 +20,8 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 PAGE_SIZE = 4096
+#: Sizes at or past 2**63 fit no kernel field; refuse them.
+MAX_SIZE = 2 ** 63
 
 #: Codecs by the name used in `compress=`; the level applies to zstd only.
 CODEC_NAMES = ("zstd", "lz4", "none")
@@ -95,8 +97,8 @@ _SUFFIX = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB, "p": 1024 ** 5,
 def parse_size(key: str, text: str, *, allow_percent: bool = True) -> int:
     """tmpfs-style size: a number with an optional k/m/g/t/p/e suffix, or N% of RAM."""
     m = _SIZE_RE.match(text)
-    if not m:
-        raise OptionError(f"{key}={text}: not a size (use e.g. 512k, 64m, 8g or 50%)")
+    if not m or len(m.group(1)) > 30:
+        raise OptionError(f"{key}={text[:40]}: not a size (use e.g. 512k, 64m, 8g or 50%)")
     number, suffix = int(m.group(1)), m.group(2).lower()
     if suffix == "%":
         if not allow_percent:
@@ -104,10 +106,15 @@ def parse_size(key: str, text: str, *, allow_percent: bool = True) -> int:
         if number > 100 * 100:
             raise OptionError(f"{key}={text}: percentage too large")
         return total_ram_bytes() * number // 100
-    return number * _SUFFIX[suffix]
+    value = number * _SUFFIX[suffix]
+    if value >= MAX_SIZE:
+        raise OptionError(f"{key}={text}: too large")
+    return value
 
 
 def _parse_int(key: str, text: str, base: int = 10) -> int:
+    if len(text) > 30:
+        raise OptionError(f"{key}={text[:40]}...: not a number")
     try:
         value = int(text, base)
     except ValueError:
@@ -118,14 +125,18 @@ def _parse_int(key: str, text: str, base: int = 10) -> int:
 
 
 def _parse_codec(text: str) -> tuple[str, int]:
-    name, _, level_text = text.partition(":")
+    name, colon, level_text = text.partition(":")
     if name not in CODEC_NAMES:
         raise OptionError(f"compress={text}: unknown codec (use zstd[:LEVEL], lz4 or none)")
-    if not level_text:
+    if not colon:
         return name, DEFAULT_ZSTD_LEVEL
+    if not level_text:
+        raise OptionError(f"compress={text}: empty level")
     if name != "zstd":
         raise OptionError(f"compress={text}: only zstd takes a level")
     try:
+        if len(level_text) > 4:
+            raise ValueError
         level = int(level_text)
     except ValueError:
         raise OptionError(f"compress={text}: level is not a number") from None
@@ -191,8 +202,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     if block_size & (block_size - 1) or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
         raise OptionError(f"block_size={ours['block_size']}: must be a power of two from 16k to 1m")
 
+    # Default: as much RAM as size= could need, at most half the RAM, and at
+    # least the 4 blocks the data path needs (tmpfs accepts tiny sizes too).
     default_ram = ram_total // 2 if size == 0 else min(size, ram_total // 2)
-    ram = parse_size("ram", ours["ram"]) if "ram" in ours else default_ram
+    ram = parse_size("ram", ours["ram"]) if "ram" in ours else max(default_ram, 4 * block_size)
     if ram < 4 * block_size:
         raise OptionError(f"ram={ours.get('ram', ram)}: must hold at least 4 blocks ({4 * block_size} bytes)")
     if "buffer" in ours:

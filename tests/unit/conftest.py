@@ -1,0 +1,32 @@
+"""Shared fixtures of the unit tests (no FUSE mount, no llfuse)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+class FakeClock:
+    """A controllable clock: ns for Filesystem.clock_ns, seconds for DataEngine.clock.
+
+    Every read advances it by `step_ns`, so two events never share a timestamp
+    unless the test says so (step_ns=0).
+    """
+
+    def __init__(self, start_ns: int = 1_700_000_000 * 10 ** 9, step_ns: int = 1000) -> None:
+        self.now_ns = start_ns
+        self.step_ns = step_ns
+
+    def ns(self) -> int:
+        self.now_ns += self.step_ns
+        return self.now_ns
+
+    def seconds(self) -> float:
+        return self.now_ns / 1e9
+
+    def advance(self, seconds: float) -> None:
+        self.now_ns += int(seconds * 1e9)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

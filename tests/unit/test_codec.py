@@ -1,0 +1,184 @@
+"""Codec: round trips, RAW fallback, per-thread contexts."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import lz4.block
+import pytest
+import zstandard
+
+from cctmpfs.codec import MIN_SAVING_SHIFT, Codec, CodecId
+
+CODECS = ["zstd", "lz4", "none"]
+EXPECTED_ID = {"zstd": CodecId.ZSTD, "lz4": CodecId.LZ4, "none": CodecId.RAW}
+
+
+def compressible(n: int, seed: int = 1) -> bytes:
+    """Text-like data: words from a small vocabulary."""
+    rng = random.Random(seed)
+    words = [b"alpha", b"beta", b"gamma", b"delta", b"\n", b"epsilon", b"zeta", b"  "]
+    out = bytearray()
+    while len(out) < n:
+        out += rng.choice(words) + b" "
+    return bytes(out[:n])
+
+
+SAMPLES = {
+    "text": compressible(128 * 1024),
+    "random": os.urandom(128 * 1024),
+    "zeros": bytes(128 * 1024),
+    "short": b"abc",
+    "one": b"\x00",
+    "empty": b"",
+    "half": compressible(8192) + os.urandom(8192),
+}
+
+
+@pytest.mark.parametrize("name", CODECS)
+@pytest.mark.parametrize("sample", sorted(SAMPLES))
+def test_round_trip(name: str, sample: str) -> None:
+    c = Codec(name)
+    raw = SAMPLES[sample]
+    cid, payload = c.compress(raw)
+    assert isinstance(payload, bytes)
+    assert c.decompress(cid, payload, len(raw)) == raw
+    # Never larger than raw: incompressible data is kept as is.
+    assert len(payload) <= len(raw)
+    if cid == CodecId.RAW:
+        assert payload == raw
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_round_trip_of_bytearray_and_memoryview_input(name: str) -> None:
+    c = Codec(name)
+    raw = compressible(50_000, seed=7)
+    for form in (bytearray(raw), memoryview(raw)):
+        cid, payload = c.compress(form)
+        assert isinstance(payload, bytes)
+        assert c.decompress(cid, payload, len(raw)) == raw
+
+
+@pytest.mark.parametrize("name", ["zstd", "lz4"])
+def test_compressible_data_is_compressed_with_the_mount_codec(name: str) -> None:
+    c = Codec(name)
+    for raw in (SAMPLES["text"], SAMPLES["zeros"]):
+        cid, payload = c.compress(raw)
+        assert cid == EXPECTED_ID[name]
+        assert len(payload) < len(raw) // 2
+
+
+@pytest.mark.parametrize("name", CODECS)
+@pytest.mark.parametrize("sample", ["random", "short", "one", "empty"])
+def test_incompressible_falls_back_to_raw(name: str, sample: str) -> None:
+    cid, payload = Codec(name).compress(SAMPLES[sample])
+    assert cid == CodecId.RAW
+    assert payload == SAMPLES[sample]
+
+
+def test_payload_must_save_the_minimum_fraction() -> None:
+    # Half random, half text: compresses but by how much decides the codec id.
+    c = Codec("zstd")
+    for raw in (SAMPLES["half"], compressible(4096) + os.urandom(60_000)):
+        cid, payload = c.compress(raw)
+        real = zstandard.ZstdCompressor(level=3, write_content_size=False,
+                                        write_checksum=False).compress(raw)
+        keeps = len(real) <= len(raw) - (len(raw) >> MIN_SAVING_SHIFT)
+        assert (cid == CodecId.ZSTD) == keeps
+        assert c.decompress(cid, payload, len(raw)) == raw
+
+
+def test_none_codec_never_compresses() -> None:
+    c = Codec("none")
+    for raw in (SAMPLES["text"], SAMPLES["zeros"]):
+        assert c.compress(raw) == (CodecId.RAW, raw)
+
+
+def test_any_codec_decodes_any_id() -> None:
+    # A mount decodes blocks written under another compress= setting.
+    raw = SAMPLES["text"]
+    blocks = [Codec(n).compress(raw) for n in CODECS]
+    assert {cid for cid, _ in blocks} == {CodecId.ZSTD, CodecId.LZ4, CodecId.RAW}
+    for reader in CODECS:
+        for cid, payload in blocks:
+            assert Codec(reader).decompress(cid, payload, len(raw)) == raw
+
+
+def test_zstd_level_is_used() -> None:
+    raw = compressible(128 * 1024, seed=3)
+    sizes = {lvl: len(Codec("zstd", lvl).compress(raw)[1]) for lvl in (-7, 19)}
+    assert sizes[19] < sizes[-7]
+    assert Codec("zstd", 19).decompress(CodecId.ZSTD, Codec("zstd", 19).compress(raw)[1],
+                                        len(raw)) == raw
+
+
+def test_ids_are_the_stored_format() -> None:
+    assert (int(CodecId.RAW), int(CodecId.ZSTD), int(CodecId.LZ4)) == (0, 1, 2)
+
+
+def test_zstd_frames_carry_no_content_size_or_checksum() -> None:
+    raw = SAMPLES["text"]
+    _, payload = Codec("zstd").compress(raw)
+    params = zstandard.get_frame_parameters(payload)
+    assert params.content_size == zstandard.CONTENTSIZE_UNKNOWN
+    assert not params.has_checksum
+
+
+def test_lz4_payload_is_a_bare_block() -> None:
+    raw = SAMPLES["text"]
+    _, payload = Codec("lz4").compress(raw)
+    assert lz4.block.decompress(payload, uncompressed_size=len(raw)) == raw
+
+
+def test_wrong_length_or_id_is_refused() -> None:
+    c = Codec("zstd")
+    raw = SAMPLES["text"]
+    cid, payload = c.compress(raw)
+    with pytest.raises(Exception):
+        c.decompress(cid, payload, len(raw) - 1)
+    with pytest.raises(ValueError):
+        c.decompress(9, payload, len(raw))
+    with pytest.raises(ValueError):
+        Codec("gzip")
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_concurrent_threads_round_trip(name: str) -> None:
+    """One Codec shared by threads: each thread gets its own contexts."""
+    c = Codec(name)
+    n_threads, rounds = 8, 40
+    errors: list[str] = []
+    contexts: dict[int, object] = {}
+    start = threading.Barrier(n_threads)
+
+    def work(t: int) -> None:
+        rng = random.Random(t)
+        start.wait()
+        for i in range(rounds):
+            size = rng.randrange(1, 64 * 1024)
+            kind = rng.randrange(3)
+            if kind == 0:
+                raw = compressible(size, seed=t * 1000 + i)
+            elif kind == 1:
+                raw = rng.randbytes(size)
+            else:
+                raw = bytes([t]) * size
+            cid, payload = c.compress(raw)
+            back = c.decompress(cid, payload, len(raw))
+            if back != raw:
+                errors.append(f"thread {t} round {i}: {cid!r} mismatch")
+        contexts[t] = getattr(c._local, "zc", None)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert len(contexts) == n_threads
+    if name == "zstd":
+        ids = {id(ctx) for ctx in contexts.values()}
+        assert None not in contexts.values()
+        assert len(ids) == n_threads, "threads shared a ZstdCompressor"

@@ -1,0 +1,132 @@
+"""Import layering: the core never imports llfuse; only fuseops, daemon and
+(lazily) cli do. Checked on the source (AST) and in a fresh interpreter."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import cctmpfs
+
+PKG_DIR = pathlib.Path(cctmpfs.__file__).resolve().parent
+ADAPTERS = {"fuseops", "daemon", "cli"}
+#: Modules that import llfuse, directly or through another of these.
+LLFUSE_USERS = {"llfuse", "fuseops", "daemon"}
+
+
+def module_names() -> list[str]:
+    return sorted(p.stem for p in PKG_DIR.glob("*.py"))
+
+
+CORE = [m for m in module_names() if m not in ADAPTERS and m != "__main__"]
+
+
+def imports(tree: ast.AST, module: str) -> list[tuple[ast.AST, str]]:
+    """(node, imported module) for every import in tree, relative ones resolved
+    to their cctmpfs submodule name ("filemap", ...), absolute ones as written."""
+    out: list[tuple[ast.AST, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                out.append((node, alias.name))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                mod = node.module or ""
+                out.append((node, mod))
+                if mod == "cctmpfs":      # from cctmpfs import fuseops
+                    out.extend((node, a.name) for a in node.names)
+                elif mod.startswith("cctmpfs."):
+                    out.append((node, mod.split(".", 1)[1]))
+            elif node.module:            # from .filemap import X
+                out.append((node, node.module.split(".")[0]))
+            else:                        # from . import fuseops
+                out.extend((node, a.name) for a in node.names)
+    return out
+
+
+def parse(module: str) -> ast.Module:
+    path = PKG_DIR / f"{module}.py"
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def is_llfuse_user(name: str) -> bool:
+    return name.split(".")[0] in LLFUSE_USERS or name.startswith(("cctmpfs.fuseops", "cctmpfs.daemon"))
+
+
+def test_the_core_is_what_the_package_says() -> None:
+    assert {"namespace", "filemap", "blockstore", "codec", "options", "locking", "sealer",
+            "stats", "errors"} <= set(CORE)
+    assert ADAPTERS <= set(module_names())
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_module_never_imports_llfuse(module: str) -> None:
+    bad = [(n.lineno, name) for n, name in imports(parse(module), module) if is_llfuse_user(name)]
+    assert bad == [], f"cctmpfs/{module}.py imports an llfuse user: {bad}"
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_module_has_no_dynamic_imports(module: str) -> None:
+    """importlib / __import__ would get past the AST check."""
+    tree = parse(module)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            fn = node.func
+            name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
+            assert name not in ("__import__", "import_module"), f"{module}.py:{node.lineno}"
+
+
+def test_core_imports_only_core_modules() -> None:
+    for module in CORE:
+        for node, name in imports(parse(module), module):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert name in CORE, f"{module}.py:{node.lineno} imports .{name}"
+
+
+def test_cli_imports_llfuse_users_only_inside_functions() -> None:
+    tree = parse("cli")
+    top_level = set()
+    for stmt in tree.body:                       # module-level statements, incl. if/try blocks
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        top_level.update(name for _, name in imports(stmt, "cli"))
+    assert not any(is_llfuse_user(n) for n in top_level), sorted(top_level)
+    # ... and it does use them lazily (or the test above proves nothing).
+    lazy = [name for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for _, name in imports(f, "cli")]
+    assert any(is_llfuse_user(n) for n in lazy)
+
+
+def test_adapters_are_where_llfuse_is_used() -> None:
+    for module in ("fuseops", "daemon"):
+        names = [name for _, name in imports(parse(module), module)]
+        assert "llfuse" in names
+
+
+def test_importing_the_core_and_cli_does_not_load_llfuse() -> None:
+    mods = ", ".join(f"cctmpfs.{m}" for m in CORE + ["cli"])
+    code = (f"import sys, {mods}\n"
+            "bad = sorted(m for m in sys.modules if m == 'llfuse' or m.startswith('llfuse.')"
+            " or m in ('cctmpfs.fuseops', 'cctmpfs.daemon'))\n"
+            "print(bad)\n"
+            "sys.exit(1 if bad else 0)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_import_checker_finds_llfuse_imports() -> None:
+    """The checker itself: each form of importing llfuse is caught."""
+    for src in ("import llfuse", "import llfuse as l", "from llfuse import FUSEError",
+                "from . import fuseops", "from .daemon import run", "from cctmpfs import daemon",
+                "import cctmpfs.fuseops", "def f():\n    import llfuse",
+                "try:\n    import llfuse\nexcept ImportError:\n    pass"):
+        names = [n for _, n in imports(ast.parse(src), "x")]
+        assert any(is_llfuse_user(n) for n in names), src
+    for src in ("import os", "from .filemap import DataEngine", "from . import errors",
+                "import llfuse_extra_stuff_not"):
+        names = [n for _, n in imports(ast.parse(src), "x")]
+        assert not any(is_llfuse_user(n) for n in names), src

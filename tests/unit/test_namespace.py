@@ -1,0 +1,837 @@
+"""The namespace (namespace.py) with tmpfs's semantics: links, errors, sizes,
+setgid directories, timestamps, lifetimes, limits, readdir and xattrs."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import random
+import stat as S
+from typing import Any, Callable
+
+import pytest
+
+from cctmpfs.blockstore import StoreCounters
+from cctmpfs.errors import FsError
+from cctmpfs.namespace import NAME_MAX, ROOT_INO, Caller, Filesystem
+
+from .conftest import FakeClock
+
+ME = Caller(uid=1000, gid=1000, pid=42)
+OTHER = Caller(uid=2000, gid=3000, pid=43)
+DAY_NS = 24 * 3600 * 10 ** 9
+
+
+@pytest.fixture
+def fs(clock: FakeClock) -> Filesystem:
+    return Filesystem(block_size=16384, buffer_bytes=1 << 20, clock_ns=clock.ns)
+
+
+def fails(code: int, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+    with pytest.raises(FsError) as info:
+        fn(*args, **kw)
+    assert info.value.errno == code, f"{errno.errorcode[info.value.errno]} != {errno.errorcode[code]}"
+
+
+def root(fs: Filesystem):  # type: ignore[no-untyped-def]
+    return fs.inodes[ROOT_INO]
+
+
+def mkfile(fs: Filesystem, parent: int, name: bytes, data: bytes = b"", caller: Caller = ME) -> int:
+    ino = fs.create(parent, name, 0o644, caller).ino
+    if data:
+        fs.write(ino, 0, data)
+    fs.release(ino)
+    return ino
+
+
+# ---- the root --------------------------------------------------------------------------
+
+def test_root() -> None:
+    fs = Filesystem(root_mode=0o1777, root_uid=5, root_gid=6)
+    r = root(fs)
+    assert S.S_ISDIR(r.mode) and S.S_IMODE(r.mode) == 0o1777
+    assert (r.uid, r.gid, r.nlink, r.size) == (5, 6, 2, 40)
+    assert fs.lookup(ROOT_INO, b"..") is r
+    assert fs.lookup(ROOT_INO, b".") is r
+
+
+# ---- link counts -------------------------------------------------------------------------
+
+def test_directory_nlink_counts_subdirectories(fs: Filesystem) -> None:
+    a = fs.mkdir(ROOT_INO, b"a", 0o755, ME)
+    assert a.nlink == 2 and root(fs).nlink == 3
+    b = fs.mkdir(a.ino, b"b", 0o755, ME)
+    fs.mkdir(a.ino, b"c", 0o755, ME)
+    assert a.nlink == 4 and b.nlink == 2
+    mkfile(fs, a.ino, b"f")
+    fs.symlink(a.ino, b"l", b"f", ME)
+    fs.mknod(a.ino, b"p", S.S_IFIFO | 0o600, 0, ME)
+    assert a.nlink == 4, "non-directories do not count"
+    fs.rmdir(a.ino, b"b")
+    assert a.nlink == 3 and b.nlink == 0
+    assert root(fs).nlink == 3
+
+
+def test_hard_links(fs: Filesystem) -> None:
+    ino = mkfile(fs, ROOT_INO, b"f", b"data")
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    node = fs.link(ino, d.ino, b"g")
+    assert node.ino == ino and node.nlink == 2
+    fs.link(ino, ROOT_INO, b"h")
+    assert node.nlink == 3
+    assert fs.lookup(d.ino, b"g") is node
+    fs.unlink(ROOT_INO, b"f")
+    assert node.nlink == 2
+    fh = fs.open(ino)
+    assert fs.read(fh, 0, 10) == b"data"
+    fs.release(fh)
+    fs.unlink(d.ino, b"g")
+    fs.unlink(ROOT_INO, b"h")
+    assert node.nlink == 0
+
+
+def test_rename_directory_moves_the_parent_link(fs: Filesystem) -> None:
+    a = fs.mkdir(ROOT_INO, b"a", 0o755, ME)
+    b = fs.mkdir(ROOT_INO, b"b", 0o755, ME)
+    x = fs.mkdir(a.ino, b"x", 0o755, ME)
+    fs.rename(a.ino, b"x", b.ino, b"y")
+    assert (a.nlink, b.nlink, x.nlink) == (2, 3, 2)
+    assert fs.lookup(x.ino, b"..") is b
+    assert fs.lookup(b.ino, b"y") is x
+    fails(errno.ENOENT, fs.lookup, a.ino, b"x")
+    fs.rename(b.ino, b"y", b.ino, b"z")        # within one directory: no change
+    assert (b.nlink, x.nlink) == (3, 2)
+
+
+# ---- rename ---------------------------------------------------------------------------------
+
+def test_rename_over_a_file_replaces_it(fs: Filesystem) -> None:
+    src = mkfile(fs, ROOT_INO, b"src", b"new")
+    dst = mkfile(fs, ROOT_INO, b"dst", b"old contents")
+    fs.rename(ROOT_INO, b"src", ROOT_INO, b"dst")
+    assert fs.lookup(ROOT_INO, b"dst").ino == src
+    fails(errno.ENOENT, fs.lookup, ROOT_INO, b"src")
+    assert fs.inodes[dst].nlink == 0
+    assert root(fs).size == 40 + 20
+    fs.forget(dst, 1)                           # the kernel's reference from create
+    assert dst not in fs.inodes
+
+
+def test_rename_frees_an_unreferenced_target_and_its_data(fs: Filesystem) -> None:
+    mkfile(fs, ROOT_INO, b"src", b"s")
+    dst = mkfile(fs, ROOT_INO, b"dst", b"x" * 100_000)
+    fs.forget(dst, 1)
+    assert dst in fs.inodes                     # still linked
+    fs.rename(ROOT_INO, b"src", ROOT_INO, b"dst")
+    assert dst not in fs.inodes
+    assert fs.engine.alloc_bytes == 4096       # only src's page is left
+    fs.engine.seal_everything()
+    assert fs.store.counters.blocks == 1
+
+
+def test_rename_over_an_empty_directory(fs: Filesystem) -> None:
+    a = fs.mkdir(ROOT_INO, b"a", 0o755, ME)
+    b = fs.mkdir(ROOT_INO, b"b", 0o755, ME)
+    fs.mkdir(a.ino, b"sub", 0o755, ME)
+    fs.rename(ROOT_INO, b"a", ROOT_INO, b"b")
+    assert fs.lookup(ROOT_INO, b"b") is a
+    assert b.nlink == 0
+    assert root(fs).nlink == 3                  # root, ., and one subdirectory left
+    assert root(fs).size == 60
+
+
+def test_rename_over_a_directory_in_another_parent(fs: Filesystem) -> None:
+    p = fs.mkdir(ROOT_INO, b"p", 0o755, ME)
+    q = fs.mkdir(ROOT_INO, b"q", 0o755, ME)
+    x = fs.mkdir(p.ino, b"x", 0o755, ME)
+    y = fs.mkdir(q.ino, b"y", 0o755, ME)
+    fs.rename(p.ino, b"x", q.ino, b"y")
+    assert (p.nlink, q.nlink, y.nlink) == (2, 3, 0)
+    assert fs.lookup(x.ino, b"..") is q
+
+
+def test_rename_errors(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    e = fs.mkdir(ROOT_INO, b"e", 0o755, ME)
+    mkfile(fs, e.ino, b"inside")
+    sub = fs.mkdir(d.ino, b"sub", 0o755, ME)
+    mkfile(fs, ROOT_INO, b"f")
+    fails(errno.EISDIR, fs.rename, ROOT_INO, b"f", ROOT_INO, b"d")
+    fails(errno.ENOTDIR, fs.rename, ROOT_INO, b"d", ROOT_INO, b"f")
+    fails(errno.ENOTEMPTY, fs.rename, ROOT_INO, b"d", ROOT_INO, b"e")
+    fails(errno.EINVAL, fs.rename, ROOT_INO, b"d", sub.ino, b"loop")
+    fails(errno.EINVAL, fs.rename, ROOT_INO, b"d", d.ino, b"self")
+    fails(errno.ENOENT, fs.rename, ROOT_INO, b"missing", ROOT_INO, b"x")
+    fails(errno.ENOTDIR, fs.rename, ROOT_INO, b"f", fs.lookup(ROOT_INO, b"f").ino, b"x")
+    # Nothing changed.
+    assert sorted(root(fs).entries) == [b"d", b"e", b"f"]
+    assert (root(fs).nlink, d.nlink, e.nlink) == (4, 3, 2)
+
+
+def test_rename_onto_a_hard_link_of_itself_does_nothing(fs: Filesystem) -> None:
+    ino = mkfile(fs, ROOT_INO, b"a")
+    fs.link(ino, ROOT_INO, b"b")
+    fs.rename(ROOT_INO, b"a", ROOT_INO, b"b")
+    assert sorted(root(fs).entries) == [b"a", b"b"]
+    assert fs.inodes[ino].nlink == 2
+    fs.rename(ROOT_INO, b"a", ROOT_INO, b"a")
+    assert sorted(root(fs).entries) == [b"a", b"b"]
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+def test_create_errors(fs: Filesystem) -> None:
+    f = mkfile(fs, ROOT_INO, b"f")
+    fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    for name in (b"f", b"d"):
+        fails(errno.EEXIST, fs.create, ROOT_INO, name, 0o644, ME)
+        fails(errno.EEXIST, fs.mkdir, ROOT_INO, name, 0o755, ME)
+        fails(errno.EEXIST, fs.symlink, ROOT_INO, name, b"t", ME)
+        fails(errno.EEXIST, fs.mknod, ROOT_INO, name, S.S_IFIFO | 0o644, 0, ME)
+        fails(errno.EEXIST, fs.link, f, ROOT_INO, name)
+    fails(errno.ENOTDIR, fs.create, f, b"x", 0o644, ME)
+    fails(errno.ENOTDIR, fs.mkdir, f, b"x", 0o755, ME)
+    fails(errno.ENOTDIR, fs.lookup, f, b"x")
+    fails(errno.ENOTDIR, fs.opendir, f)
+    fails(errno.ENOENT, fs.lookup, ROOT_INO, b"nope")
+    fails(errno.ENOENT, fs.getattr, 9999)
+    fails(errno.EPERM, fs.link, fs.lookup(ROOT_INO, b"d").ino, ROOT_INO, b"dirlink")
+    fails(errno.EINVAL, fs.mknod, ROOT_INO, b"x", S.S_IFDIR | 0o755, 0, ME)
+    fails(errno.EINVAL, fs.mknod, ROOT_INO, b"x", S.S_IFLNK | 0o777, 0, ME)
+    for bad in (b"", b"a/b"):
+        fails(errno.EINVAL, fs.create, ROOT_INO, bad, 0o644, ME)
+    assert sorted(root(fs).entries) == [b"d", b"f"]
+
+
+def test_remove_errors(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    mkfile(fs, d.ino, b"f")
+    fails(errno.EISDIR, fs.unlink, ROOT_INO, b"d")
+    fails(errno.ENOTDIR, fs.rmdir, d.ino, b"f")
+    fails(errno.ENOTEMPTY, fs.rmdir, ROOT_INO, b"d")
+    fails(errno.ENOENT, fs.unlink, ROOT_INO, b"nope")
+    fails(errno.ENOENT, fs.rmdir, ROOT_INO, b"nope")
+    fails(errno.EINVAL, fs.rmdir, d.ino, b".")
+    fails(errno.ENOTEMPTY, fs.rmdir, d.ino, b"..")
+    fs.unlink(d.ino, b"f")
+    fs.rmdir(ROOT_INO, b"d")
+    assert root(fs).entries == {}
+
+
+def test_file_operations_on_directories(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    fails(errno.EISDIR, fs.open, d.ino)
+    fails(errno.EISDIR, fs.read, d.ino, 0, 10)
+    fails(errno.EISDIR, fs.write, d.ino, 0, b"x")
+    fails(errno.EISDIR, fs.setattr, d.ino, size=0)
+    s = fs.symlink(ROOT_INO, b"s", b"d", ME)
+    fails(errno.EINVAL, fs.setattr, s.ino, size=0)
+    fails(errno.EINVAL, fs.readlink, d.ino)
+
+
+def test_create_in_a_removed_directory(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    f = mkfile(fs, ROOT_INO, b"f")
+    fs.rmdir(ROOT_INO, b"d")
+    fails(errno.ENOENT, fs.create, d.ino, b"x", 0o644, ME)
+    fails(errno.ENOENT, fs.mkdir, d.ino, b"x", 0o755, ME)
+    fails(errno.ENOENT, fs.link, f, d.ino, b"x")
+    assert d.entries == {}
+
+
+def test_rename_into_a_removed_directory(fs: Filesystem) -> None:
+    """As create and link: ENOENT. Otherwise the file would vanish with the
+    directory when the kernel forgets it, its inode never freed."""
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    mkfile(fs, ROOT_INO, b"f", b"data")
+    fs.rmdir(ROOT_INO, b"d")
+    fails(errno.ENOENT, fs.rename, ROOT_INO, b"f", d.ino, b"x")
+    assert d.entries == {}
+    assert b"f" in root(fs).entries
+
+
+def test_name_length_limit(fs: Filesystem) -> None:
+    ok, long = b"n" * NAME_MAX, b"n" * (NAME_MAX + 1)
+    assert NAME_MAX == 255
+    ino = fs.create(ROOT_INO, ok, 0o644, ME).ino
+    fs.release(ino)
+    assert fs.lookup(ROOT_INO, ok).ino == ino
+    d = fs.mkdir(ROOT_INO, b"m" * 255, 0o755, ME)
+    fs.symlink(ROOT_INO, b"s" * 255, b"t", ME)
+    fs.mknod(ROOT_INO, b"p" * 255, S.S_IFIFO | 0o644, 0, ME)
+    fs.link(ino, ROOT_INO, b"l" * 255)
+    fs.rename(ROOT_INO, b"l" * 255, ROOT_INO, b"r" * 255)
+    before = dict(root(fs).entries)
+    fails(errno.ENAMETOOLONG, fs.create, ROOT_INO, long, 0o644, ME)
+    fails(errno.ENAMETOOLONG, fs.mkdir, ROOT_INO, long, 0o755, ME)
+    fails(errno.ENAMETOOLONG, fs.symlink, ROOT_INO, long, b"t", ME)
+    fails(errno.ENAMETOOLONG, fs.mknod, ROOT_INO, long, S.S_IFIFO | 0o644, 0, ME)
+    fails(errno.ENAMETOOLONG, fs.link, ino, ROOT_INO, long)
+    fails(errno.ENAMETOOLONG, fs.rename, ROOT_INO, ok, ROOT_INO, long)
+    fails(errno.ENAMETOOLONG, fs.rename, ROOT_INO, long, ROOT_INO, b"x")
+    fails(errno.ENAMETOOLONG, fs.lookup, ROOT_INO, long)
+    fails(errno.ENAMETOOLONG, fs.unlink, ROOT_INO, long)
+    fails(errno.ENAMETOOLONG, fs.rmdir, ROOT_INO, long)
+    assert root(fs).entries == before
+    assert d.nlink == 2
+
+
+def test_symlink_target_length(fs: Filesystem) -> None:
+    target = b"t" * 4095
+    s = fs.symlink(ROOT_INO, b"s", target, ME)
+    assert fs.readlink(s.ino) == target
+    assert s.size == 4095
+    assert S.S_ISLNK(s.mode)
+    fails(errno.ENAMETOOLONG, fs.symlink, ROOT_INO, b"s2", b"t" * 4096, ME)
+    fails(errno.ENOENT, fs.lookup, ROOT_INO, b"s2")
+
+
+def test_mknod_kinds(fs: Filesystem) -> None:
+    fifo = fs.mknod(ROOT_INO, b"fifo", S.S_IFIFO | 0o600, 0, ME)
+    chr_ = fs.mknod(ROOT_INO, b"chr", S.S_IFCHR | 0o600, 0x0103, ME)
+    sock = fs.mknod(ROOT_INO, b"sock", S.S_IFSOCK | 0o600, 0, ME)
+    reg = fs.mknod(ROOT_INO, b"reg", 0o640, 0, ME)     # no type bits: a regular file
+    assert S.S_ISFIFO(fifo.mode) and S.S_ISCHR(chr_.mode) and S.S_ISSOCK(sock.mode)
+    assert chr_.rdev == 0x0103
+    assert S.S_ISREG(reg.mode) and S.S_IMODE(reg.mode) == 0o640
+    fh = fs.open(reg.ino)
+    fs.write(fh, 0, b"ok")
+    assert fs.read(fh, 0, 5) == b"ok"
+    assert (fifo.size, fifo.blocks_512, fifo.nlink) == (0, 0, 1)
+    assert (fifo.uid, fifo.gid) == (ME.uid, ME.gid)
+
+
+# ---- sizes -------------------------------------------------------------------------------
+
+def test_directory_size_is_20_bytes_per_entry_plus_40(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    assert d.size == 40
+    names = [b"a", b"bb", b"c" * 200]
+    for i, n in enumerate(names):
+        mkfile(fs, d.ino, n)
+        assert d.size == 40 + 20 * (i + 1)
+    fs.mkdir(d.ino, b"sub", 0o755, ME)
+    fs.symlink(d.ino, b"ln", b"a", ME)
+    assert d.size == 40 + 20 * 5
+    fs.unlink(d.ino, b"a")
+    fs.rmdir(d.ino, b"sub")
+    assert d.size == 40 + 20 * 3
+    fs.rename(d.ino, b"bb", ROOT_INO, b"moved")
+    assert d.size == 40 + 20 * 2
+    assert root(fs).size == 40 + 20 * 2
+
+
+# ---- setgid directories --------------------------------------------------------------------
+
+def test_setgid_directory_inheritance(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"shared", 0o2775, OTHER)
+    assert d.mode & S.S_ISGID and d.gid == OTHER.gid
+    f = fs.create(d.ino, b"f", 0o644, ME)
+    assert f.gid == OTHER.gid and f.uid == ME.uid
+    assert not f.mode & S.S_ISGID
+    sub = fs.mkdir(d.ino, b"sub", 0o755, ME)
+    assert sub.gid == OTHER.gid
+    assert sub.mode & S.S_ISGID
+    assert S.S_IMODE(sub.mode) == 0o2755
+    subsub = fs.mkdir(sub.ino, b"subsub", 0o700, ME)
+    assert subsub.gid == OTHER.gid and subsub.mode & S.S_ISGID
+    ln = fs.symlink(d.ino, b"ln", b"f", ME)
+    nod = fs.mknod(d.ino, b"fifo", S.S_IFIFO | 0o644, 0, ME)
+    assert ln.gid == nod.gid == OTHER.gid
+    # Without the setgid bit: the caller's group, no bit on subdirectories.
+    plain = fs.mkdir(ROOT_INO, b"plain", 0o775, OTHER)
+    g = fs.create(plain.ino, b"g", 0o644, ME)
+    s2 = fs.mkdir(plain.ino, b"s2", 0o755, ME)
+    assert g.gid == s2.gid == ME.gid
+    assert not s2.mode & S.S_ISGID
+
+
+def test_setgid_set_later_by_chmod_applies_to_new_entries(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o775, OTHER)
+    before = fs.mkdir(d.ino, b"before", 0o755, ME)
+    fs.setattr(d.ino, mode=0o2775)
+    after = fs.mkdir(d.ino, b"after", 0o755, ME)
+    assert before.gid == ME.gid and not before.mode & S.S_ISGID
+    assert after.gid == OTHER.gid and after.mode & S.S_ISGID
+
+
+# ---- timestamps ------------------------------------------------------------------------------
+
+def times(node) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
+    return node.atime_ns, node.mtime_ns, node.ctime_ns
+
+
+def test_create_sets_times_and_updates_the_parent(fs: Filesystem, clock: FakeClock) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    d_atime = d.atime_ns
+    clock.advance(5)
+    f = fs.create(d.ino, b"f", 0o644, ME)
+    assert f.atime_ns == f.mtime_ns == f.ctime_ns
+    assert d.mtime_ns == d.ctime_ns == f.ctime_ns
+    assert d.atime_ns == d_atime
+    for make in (lambda n: fs.mkdir(d.ino, n, 0o755, ME),
+                 lambda n: fs.symlink(d.ino, n, b"t", ME),
+                 lambda n: fs.mknod(d.ino, n, S.S_IFIFO | 0o644, 0, ME)):
+        clock.advance(1)
+        before = d.mtime_ns
+        node = make(b"x%d" % clock.now_ns)
+        assert d.mtime_ns == d.ctime_ns == node.ctime_ns > before
+
+
+def test_link_unlink_rmdir_rename_times(fs: Filesystem, clock: FakeClock) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    e = fs.mkdir(ROOT_INO, b"e", 0o755, ME)
+    f = fs.create(d.ino, b"f", 0o644, ME)
+    fs.mkdir(d.ino, b"sub", 0o755, ME)
+
+    clock.advance(1)
+    f_mtime = f.mtime_ns
+    fs.link(f.ino, e.ino, b"g")
+    assert f.ctime_ns == e.mtime_ns == e.ctime_ns > f_mtime
+    assert f.mtime_ns == f_mtime
+
+    clock.advance(1)
+    before = f.ctime_ns
+    fs.unlink(e.ino, b"g")
+    assert f.ctime_ns > before
+    assert e.mtime_ns == e.ctime_ns == f.ctime_ns
+    assert f.mtime_ns == f_mtime
+
+    clock.advance(1)
+    fs.rmdir(d.ino, b"sub")
+    assert d.mtime_ns == d.ctime_ns > f.ctime_ns
+
+    clock.advance(1)
+    fs.rename(d.ino, b"f", e.ino, b"h")
+    assert f.ctime_ns == d.mtime_ns == d.ctime_ns == e.mtime_ns == e.ctime_ns
+    assert f.mtime_ns == f_mtime
+
+
+def test_write_updates_mtime_and_ctime_not_atime(fs: Filesystem, clock: FakeClock) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    a0, m0, c0 = times(f)
+    r0 = times(root(fs))
+    clock.advance(1)
+    fs.write(f.ino, 0, b"hello")
+    assert f.atime_ns == a0
+    assert f.mtime_ns == f.ctime_ns > m0
+    assert times(root(fs)) == r0
+
+
+def test_chmod_chown_update_ctime_only(fs: Filesystem, clock: FakeClock) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    a0, m0, c0 = times(f)
+    clock.advance(1)
+    fs.setattr(f.ino, mode=0o600)
+    assert S.S_IMODE(f.mode) == 0o600 and S.S_ISREG(f.mode)
+    assert (f.atime_ns, f.mtime_ns) == (a0, m0)
+    assert f.ctime_ns > c0
+    c1 = f.ctime_ns
+    clock.advance(1)
+    fs.setattr(f.ino, uid=7, gid=8)
+    assert (f.uid, f.gid) == (7, 8)
+    assert f.ctime_ns > c1 and f.mtime_ns == m0
+
+
+def test_truncate_times(fs: Filesystem, clock: FakeClock) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    fs.write(f.ino, 0, b"x" * 100)
+    before = times(f)
+    clock.advance(1)
+    fs.setattr(f.ino, size=100)                 # same size: nothing changes
+    assert times(f) == before
+    fs.setattr(f.ino, size=50)
+    assert f.mtime_ns > before[1] and f.ctime_ns > before[2]
+    assert f.atime_ns == before[0]
+    mid = times(f)
+    clock.advance(1)
+    fs.setattr(f.ino, size=5000)
+    assert f.mtime_ns > mid[1] and f.ctime_ns > mid[2]
+
+
+def test_utimens(fs: Filesystem, clock: FakeClock) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    c0 = f.ctime_ns
+    fs.setattr(f.ino, atime_ns=123, mtime_ns=456)
+    assert (f.atime_ns, f.mtime_ns) == (123, 456)
+    assert f.ctime_ns > c0
+
+
+def test_relatime(fs: Filesystem, clock: FakeClock) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    fs.write(f.ino, 0, b"data")
+    clock.advance(10)
+    fs.read(f.ino, 0, 4)                        # atime <= mtime: updated
+    a1 = f.atime_ns
+    assert a1 > f.mtime_ns
+    clock.advance(10)
+    fs.read(f.ino, 0, 4)                        # newer than mtime and ctime: kept
+    assert f.atime_ns == a1
+    clock.advance(24 * 3600)
+    fs.read(f.ino, 0, 4)                        # a day old: updated
+    assert f.atime_ns > a1
+    m, c = f.mtime_ns, f.ctime_ns
+    fs.lookup(ROOT_INO, b"f")
+    fs.getattr(f.ino)
+    assert (f.mtime_ns, f.ctime_ns) == (m, c)
+
+
+def test_readdir_and_readlink_update_atime(fs: Filesystem, clock: FakeClock) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    s = fs.symlink(ROOT_INO, b"s", b"target", ME)
+    clock.advance(1)
+    dh = fs.opendir(d.ino)
+    list(fs.readdir(dh, 0))
+    assert d.atime_ns > d.mtime_ns
+    fs.readlink(s.ino)
+    assert s.atime_ns > s.mtime_ns
+
+
+# ---- lookups and lifetimes ---------------------------------------------------------------------
+
+def test_lookup_counts(fs: Filesystem) -> None:
+    ino = mkfile(fs, ROOT_INO, b"f")
+    node = fs.inodes[ino]
+    assert node.nlookup == 1                    # create counts as one lookup
+    fs.lookup(ROOT_INO, b"f")
+    fs.lookup(ROOT_INO, b"f")
+    assert node.nlookup == 3
+    fs.forget(ino, 2)
+    assert node.nlookup == 1
+    fs.forget(ino, 5)                           # more than held: clamped, no error
+    assert node.nlookup == 0
+    assert ino in fs.inodes                     # still linked
+    fs.forget(424242, 1)                        # unknown inode: ignored
+
+
+def test_unlinked_open_file_lives_until_forget_and_release(fs: Filesystem) -> None:
+    for order in itertools.permutations(["forget", "release"]):
+        f = fs.create(ROOT_INO, b"f", 0o644, ME)
+        fs.write(f.ino, 0, b"x" * 40_000)
+        freed = fs.counters.inodes_freed
+        fs.unlink(ROOT_INO, b"f")
+        assert f.nlink == 0 and f.ino in fs.inodes
+        fails(errno.ENOENT, fs.lookup, ROOT_INO, b"f")
+        # Still readable and writable through the open handle.
+        assert fs.read(f.ino, 39_990, 100) == b"x" * 10
+        fs.write(f.ino, 40_000, b"more")
+        assert fs.read(f.ino, 39_998, 100) == b"xxmore"
+        assert f.size == 40_004
+        fs.engine.seal_everything()
+        assert fs.read(f.ino, 0, 3) == b"xxx"
+        for step in order:
+            assert f.ino in fs.inodes
+            if step == "forget":
+                fs.forget(f.ino, 1)
+            else:
+                fs.release(f.ino)
+        assert f.ino not in fs.inodes
+        assert fs.counters.inodes_freed == freed + 1
+        assert fs.engine.alloc_bytes == 0
+        assert fs.store.counters == StoreCounters()
+        assert fs.engine.buffer.total_bytes == 0
+        fails(errno.ENOENT, fs.getattr, f.ino)
+
+
+def test_several_open_handles(fs: Filesystem) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    fs.open(f.ino)
+    fs.unlink(ROOT_INO, b"f")
+    fs.forget(f.ino, 1)
+    fs.release(f.ino)
+    assert f.ino in fs.inodes and f.open_count == 1
+    fs.write(f.ino, 0, b"still")
+    fs.release(f.ino)
+    assert f.ino not in fs.inodes
+
+
+def test_removed_directory_lives_until_forget(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    fs.lookup(ROOT_INO, b"d")
+    fs.rmdir(ROOT_INO, b"d")
+    assert d.ino in fs.inodes and d.nlink == 0
+    assert fs.getattr(d.ino) is d
+    fs.forget(d.ino, 1)
+    assert d.ino in fs.inodes
+    fs.forget(d.ino, 1)
+    assert d.ino not in fs.inodes
+
+
+def test_unlink_of_a_forgotten_file_frees_it_at_once(fs: Filesystem) -> None:
+    ino = mkfile(fs, ROOT_INO, b"f", b"abc")
+    fs.forget(ino, 1)
+    assert ino in fs.inodes
+    fs.unlink(ROOT_INO, b"f")
+    assert ino not in fs.inodes
+    assert fs.engine.alloc_bytes == 0
+
+
+def test_hard_linked_file_survives_one_unlink(fs: Filesystem) -> None:
+    ino = mkfile(fs, ROOT_INO, b"a", b"payload")
+    fs.link(ino, ROOT_INO, b"b")
+    fs.forget(ino, 2)
+    fs.unlink(ROOT_INO, b"a")
+    assert ino in fs.inodes
+    node = fs.lookup(ROOT_INO, b"b")
+    fh = fs.open(node.ino)
+    assert fs.read(fh, 0, 100) == b"payload"
+    fs.release(fh)
+
+
+def test_released_inode_numbers_are_not_reused(fs: Filesystem) -> None:
+    ino = mkfile(fs, ROOT_INO, b"a")
+    fs.unlink(ROOT_INO, b"a")
+    fs.forget(ino, 1)
+    assert ino not in fs.inodes
+    assert mkfile(fs, ROOT_INO, b"b") != ino
+
+
+# ---- limits and statfs ----------------------------------------------------------------------------
+
+def test_nr_inodes_limit(clock: FakeClock) -> None:
+    fs = Filesystem(block_size=16384, nr_inodes=5, clock_ns=clock.ns)
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    a = mkfile(fs, ROOT_INO, b"a")
+    fs.symlink(ROOT_INO, b"s", b"a", ME)
+    fs.mknod(ROOT_INO, b"p", S.S_IFIFO | 0o644, 0, ME)
+    assert len(fs.inodes) == 5                  # the root counts
+    size, mtime = root(fs).size, root(fs).mtime_ns
+    fails(errno.ENOSPC, fs.create, ROOT_INO, b"x", 0o644, ME)
+    fails(errno.ENOSPC, fs.mkdir, d.ino, b"x", 0o755, ME)
+    fails(errno.ENOSPC, fs.symlink, ROOT_INO, b"x", b"t", ME)
+    fails(errno.ENOSPC, fs.mknod, ROOT_INO, b"x", S.S_IFIFO | 0o644, 0, ME)
+    fails(errno.ENOENT, fs.lookup, ROOT_INO, b"x")
+    assert (root(fs).size, root(fs).mtime_ns) == (size, mtime)
+    fs.link(a, d.ino, b"hard")                  # a hard link is no new inode
+    assert fs.statfs()["f_ffree"] == 0
+    # An unlinked inode still held by the kernel still counts.
+    fs.unlink(ROOT_INO, b"p")
+    fails(errno.ENOSPC, fs.create, ROOT_INO, b"x", 0o644, ME)
+    p = [ino for ino, n in fs.inodes.items() if S.S_ISFIFO(n.mode)][0]
+    fs.forget(p, 1)
+    x = fs.create(ROOT_INO, b"x", 0o644, ME)
+    assert x.ino in fs.inodes
+
+
+def test_statfs_follows_limits(clock: FakeClock) -> None:
+    fs = Filesystem(block_size=16384, size_limit=1 << 20, nr_inodes=100, clock_ns=clock.ns)
+    s = fs.statfs()
+    assert (s["f_bsize"], s["f_frsize"], s["f_namemax"]) == (4096, 4096, 255)
+    assert (s["f_blocks"], s["f_bfree"], s["f_bavail"]) == (256, 256, 256)
+    assert (s["f_files"], s["f_ffree"], s["f_favail"]) == (100, 99, 99)
+    ino = fs.create(ROOT_INO, b"f", 0o644, ME).ino
+    fs.write(ino, 0, b"x" * 10_000)             # three pages
+    fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    s = fs.statfs()
+    assert (s["f_blocks"], s["f_bfree"], s["f_bavail"]) == (256, 253, 253)
+    assert (s["f_ffree"], s["f_favail"]) == (97, 97)
+    fs.setattr(ino, size=0)
+    assert fs.statfs()["f_bfree"] == 256
+
+
+def test_statfs_unlimited(fs: Filesystem) -> None:
+    s = fs.statfs()
+    assert (s["f_blocks"], s["f_bfree"], s["f_files"], s["f_ffree"]) == (0, 0, 0, 0)
+    assert s["f_namemax"] == 255
+
+
+def test_statfs_unlimited_size_with_a_ram_budget_is_consistent(clock: FakeClock) -> None:
+    """size=0 (no limit) with the default ram= budget: free never exceeds total,
+    or df shows a negative "used"."""
+    fs = Filesystem(block_size=16384, size_limit=0, ram_budget=1 << 20, clock_ns=clock.ns)
+    s = fs.statfs()
+    assert s["f_bfree"] <= s["f_blocks"]
+    assert s["f_bavail"] <= s["f_blocks"]
+
+
+def test_statfs_free_space_is_capped_by_the_ram_budget(clock: FakeClock) -> None:
+    fs = Filesystem(block_size=16384, size_limit=1 << 30, ram_budget=1 << 20, clock_ns=clock.ns)
+    s = fs.statfs()
+    assert s["f_blocks"] == (1 << 30) // 4096
+    assert s["f_bfree"] <= (1 << 20) // 4096
+    assert s["f_bfree"] == s["f_bavail"] > 0
+
+
+# ---- readdir ---------------------------------------------------------------------------------------
+
+def list_all(fs: Filesystem, dh: int) -> list[tuple[bytes, int]]:
+    return [(name, node.ino) for name, node, _ in fs.readdir(dh, 0)]
+
+
+def test_readdir_lists_dot_dotdot_and_entries(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    names = {b"a", b"b", b"sub"}
+    mkfile(fs, d.ino, b"a")
+    mkfile(fs, d.ino, b"b")
+    sub = fs.mkdir(d.ino, b"sub", 0o755, ME)
+    dh = fs.opendir(d.ino)
+    got = list(fs.readdir(dh, 0))
+    assert [n for n, _, _ in got[:2]] == [b".", b".."]
+    assert got[0][1] is d and got[1][1] is root(fs)
+    assert {n for n, _, _ in got[2:]} == names
+    assert [off for _, _, off in got] == list(range(1, len(got) + 1))
+    for name, node, _ in got[2:]:
+        assert fs.lookup(d.ino, name) is node
+    assert dict((n, node.ino) for n, node, _ in got)[b"sub"] == sub.ino
+    # Resuming at any offset gives the rest.
+    for k in range(len(got) + 1):
+        assert [(n, o) for n, _, o in fs.readdir(dh, k)] == [(n, o) for n, _, o in got[k:]]
+    fs.releasedir(dh)
+    fails(errno.EBADF, lambda: list(fs.readdir(dh, 0)))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_readdir_is_stable_while_entries_change(fs: Filesystem, seed: int) -> None:
+    """Entries present throughout a listing appear exactly once, whatever is
+    created, removed or renamed between readdir calls."""
+    rng = random.Random(seed)
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    live = set()
+    for i in range(rng.randrange(0, 60)):
+        name = b"e%03d" % i
+        mkfile(fs, d.ino, name)
+        live.add(name)
+    initial = set(live)
+    touched: set[bytes] = set()      # names removed, created or renamed during the listing
+    dh = fs.opendir(d.ino)
+    seen: list[bytes] = []
+    off = 0
+    serial = 0
+    while True:
+        chunk = list(itertools.islice(fs.readdir(dh, off), rng.randrange(1, 8)))
+        if not chunk:
+            break
+        for name, node, nxt in chunk:
+            assert nxt > off
+            off = nxt
+            seen.append(name)
+        for _ in range(rng.randrange(0, 4)):     # mutate between calls
+            r = rng.random()
+            if r < 0.4 or not live:
+                serial += 1
+                name = b"new%d" % serial
+                mkfile(fs, d.ino, name)
+                live.add(name)
+                touched.add(name)
+            elif r < 0.8:
+                name = rng.choice(sorted(live))
+                fs.unlink(d.ino, name)
+                live.discard(name)
+                touched.add(name)
+            else:
+                name = rng.choice(sorted(live))
+                serial += 1
+                new = b"ren%d" % serial
+                fs.rename(d.ino, name, d.ino, new)
+                live.discard(name)
+                live.add(new)
+                touched.update((name, new))
+    assert seen[:2] == [b".", b".."]
+    entries = seen[2:]
+    assert len(entries) == len(set(entries)), "an entry was listed twice"
+    stable = initial - touched
+    assert stable <= set(entries), f"skipped: {sorted(stable - set(entries))}"
+    # Nothing that never existed during the listing shows up.
+    assert set(entries) <= initial | touched
+    # A new listing (offset 0) sees exactly the current entries.
+    assert {n for n, _ in list_all(fs, dh)[2:]} == live
+
+
+def test_readdir_skips_entries_removed_before_they_are_reached(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    for n in (b"a", b"b", b"c", b"d"):
+        mkfile(fs, d.ino, n)
+    dh = fs.opendir(d.ino)
+    first = list(itertools.islice(fs.readdir(dh, 0), 3))
+    assert [n for n, _, _ in first] == [b".", b"..", b"a"]
+    fs.unlink(d.ino, b"c")
+    rest = [n for n, _, _ in fs.readdir(dh, first[-1][2])]
+    assert rest == [b"b", b"d"]
+
+
+def test_readdir_never_reports_a_stale_inode_for_a_reused_name(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    for n in (b"a", b"b", b"c"):
+        mkfile(fs, d.ino, n)
+    dh = fs.opendir(d.ino)
+    first = list(itertools.islice(fs.readdir(dh, 0), 3))
+    old_b = fs.lookup(d.ino, b"b")               # the kernel still holds the old inode
+    fs.unlink(d.ino, b"b")
+    new_b = mkfile(fs, d.ino, b"b")
+    assert old_b.ino in fs.inodes and new_b != old_b.ino
+    rest = {n: node.ino for n, node, _ in fs.readdir(dh, first[-1][2])}
+    assert rest.get(b"b", new_b) == new_b
+    assert rest[b"c"] == fs.lookup(d.ino, b"c").ino
+
+
+# ---- extended attributes -----------------------------------------------------------------------------
+
+def test_xattrs(fs: Filesystem, clock: FakeClock) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    attrs_ = {b"user.mime_type": b"text/plain", b"trusted.overlay.opaque": b"y",
+              b"security.selinux": b"system_u:object_r:tmp_t:s0\0", b"user.empty": b""}
+    for name, value in attrs_.items():
+        c0 = f.ctime_ns
+        clock.advance(1)
+        fs.setxattr(f.ino, name, value)
+        assert f.ctime_ns > c0
+    for name, value in attrs_.items():
+        assert fs.getxattr(f.ino, name) == value
+    assert sorted(fs.listxattr(f.ino)) == sorted(attrs_)
+    fs.setxattr(f.ino, b"user.mime_type", b"image/png")      # replace
+    assert fs.getxattr(f.ino, b"user.mime_type") == b"image/png"
+    assert len(fs.listxattr(f.ino)) == 4
+    c0 = f.ctime_ns
+    clock.advance(1)
+    fs.removexattr(f.ino, b"user.empty")
+    assert f.ctime_ns > c0
+    fails(errno.ENODATA, fs.getxattr, f.ino, b"user.empty")
+    fails(errno.ENODATA, fs.removexattr, f.ino, b"user.empty")
+    fails(errno.ENODATA, fs.getxattr, f.ino, b"user.never")
+    fails(errno.ENODATA, fs.getxattr, f.ino, b"security.capability")
+    for name in list(fs.listxattr(f.ino)):
+        fs.removexattr(f.ino, name)
+    assert fs.listxattr(f.ino) == []
+    fails(errno.ENODATA, fs.getxattr, f.ino, b"user.mime_type")
+
+
+def test_xattr_value_is_copied(fs: Filesystem) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    buf = bytearray(b"value")
+    fs.setxattr(f.ino, b"user.x", buf)
+    buf[0:1] = b"V"
+    assert fs.getxattr(f.ino, b"user.x") == b"value"
+
+
+@pytest.mark.parametrize("name", [b"system.posix_acl_access", b"system.posix_acl_default",
+                                  b"system.foo", b"os2.name", b"user", b"xattr", b"USER.x",
+                                  b"security", b"trusted"])
+def test_unsupported_xattr_namespaces(fs: Filesystem, name: bytes) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    c0 = f.ctime_ns
+    fails(errno.EOPNOTSUPP, fs.setxattr, f.ino, name, b"v")
+    fails(errno.EOPNOTSUPP, fs.getxattr, f.ino, name)
+    fails(errno.EOPNOTSUPP, fs.removexattr, f.ino, name)
+    assert fs.listxattr(f.ino) == []
+    assert f.ctime_ns == c0
+    fs.setxattr(f.ino, b"user.other", b"1")     # a populated node answers the same
+    fails(errno.EOPNOTSUPP, fs.getxattr, f.ino, name)
+
+
+def test_xattrs_on_directories_and_symlinks(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    s = fs.symlink(ROOT_INO, b"s", b"d", ME)
+    fs.setxattr(d.ino, b"user.a", b"1")
+    fs.setxattr(s.ino, b"trusted.b", b"2")
+    fs.setxattr(ROOT_INO, b"security.c", b"3")
+    assert fs.listxattr(d.ino) == [b"user.a"]
+    assert fs.getxattr(s.ino, b"trusted.b") == b"2"
+    assert fs.getxattr(ROOT_INO, b"security.c") == b"3"
+
+
+def test_xattr_name_too_long(fs: Filesystem) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    fs.setxattr(f.ino, b"user." + b"n" * 250, b"ok")          # 255 bytes
+    fails(errno.ERANGE, fs.setxattr, f.ino, b"user." + b"n" * 251, b"v")
+    assert len(fs.listxattr(f.ino)) == 1

@@ -1,0 +1,342 @@
+"""parse_options: tmpfs's option language plus cctmpfs's own keys."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cctmpfs import options as options_mod
+from cctmpfs.errors import OptionError
+from cctmpfs.options import parse_options, split_option_strings
+
+KiB, MiB, GiB = 1024, 1024 ** 2, 1024 ** 3
+#: A fixed "physical RAM" so percentages and defaults have exact expected values.
+FAKE_RAM = 16 * GiB
+
+
+@pytest.fixture
+def ram(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(options_mod, "total_ram_bytes", lambda: FAKE_RAM)
+    return FAKE_RAM
+
+
+def parse(*opts: str, **kw):  # type: ignore[no-untyped-def]
+    return parse_options(list(opts), **kw)
+
+
+def refused(*opts: str) -> str:
+    with pytest.raises(OptionError) as info:
+        parse(*opts)
+    return str(info.value)
+
+
+# ---- defaults --------------------------------------------------------------
+
+def test_defaults(ram: int) -> None:
+    o = parse()
+    assert o.size_bytes == ram // 2
+    assert o.block_size == 128 * KiB
+    assert (o.codec, o.level, o.codec_spec) == ("zstd", 3, "zstd:3")
+    assert o.root_mode == 0o1777
+    assert (o.root_uid, o.root_gid) == (0, 0)
+    assert o.nr_inodes == ram // 4096 // 2
+    assert o.workers == 1
+    assert o.ram_bytes == ram // 2
+    assert o.buffer_bytes == 512 * MiB
+    assert "default_permissions" in o.fuse_options
+    assert "big_writes" in o.fuse_options
+    assert "fsname=cctmpfs" in o.fuse_options
+    assert "subtype=cctmpfs" in o.fuse_options
+
+
+def test_defaults_with_real_ram() -> None:
+    o = parse()
+    real = options_mod.total_ram_bytes()
+    assert o.size_bytes == real * 50 // 100
+    assert o.nr_inodes == real // 4096 // 2
+
+
+def test_source_becomes_fsname(ram: int) -> None:
+    assert "fsname=tmpfs" in parse(source="tmpfs").fuse_options
+    o = parse("fsname=mine", source="tmpfs")
+    assert [x for x in o.fuse_options if x.startswith("fsname=")] == ["fsname=mine"]
+
+
+def test_default_permissions_and_big_writes_always_once(ram: int) -> None:
+    for opts in ([], ["default_permissions"], ["allow_other,default_permissions"]):
+        o = parse_options(opts)
+        assert o.fuse_options.count("default_permissions") == 1
+        assert o.fuse_options.count("big_writes") == 1
+
+
+def test_option_strings_split_on_commas_and_repeat(ram: int) -> None:
+    assert split_option_strings(["a,b", "", "c,,d"]) == ["a", "b", "c", "d"]
+    o = parse_options(["size=1g,mode=755", "nr_inodes=10k"])
+    assert (o.size_bytes, o.root_mode, o.nr_inodes) == (GiB, 0o755, 10 * KiB)
+
+
+# ---- sizes -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("0", 0), ("4096", 4096), ("512k", 512 * KiB), ("512K", 512 * KiB),
+    ("64m", 64 * MiB), ("64M", 64 * MiB), ("8g", 8 * GiB), ("8G", 8 * GiB),
+    ("2t", 2 * 1024 * GiB),
+    ("50%", FAKE_RAM // 2), ("10%", FAKE_RAM * 10 // 100), ("100%", FAKE_RAM),
+    ("200%", FAKE_RAM * 2),
+])
+def test_size_forms(ram: int, text: str, expected: int) -> None:
+    # ram= given, so that tiny sizes test the parsing only (see below).
+    assert parse(f"size={text}", "ram=1g").size_bytes == expected
+
+
+def test_size_zero_means_unlimited_and_ram_defaults_to_half(ram: int) -> None:
+    o = parse("size=0")
+    assert o.size_bytes == 0
+    assert o.ram_bytes == ram // 2
+
+
+def test_size_limits_the_default_ram_budget(ram: int) -> None:
+    o = parse("size=1g")
+    assert o.ram_bytes == GiB
+    assert o.buffer_bytes == GiB // 4
+
+
+@pytest.mark.parametrize("text", ["small", "1x", "-1", "1.5g", "1 g", "g", "%", "0x10", "1gb"])
+def test_size_malformed(ram: int, text: str) -> None:
+    assert "size" in refused(f"size={text}")
+
+
+def test_size_percentage_too_large(ram: int) -> None:
+    assert "size" in refused("size=10001%")
+
+
+def test_size_with_too_many_digits_is_an_option_error(ram: int) -> None:
+    # Python refuses int() of more than 4300 digits with a plain ValueError.
+    assert "size" in refused("size=" + "1" * 5000)
+
+
+@pytest.mark.parametrize("opt,expected", [
+    ("size=64k", 64 * KiB), ("size=4096", 4096), ("nr_blocks=16", 16 * 4096),
+])
+def test_small_size_is_accepted_as_tmpfs_does(ram: int, opt: str, expected: int) -> None:
+    # tmpfs mounts with any size (it rounds up to pages); a limit smaller than
+    # a few blocks is a legitimate tiny /tmp, and the user never gave ram=.
+    assert parse(opt).size_bytes == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("1000", 1000), ("10k", 10 * KiB), ("2m", 2 * MiB), ("1g", GiB), ("3K", 3 * KiB),
+])
+def test_nr_inodes_forms(ram: int, text: str, expected: int) -> None:
+    assert parse(f"nr_inodes={text}").nr_inodes == expected
+
+
+def test_nr_inodes_zero_is_unlimited(ram: int) -> None:
+    assert parse("nr_inodes=0").nr_inodes == 0
+
+
+@pytest.mark.parametrize("text", ["50%", "many", "-5", "1.0"])
+def test_nr_inodes_malformed(ram: int, text: str) -> None:
+    assert "nr_inodes" in refused(f"nr_inodes={text}")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("1024", 1024 * 4096), ("256k", 256 * KiB * 4096), ("1m", MiB * 4096),
+])
+def test_nr_blocks_counts_pages(ram: int, text: str, expected: int) -> None:
+    assert parse(f"nr_blocks={text}").size_bytes == expected
+
+
+def test_nr_blocks_refuses_percent_and_size_together(ram: int) -> None:
+    assert "nr_blocks" in refused("nr_blocks=50%")
+    msg = refused("size=1g", "nr_blocks=1000")
+    assert "size" in msg and "nr_blocks" in msg
+
+
+# ---- mode, uid, gid, workers -------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("1777", 0o1777), ("755", 0o755), ("0700", 0o700), ("0", 0), ("7777", 0o7777),
+    ("2775", 0o2775),
+])
+def test_mode(ram: int, text: str, expected: int) -> None:
+    assert parse(f"mode={text}").root_mode == expected
+
+
+@pytest.mark.parametrize("text", ["10000", "8", "rwx", "-1", "07778"])
+def test_mode_malformed(ram: int, text: str) -> None:
+    assert "mode" in refused(f"mode={text}")
+
+
+def test_uid_gid(ram: int) -> None:
+    o = parse("uid=1000", "gid=100")
+    assert (o.root_uid, o.root_gid) == (1000, 100)
+
+
+@pytest.mark.parametrize("opt", ["uid=-1", "gid=-1", "uid=root", "gid=x", "uid=4294967295",
+                                 "gid=99999999999"])
+def test_uid_gid_malformed(ram: int, opt: str) -> None:
+    key = opt.split("=")[0]
+    assert key in refused(opt)
+
+
+@pytest.mark.parametrize("n", [1, 4, 64])
+def test_workers(ram: int, n: int) -> None:
+    assert parse(f"workers={n}").workers == n
+
+
+@pytest.mark.parametrize("text", ["0", "65", "-1", "two"])
+def test_workers_malformed(ram: int, text: str) -> None:
+    assert "workers" in refused(f"workers={text}")
+
+
+# ---- block size, codec ---------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("16k", 16 * KiB), ("32k", 32 * KiB), ("64k", 64 * KiB), ("128k", 128 * KiB),
+    ("256k", 256 * KiB), ("512k", 512 * KiB), ("1m", MiB), ("1M", MiB), ("16384", 16384),
+])
+def test_block_size(ram: int, text: str, expected: int) -> None:
+    assert parse(f"block_size={text}").block_size == expected
+
+
+@pytest.mark.parametrize("text", ["8k", "2m", "100k", "48k", "0", "1g", "50%", "big"])
+def test_block_size_refused(ram: int, text: str) -> None:
+    assert "block_size" in refused(f"block_size={text}")
+
+
+@pytest.mark.parametrize("text,codec,level,spec", [
+    ("zstd", "zstd", 3, "zstd:3"), ("zstd:1", "zstd", 1, "zstd:1"),
+    ("zstd:19", "zstd", 19, "zstd:19"), ("zstd:-5", "zstd", -5, "zstd:-5"),
+    ("zstd:22", "zstd", 22, "zstd:22"), ("zstd:-7", "zstd", -7, "zstd:-7"),
+    ("lz4", "lz4", 3, "lz4"), ("none", "none", 3, "none"),
+])
+def test_compress(ram: int, text: str, codec: str, level: int, spec: str) -> None:
+    o = parse(f"compress={text}")
+    assert o.codec == codec
+    assert o.codec_spec == spec
+    if codec == "zstd":
+        assert o.level == level
+
+
+@pytest.mark.parametrize("text", ["gzip", "zstd:23", "zstd:-8", "zstd:fast", "lz4:1",
+                                  "none:0", "ZSTD", "zstd:3:4"])
+def test_compress_refused(ram: int, text: str) -> None:
+    assert "compress" in refused(f"compress={text}")
+
+
+@pytest.mark.parametrize("text", ["zstd:", "lz4:", "none:"])
+def test_compress_with_an_empty_level_is_refused(ram: int, text: str) -> None:
+    assert "compress" in refused(f"compress={text}")
+
+
+# ---- RAM budget and hot buffer ------------------------------------------------
+
+def test_ram_and_buffer_forms(ram: int) -> None:
+    o = parse("ram=2g", "buffer=256m")
+    assert (o.ram_bytes, o.buffer_bytes) == (2 * GiB, 256 * MiB)
+    assert parse("ram=25%").ram_bytes == ram // 4
+    # Without buffer=, a quarter of ram=, capped at 512 MiB.
+    assert parse("ram=1g").buffer_bytes == 256 * MiB
+    assert parse("ram=8g").buffer_bytes == 512 * MiB
+
+
+def test_ram_must_hold_four_blocks(ram: int) -> None:
+    assert parse("ram=512k").ram_bytes == 512 * KiB            # 4 x 128k
+    assert "ram" in refused("ram=511k")
+    assert parse("block_size=16k", "ram=64k").ram_bytes == 64 * KiB
+    assert "ram" in refused("block_size=1m", "ram=2m")
+
+
+def test_buffer_checks(ram: int) -> None:
+    assert parse("buffer=256k").buffer_bytes == 256 * KiB      # 2 x 128k
+    assert "buffer" in refused("buffer=255k")
+    assert "buffer" in refused("ram=1m", "buffer=2m")            # larger than ram=
+    assert "buffer" in refused("buffer=10%")                     # no percentage
+    assert "buffer" in refused("buffer=lots")
+    assert "ram" in refused("ram=lots")
+
+
+# ---- pass-through, ignored, refused ---------------------------------------------
+
+@pytest.mark.parametrize("flag", sorted(options_mod.FUSE_FLAGS))
+def test_fuse_flags_pass_through(ram: int, flag: str) -> None:
+    assert flag in parse(flag).fuse_options
+
+
+def test_fuse_keys_pass_through(ram: int) -> None:
+    o = parse("allow_other", "subtype=tmp", "nosuid,nodev")
+    assert "allow_other" in o.fuse_options
+    assert "subtype=tmp" in o.fuse_options
+    assert "subtype=cctmpfs" not in o.fuse_options
+    assert "nosuid" in o.fuse_options and "nodev" in o.fuse_options
+
+
+@pytest.mark.parametrize("opt", [
+    "defaults", "noauto", "auto", "nofail", "_netdev", "user", "users", "relatime",
+    "strictatime", "lazytime", "nodiratime", "inode64", "noswap", "huge=never",
+    "mpol=default", "x-systemd.automount", "x-systemd.requires=foo.mount",
+    "x-systemd.device-timeout=10s", "x-mount.mkdir", "comment=systemd.automount",
+])
+def test_mount8_only_options_are_ignored(ram: int, opt: str) -> None:
+    plain = parse()
+    o = parse(opt)
+    assert o == plain
+    assert not any(opt.split("=")[0] in f for f in o.fuse_options)
+
+
+@pytest.mark.parametrize("opts", [["ro"], ["rw,ro"], ["ro,size=1g"]])
+def test_ro_is_refused(ram: int, opts: list[str]) -> None:
+    with pytest.raises(OptionError, match="ro"):
+        parse_options(opts)
+
+
+@pytest.mark.parametrize("opt", ["sizee=1g", "bogus", "compression=zstd", "blocksize=16k",
+                                 "allow_other=1", "defaults=1", "huge", "fsname", "nodev=yes"])
+def test_unknown_options_name_themselves(ram: int, opt: str) -> None:
+    assert opt in refused(opt)
+    assert opt in refused("size=1g", opt, "mode=755")
+
+
+@pytest.mark.parametrize("key", ["size", "nr_inodes", "nr_blocks", "mode", "uid", "gid",
+                                 "compress", "block_size", "ram", "buffer", "workers"])
+def test_valued_keys_need_a_value(ram: int, key: str) -> None:
+    assert key in refused(key)
+    assert key in refused(f"{key}=")
+
+
+# ---- fuzz ------------------------------------------------------------------------
+
+_KEYS = ["size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress", "block_size",
+         "ram", "buffer", "workers", "fsname", "subtype", "huge", "x-systemd.foo", "ro", "rw",
+         "allow_other", "defaults", "bogus", ""]
+_VALUES = st.one_of(
+    st.text(max_size=12),
+    st.from_regex(r"\A-?[0-9]{1,25}[kKmMgGtTpPeE%]?\Z"),
+    st.sampled_from(["zstd", "zstd:", "zstd:99", "lz4", "none", "16k", "1m", "50%", "0"]),
+)
+_OPTION = st.one_of(
+    st.text(max_size=20),
+    st.builds(lambda k, v: f"{k}={v}", st.sampled_from(_KEYS), _VALUES),
+    st.sampled_from(_KEYS),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.builds(",".join, st.lists(_OPTION, max_size=5)), max_size=3))
+def test_arbitrary_option_strings_raise_only_option_error(opts: list[str]) -> None:
+    try:
+        o = parse_options(opts)
+    except OptionError as e:
+        assert str(e)
+        return
+    # Whatever was accepted is a consistent configuration.
+    assert o.block_size & (o.block_size - 1) == 0
+    assert 16 * KiB <= o.block_size <= MiB
+    assert 2 * o.block_size <= o.buffer_bytes <= o.ram_bytes
+    assert 0 <= o.root_mode <= 0o7777
+    assert 1 <= o.workers <= 64
+    assert "default_permissions" in o.fuse_options and "big_writes" in o.fuse_options
+    assert all(isinstance(x, str) and "," not in x for x in o.fuse_options)
+    assert o.codec in ("zstd", "lz4", "none")
