@@ -399,6 +399,10 @@ class DataEngine:
             self._load_partials(f, off, end, partial)
             alloc, ram = self._growth(f, off, end)
             if self.size_limit and self.alloc_bytes + alloc > self.size_limit:
+                fit = self._bytes_that_fit(f, off, end)
+                if fit:
+                    # As tmpfs: write what fits and return a short count.
+                    return self.write(f, off, data[:fit])
                 self.counters.enospc += 1
                 raise FsError(errno.ENOSPC, "size= limit reached")
             if not self.ram_budget or ram <= 0 or self.ram_in_use(ram) <= self.ram_budget:
@@ -431,6 +435,21 @@ class DataEngine:
         self.buffer.touch(slot, self.clock())
         f.seq_end = off + n
         return True
+
+    def _bytes_that_fit(self, f: FileData, off: int, end: int) -> int:
+        """How many bytes from off can be written without passing size=."""
+        room = self.size_limit - self.alloc_bytes
+        pos = off
+        while pos < end:
+            idx, boff = divmod(pos, self.bs)
+            page_end = min(end, pos - pos % PAGE + PAGE)
+            slot = f.blocks.get(idx)
+            if slot is None or not slot.page_mask & page_span(boff, boff + 1):
+                room -= PAGE
+                if room < 0:
+                    break
+            pos = page_end
+        return pos - off
 
     def ram_in_use(self, extra_dirty: int = 0) -> int:
         """RAM that cannot be dropped at will: stored payloads plus dirty blocks."""

@@ -123,6 +123,9 @@ class Filesystem:
             ram_budget=ram_budget)
         self.counters = NamespaceCounters()
         self.inodes: dict[int, Inode] = {}
+        #: Hard links beyond the first of each file. tmpfs charges each against
+        #: nr_inodes (shmem_link reserves an inode for the extra dentry).
+        self.extra_links = 0
         self.next_ino = ROOT_INO
         #: open directory handle -> (directory inode, snapshot of its entries)
         self.dir_handles: dict[int, tuple[int, list[tuple[bytes, int]]]] = {}
@@ -151,8 +154,7 @@ class Filesystem:
         return node
 
     def _new_inode(self, mode: int, uid: int, gid: int, rdev: int = 0) -> Inode:
-        if self.nr_inodes and len(self.inodes) >= self.nr_inodes:
-            raise FsError(errno.ENOSPC, "nr_inodes limit reached")
+        self._reserve_inode()
         now = self.clock_ns()
         ino = self.next_ino
         self.next_ino += 1
@@ -167,6 +169,15 @@ class Filesystem:
         self.inodes[ino] = node
         self.counters.inodes_created += 1
         return node
+
+    @property
+    def inodes_used(self) -> int:
+        """What counts against nr_inodes: inodes plus extra hard links."""
+        return len(self.inodes) + self.extra_links
+
+    def _reserve_inode(self) -> None:
+        if self.nr_inodes and self.inodes_used >= self.nr_inodes:
+            raise FsError(errno.ENOSPC, "nr_inodes limit reached")
 
     @staticmethod
     def _check_name(name: bytes) -> None:
@@ -284,8 +295,10 @@ class Filesystem:
             raise FsError(errno.ENOENT, "directory was removed")
         if new_name in d.entries:  # type: ignore[operator]
             raise FsError(errno.EEXIST)
+        self._reserve_inode()
         d.entries[new_name] = ino  # type: ignore[index]
         node.nlink += 1
+        self.extra_links += 1
         now = self.clock_ns()
         node.ctime_ns = now
         self._touch_dir(d, now)
@@ -299,6 +312,8 @@ class Filesystem:
             d.nlink -= 1
             node.nlink = 0
         else:
+            if node.nlink > 1:
+                self.extra_links -= 1
             node.nlink -= 1
         node.ctime_ns = now
         self._maybe_free(node)
@@ -384,31 +399,27 @@ class Filesystem:
                 atime_ns: Optional[int] = None, mtime_ns: Optional[int] = None) -> Inode:
         """chmod, chown, utimens and truncate. Releases the global lock (truncate)."""
         node = self.get(ino)
-        changed = False
         if size is not None:
             if node.data is None:
                 raise FsError(errno.EISDIR if node.is_dir else errno.EINVAL)
             if size != node.data.size:
                 self.engine.truncate(node.data, size)
-                node.mtime_ns = self.clock_ns()
-                changed = True
+            # tmpfs sets mtime even when the size does not change.
+            node.mtime_ns = self.clock_ns()
         if mode is not None:
             node.mode = S.S_IFMT(node.mode) | (mode & 0o7777)
-            changed = True
         if uid is not None:
             node.uid = uid
-            changed = True
         if gid is not None:
             node.gid = gid
-            changed = True
         if atime_ns is not None:
             node.atime_ns = atime_ns
-            changed = True
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
-            changed = True
-        if changed:
-            node.ctime_ns = self.clock_ns()
+        # Every SETATTR changes ctime, even one that changes nothing else:
+        # chown(f, -1, -1) arrives as a SETATTR without fields, and tmpfs
+        # updates ctime for it.
+        node.ctime_ns = self.clock_ns()
         return node
 
     def readlink(self, ino: int) -> bytes:
@@ -496,6 +507,8 @@ class Filesystem:
     def _check_xattr_name(name: bytes) -> None:
         if name.startswith(ACL_PREFIX) or not name.startswith(XATTR_PREFIXES):
             raise FsError(errno.EOPNOTSUPP, "unsupported xattr namespace")
+        if name in XATTR_PREFIXES:
+            raise FsError(errno.EINVAL, "empty xattr name after the prefix")
         if len(name) > NAME_MAX:
             raise FsError(errno.ERANGE, "xattr name too long")
 
@@ -539,24 +552,23 @@ class Filesystem:
         """
         eng = self.engine
         unit = 4096
+        used = eng.alloc_bytes
         total = eng.size_limit
-        free = max(0, total - eng.alloc_bytes) if total else 0
         if eng.ram_budget:
+            # Capacity is also what the RAM budget can still take at the
+            # current compression ratio; "used" stays the allocated pages,
+            # so df agrees with du, as on tmpfs.
             c = self.store.counters
             ratio = c.raw_bytes / c.stored_bytes if c.stored_bytes else 1.0
             ram_free = max(0, eng.ram_budget - eng.ram_in_use())
-            by_ram = pages(int(ram_free * max(1.0, ratio)))
-            if total:
-                free = min(free, by_ram)
-            else:
-                # size=0: no size limit, so the capacity is what RAM can hold.
-                free = by_ram
-                total = eng.alloc_bytes + free
+            by_ram = used + pages(int(ram_free * max(1.0, ratio)))
+            total = min(total, by_ram) if total else by_ram
+        free = max(0, total - used)
         files = self.nr_inodes
         return {
             "f_bsize": unit, "f_frsize": unit,
             "f_blocks": total // unit, "f_bfree": free // unit, "f_bavail": free // unit,
-            "f_files": files, "f_ffree": max(0, files - len(self.inodes)) if files else 0,
-            "f_favail": max(0, files - len(self.inodes)) if files else 0,
+            "f_files": files, "f_ffree": max(0, files - self.inodes_used) if files else 0,
+            "f_favail": max(0, files - self.inodes_used) if files else 0,
             "f_namemax": NAME_MAX,
         }

@@ -225,6 +225,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         fuse.append(f"fsname={source}")
     if not any(o.startswith("subtype=") for o in fuse):
         fuse.append("subtype=cctmpfs")
+    # A /tmp is for every user, as a tmpfs is: when root mounts, other users
+    # may enter (the kernel still checks every mode; see default_permissions).
+    if os.geteuid() == 0 and "allow_other" not in fuse and "allow_root" not in fuse:
+        fuse.append("allow_other")
     # The kernel enforces modes, ownership and the sticky bit only with this.
     if "default_permissions" not in fuse:
         fuse.append("default_permissions")

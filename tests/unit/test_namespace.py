@@ -439,8 +439,10 @@ def test_truncate_times(fs: Filesystem, clock: FakeClock) -> None:
     fs.write(f.ino, 0, b"x" * 100)
     before = times(f)
     clock.advance(1)
-    fs.setattr(f.ino, size=100)                 # same size: nothing changes
-    assert times(f) == before
+    fs.setattr(f.ino, size=100)                 # same size: tmpfs still sets m/ctime
+    assert f.mtime_ns > before[1] and f.ctime_ns > before[2]
+    assert f.atime_ns == before[0]
+    clock.advance(1)
     fs.setattr(f.ino, size=50)
     assert f.mtime_ns > before[1] and f.ctime_ns > before[2]
     assert f.atime_ns == before[0]
@@ -603,8 +605,16 @@ def test_nr_inodes_limit(clock: FakeClock) -> None:
     fails(errno.ENOSPC, fs.mknod, ROOT_INO, b"x", S.S_IFIFO | 0o644, 0, ME)
     fails(errno.ENOENT, fs.lookup, ROOT_INO, b"x")
     assert (root(fs).size, root(fs).mtime_ns) == (size, mtime)
-    fs.link(a, d.ino, b"hard")                  # a hard link is no new inode
+    # tmpfs charges every extra hard link as an inode.
+    fails(errno.ENOSPC, fs.link, a, d.ino, b"hard")
+    fs.unlink(ROOT_INO, b"s")
+    s_ino = [ino for ino, n in fs.inodes.items() if S.S_ISLNK(n.mode)][0]
+    fs.forget(s_ino, 1)
+    fs.link(a, d.ino, b"hard")
     assert fs.statfs()["f_ffree"] == 0
+    fs.unlink(d.ino, b"hard")                   # removing the extra link frees it
+    assert fs.statfs()["f_ffree"] == 1
+    fs.link(a, d.ino, b"hard")
     # An unlinked inode still held by the kernel still counts.
     fs.unlink(ROOT_INO, b"p")
     fails(errno.ENOSPC, fs.create, ROOT_INO, b"x", 0o644, ME)
@@ -648,9 +658,15 @@ def test_statfs_unlimited_size_with_a_ram_budget_is_consistent(clock: FakeClock)
 def test_statfs_free_space_is_capped_by_the_ram_budget(clock: FakeClock) -> None:
     fs = Filesystem(block_size=16384, size_limit=1 << 30, ram_budget=1 << 20, clock_ns=clock.ns)
     s = fs.statfs()
-    assert s["f_blocks"] == (1 << 30) // 4096
-    assert s["f_bfree"] <= (1 << 20) // 4096
-    assert s["f_bfree"] == s["f_bavail"] > 0
+    # The capacity shrinks to what the RAM budget can hold; "used" stays the
+    # allocated pages (none yet), so df agrees with du.
+    assert s["f_blocks"] == (1 << 20) // 4096
+    assert s["f_bfree"] == s["f_bavail"] == s["f_blocks"]
+    mkfile(fs, ROOT_INO, b"f", b"x" * 5000)
+    s = fs.statfs()
+    assert (s["f_blocks"] - s["f_bfree"]) * 4096 == 8192
+    # Free space is what the rest of the budget holds (5000 dirty bytes used).
+    assert s["f_bfree"] * 4096 <= (1 << 20) - 5000 + 4095
 
 
 # ---- readdir ---------------------------------------------------------------------------------------

@@ -1,0 +1,379 @@
+"""The command line contract, through the installed console entry point.
+
+`cctmpfs SOURCE MOUNTPOINT [-o OPTIONS]` daemonizes and returns only once the
+mount answers; bad options or mount points exit non-zero with one message
+and leave nothing mounted; unmounting (umount or fusermount -u) ends the
+daemon; `cctmpfs stats` shows a table, `--json` named fields.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import email
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.mounted
+
+PR_SET_CHILD_SUBREAPER = 36
+STDLIB_PACKAGES = [os.path.dirname(json.__file__), os.path.dirname(email.__file__)]
+
+
+def cctmpfs_command() -> list[str]:
+    """The console script of the running environment (as installed by pip)."""
+    script = Path(sys.executable).parent / "cctmpfs"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("cctmpfs")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "cctmpfs.cli"]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(cctmpfs_command() + list(args), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def mounted_at(path: str) -> list[str]:
+    path = os.path.abspath(path)   # no realpath: it would stat a possibly hung mount
+    with open("/proc/self/mounts") as f:
+        return [line for line in f if line.split()[1] == path]
+
+
+def daemon_pids(mountpoint: str) -> list[int]:
+    """Live (non-zombie) processes whose command line names mountpoint."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if mountpoint.encode() in argv and state != "Z":
+            out.append(int(d))
+    return out
+
+
+@pytest.fixture
+def daemonized(tmp_path):
+    """Mount points for daemonized mounts; the test process is made a child
+    subreaper, so the daemons become its children and their exit status can
+    be collected. Everything is unmounted and reaped at teardown."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    made: list[str] = []
+
+    def new_mountpoint(name: str = "mnt") -> str:
+        p = tmp_path / name
+        p.mkdir()
+        made.append(str(p))
+        return str(p)
+
+    try:
+        yield new_mountpoint
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        for mp in made:
+            if mounted_at(mp):
+                subprocess.run(["fusermount", "-uz", mp], capture_output=True)
+            for pid in daemon_pids(mp):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        # Reap what became our children (daemons of this test only).
+        deadline = time.monotonic() + 10
+        for pid in _children_of_ours():
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.05)
+
+
+def _children_of_ours() -> list[int]:
+    me = os.getpid()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cmd = Path(f"/proc/{d}/cmdline").read_bytes() if os.path.exists(f"/proc/{d}/cmdline") else b""
+        if int(stat[1]) == me and b"cctmpfs" in cmd:
+            out.append(int(d))
+    return out
+
+
+def wait_exit(pid: int, timeout: float = 15.0) -> int:
+    """Wait for a daemon (our child through the subreaper) and return its exit status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"daemon {pid} still running {timeout}s after the unmount")
+        time.sleep(0.05)
+
+
+def mount_daemonized(mp: str, *opts: str, source: str = "clitest") -> int:
+    """Mount with the console script (daemonizing); returns the daemon pid."""
+    r = run_cli(source, mp, *opts)
+    assert r.returncode == 0, f"mount failed: {r.stderr}"
+    pids = daemon_pids(mp)
+    assert len(pids) == 1, f"expected one daemon for {mp}, found {pids}"
+    return pids[0]
+
+
+# ---- mounting ------------------------------------------------------------------
+
+def test_daemonized_mount_is_usable_when_the_command_returns(daemonized):
+    mp = daemonized()
+    r = run_cli("myfsname", mp, "-o", "size=32m,mode=0755")
+    # The very first thing after the command returns: the mount answers.
+    st = os.stat(mp)
+    assert r.returncode == 0, r.stderr
+    assert st.st_ino == 1
+    assert oct(st.st_mode) == oct(0o40755)
+    lines = mounted_at(mp)
+    assert len(lines) == 1
+    source, _mp, fstype = lines[0].split()[:3]
+    assert (source, fstype) == ("myfsname", "fuse.cctmpfs")
+    assert r.stdout == "" and r.stderr == ""
+    Path(mp, "hello").write_text("world")
+    assert Path(mp, "hello").read_text() == "world"
+    pid = daemon_pids(mp)[0]
+    assert subprocess.run(["fusermount", "-u", mp]).returncode == 0
+    assert wait_exit(pid) == 0
+    assert not mounted_at(mp)
+
+
+def test_daemonized_mount_repeatedly_answers_at_once(daemonized):
+    # The "returns only once usable" promise must hold every time, not by luck.
+    for i in range(5):
+        mp = daemonized(f"m{i}")
+        r = run_cli("x", mp)
+        try:
+            os.listdir(mp)
+            os.statvfs(mp)
+        finally:
+            assert r.returncode == 0, r.stderr
+            pid = daemon_pids(mp)[0]
+            subprocess.run(["fusermount", "-u", mp], check=True)
+            assert wait_exit(pid) == 0
+
+
+@pytest.mark.parametrize("unmount", [["umount"], ["fusermount", "-u"]], ids=["umount", "fusermount"])
+def test_unmount_ends_the_daemon(daemonized, unmount):
+    mp = daemonized()
+    pid = mount_daemonized(mp, "-o", "size=16m")
+    Path(mp, "f").write_bytes(os.urandom(300_000))
+    r = subprocess.run(unmount + [mp], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert wait_exit(pid) == 0
+    assert not mounted_at(mp)
+    assert os.listdir(mp) == []   # the underlying (empty) directory again
+
+
+@pytest.mark.parametrize("unmount", [["umount"], ["fusermount", "-u"]], ids=["umount", "fusermount"])
+def test_unmount_ends_a_foreground_daemon(mount_cct, unmount):
+    mp = mount_cct("size=16m")
+    Path(mp, "f").write_text("x" * 100_000)
+    r = subprocess.run(unmount + [mp], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert mp.proc.wait(timeout=15) == 0
+    assert not mounted_at(mp)
+
+
+def test_sigterm_unmounts_a_foreground_daemon(mount_cct):
+    mp = mount_cct()
+    mp.proc.send_signal(signal.SIGTERM)
+    assert mp.proc.wait(timeout=15) == 0
+    assert not mounted_at(mp)
+
+
+BAD_OPTIONS = [
+    # (option string, word the message must contain)
+    ("bogus", "bogus"),
+    ("size=64m,bogus=1", "bogus"),
+    ("size=abc", "size"),
+    ("size=", "size"),
+    ("nr_inodes=10%", "nr_inodes"),
+    ("mode=99999", "mode"),
+    ("mode=abc", "mode"),
+    ("uid=-1", "uid"),
+    ("compress=gzip", "compress"),
+    ("compress=zstd:99", "compress"),
+    ("compress=lz4:3", "compress"),
+    ("block_size=3k", "block_size"),
+    ("block_size=2m", "block_size"),
+    ("buffer=1k", "buffer"),
+    ("ram=1k", "ram"),
+    ("workers=0", "workers"),
+    ("ro", "ro"),
+    ("size=1m,nr_blocks=10", "nr_blocks"),
+]
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["daemon", "foreground"])
+@pytest.mark.parametrize("options,word", BAD_OPTIONS, ids=[o for o, _ in BAD_OPTIONS])
+def test_bad_option_exits_with_one_message_and_mounts_nothing(tmp_path, options, word, foreground):
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    args = ["src", str(mp), "-o", options] + (["-f"] if foreground else [])
+    r = run_cli(*args, timeout=30)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    msg = r.stderr.strip()
+    assert len(msg.splitlines()) == 1, f"expected one message line, got: {r.stderr!r}"
+    assert word in msg, msg
+    assert "Traceback" not in r.stderr
+    assert not mounted_at(str(mp))
+    assert daemon_pids(str(mp)) == []
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["daemon", "foreground"])
+def test_missing_mountpoint(tmp_path, foreground):
+    mp = tmp_path / "does-not-exist"
+    r = run_cli("src", str(mp), *(["-f"] if foreground else []), timeout=30)
+    assert r.returncode != 0
+    assert str(mp) in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not mp.exists()
+    assert not mounted_at(str(mp))
+    assert daemon_pids(str(mp)) == []
+
+
+def test_mountpoint_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = run_cli("src", str(f), timeout=30)
+    assert r.returncode != 0
+    assert str(f) in r.stderr
+    assert not mounted_at(str(f))
+
+
+def test_usage_errors(tmp_path):
+    r = run_cli()
+    assert r.returncode != 0 and "usage" in r.stderr.lower()
+    r = run_cli("--version")
+    assert r.returncode == 0 and "cctmpfs" in r.stdout
+
+
+# ---- stats ---------------------------------------------------------------------
+
+def copy_stdlib_packages(dest: str) -> int:
+    """Copy the json and email packages (real source files) into dest; returns bytes."""
+    total = 0
+    for src in STDLIB_PACKAGES:
+        shutil.copytree(src, os.path.join(dest, os.path.basename(src)),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for root, _dirs, files in os.walk(dest):
+        for name in files:
+            total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+STATS_FIELDS = {
+    "version", "codec", "block_size", "files_bytes", "logical_bytes", "stored_bytes",
+    "stored_logical_bytes", "buffer_bytes", "ram_used_bytes", "compression_ratio", "ratio",
+    "blocks", "incompressible_blocks", "limits", "inodes", "counters", "internal_errors",
+}
+
+
+def test_stats_json_after_writing_real_files(mount_cct):
+    mp = mount_cct("size=64m")
+    total = copy_stdlib_packages(mp)
+    assert total > 300_000
+    r = run_cli("stats", mp, "--json", "--settle")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert STATS_FIELDS <= set(s), STATS_FIELDS - set(s)
+    assert s["version"] == 1
+    assert s["codec"] == "zstd:3"
+    assert s["block_size"] == 131072
+    assert s["files_bytes"] == total
+    assert s["logical_bytes"] >= total
+    assert s["internal_errors"] == 0
+    assert s["limits"]["size_bytes"] == 64 * 1024 * 1024
+    nfiles = sum(len(f) for _r, _d, f in os.walk(mp))
+    ndirs = sum(len(d) for _r, d, _f in os.walk(mp))
+    assert s["inodes"] == 1 + nfiles + ndirs
+    # Settled: nothing dirty, and Python source compresses well.
+    assert s["blocks"]["dirty"] == 0 and s["blocks"]["sealing"] == 0
+    assert s["compression_ratio"] is not None and s["compression_ratio"] > 2.0, s
+    assert s["stored_bytes"] < total / 2
+
+    # Unsettled --json works too and keeps the same shape.
+    r = run_cli("stats", mp, "--json")
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)) == set(s)
+
+
+def test_stats_table(mount_cct):
+    mp = mount_cct("size=64m,compress=lz4,block_size=64k")
+    copy_stdlib_packages(mp)
+    r = run_cli("stats", mp, "--settle")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2, r.stdout
+    header = lines[0].split()
+    assert header[:3] == ["MOUNTPOINT", "CODEC", "BLOCK"]
+    for col in ("COMPR", "INODES", "ERRORS"):
+        assert col in header
+    row = lines[1].split()
+    assert len(row) == len(header), r.stdout
+    cells = dict(zip(header, row))
+    assert cells["MOUNTPOINT"] == mp
+    assert cells["CODEC"] == "lz4"
+    assert cells["BLOCK"] == "64.0K"
+    assert float(cells["COMPR"]) > 1.5
+    assert cells["ERRORS"] == "0"
+
+
+def test_stats_without_argument_lists_every_mount(mount_cct):
+    a = mount_cct("size=8m")
+    b = mount_cct("size=8m,compress=none")
+    Path(a, "f").write_text("a" * 10_000)
+    r = run_cli("stats")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
+    assert a in rows and b in rows, r.stdout
+    r = run_cli("stats", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data[a]["version"] == 1 and data[b]["codec"] == "none"
+    assert data[a]["files_bytes"] == 10_000
+
+
+def test_stats_of_something_else_fails(tmp_path, mount_cct):
+    mount_cct()   # at least one cctmpfs mount exists; tmp_path is still not one
+    r = run_cli("stats", str(tmp_path))
+    assert r.returncode != 0
+    assert str(tmp_path) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_stats_xattrs_are_read_only_and_unlisted(mount_cct):
+    mp = mount_cct()
+    assert "trusted.cctmpfs.stats" not in os.listxattr(mp)
+    with pytest.raises(OSError):
+        os.setxattr(mp, "trusted.cctmpfs.stats", b"{}")
+    with pytest.raises(OSError):
+        os.removexattr(mp, "trusted.cctmpfs.stats")
+    assert json.loads(os.getxattr(mp, "trusted.cctmpfs.stats"))["version"] == 1
