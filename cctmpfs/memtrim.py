@@ -59,7 +59,7 @@ class Trimmer:
 
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock
-        self.last = 0.0
+        self.last = 0.0          # clock() of the last RSS check
         self.trims = 0           # malloc_trim calls made
         self.freed_bytes = 0     # RSS drop measured across those calls
 
@@ -69,10 +69,10 @@ class Trimmer:
         now = self.clock()
         if now - self.last < TRIM_INTERVAL_SECONDS:
             return False
+        self.last = now   # also rate-limits the /proc read below
         rss = rss_bytes()
         if rss <= accounted_bytes * (1 + TRIM_EXCESS_FRACTION) + TRIM_SLACK:
             return False
-        self.last = now
         _malloc_trim(0)
         after = rss_bytes()
         self.trims += 1

@@ -1,9 +1,9 @@
 """The background sealer: one thread that compresses blocks off the FUSE path.
 
-It wakes when a sequential writer fills a block, a file is released or a
-sequential reader wants blocks decompressed ahead (the engine calls wake(),
-which only sets an event), and every POLL_SECONDS to seal blocks that went
-cold, drop stale clean copies and return freed heap memory (memtrim.py).
+It wakes when a sequential writer fills a block or a file is released (the
+engine calls wake(), which only sets an event), and every POLL_SECONDS to
+seal blocks that went cold, drop stale clean copies and return freed heap
+memory (memtrim.py).
 
 Threading: the thread takes the global lock for each pass; the pass releases
 it around compression (DataEngine.seal). It waits on its event only while
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from .filemap import DataEngine
@@ -53,15 +54,25 @@ class Sealer:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        last_scan = time.monotonic()
         while not self._stop:
             self._event.wait(POLL_SECONDS)
             self._event.clear()
             if self._stop:
                 break
+            # A wake-up does the queued work only; the aging scan (which walks
+            # the whole buffer) and the heap trim run every POLL_SECONDS.
+            scan = time.monotonic() - last_scan >= POLL_SECONDS
+            if scan:
+                last_scan = time.monotonic()
+            accounted = None
             self.lock.acquire()
             try:
-                self.engine.background_pass()
-                accounted = self.engine.store.counters.stored_bytes + self.engine.buffer.total_bytes
+                if scan:
+                    self.engine.background_pass()
+                    accounted = self.engine.store.counters.stored_bytes + self.engine.buffer.total_bytes
+                else:
+                    self.engine.queued_pass()
             except Exception as e:  # noqa: BLE001 - a bug here must not kill the mount
                 log.exception("background sealer pass failed")
                 self.on_error(e)

@@ -164,7 +164,7 @@ class Harness:
 
     def stream(self, ino: int, chunk: int, rng: random.Random) -> None:
         """Read the file from the start in chunks, as a sequential reader
-        (cat, cp) does; the background pass prefetches meanwhile."""
+        (cat, cp) does; the background pass runs meanwhile."""
         off = 0
         while off < len(self.models[ino]):
             self.read(ino, off, chunk)
@@ -1035,7 +1035,7 @@ def test_threads_with_the_sealer(codec: str) -> None:
         privates = [fs.create(ROOT_INO, b"p%d" % i, 0o644, ME).ino for i in range(private_n)]
     static_data = text_data(5 * BS, 42) + random.Random(1).randbytes(BS)
     call(fs.write, static, 0, static_data)
-    call(fs.engine.make_room)                  # stored: readers decompress and prefetch
+    call(fs.engine.make_room)                  # stored: readers decompress
     models: dict[int, bytearray] = {}
     shared_models: list[bytearray] = [bytearray(shared_len) for _ in range(shared_n)]
 
@@ -1101,7 +1101,7 @@ def test_threads_with_the_sealer(codec: str) -> None:
                     n = rng.randrange(1, 2 * BS)
                     if call(fs.read, static, off, n) != static_data[off:off + n]:
                         raise AssertionError(f"static file: read({off}, {n}) mismatch")
-            else:                              # sequential scans: prefetched
+            else:                              # sequential scans
                 chunk = rng.choice([4096, 8192, BS])
                 got = b"".join(call(fs.read, static, off, chunk)
                                for off in range(0, len(static_data), chunk))
@@ -1133,7 +1133,7 @@ def test_threads_with_the_sealer(codec: str) -> None:
         sealer.stop()
     assert not errors, errors
     c = fs.engine.counters
-    assert c.seals > 0 and c.loads > 0 and c.pressure_seals > 0 and c.prefetches > 0
+    assert c.seals > 0 and c.loads > 0 and c.pressure_seals > 0
 
     # The shared file: the union of every writer's stripes.
     expected = bytearray(shared_len)
@@ -1175,7 +1175,7 @@ def test_sealer_seals_on_wake_and_survives_errors() -> None:
     real_pass = fs.engine.background_pass
     calls = {"n": 0}
 
-    def flaky_pass(cold_only: bool = False) -> int:
+    def flaky_pass() -> int:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("boom")
