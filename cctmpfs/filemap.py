@@ -443,8 +443,7 @@ class DataEngine:
             new_pages = page_span(boff, boff + k) & ~slot.page_mask
             if new_pages:
                 slot.page_mask |= new_pages
-                f.alloc_bytes += PAGE * new_pages.bit_count()
-                self.alloc_bytes += PAGE * new_pages.bit_count()
+                self._account_pages(f, new_pages.bit_count())
             if sequential and boff + k == bs:
                 self.seal_queue.append(slot)
             pos += k
@@ -452,6 +451,11 @@ class DataEngine:
         if off + n > f.size:
             f.size = off + n
         self._maybe_wake_sealer()
+
+    def _account_pages(self, f: FileData, n: int) -> None:
+        """Add n allocated pages (negative: freed) to the file and the total."""
+        f.alloc_bytes += PAGE * n
+        self.alloc_bytes += PAGE * n
 
     def _set_dirty(self, slot: Slot, raw: bytes | bytearray, now: float) -> None:
         if slot.stored is not None:
@@ -485,16 +489,14 @@ class DataEngine:
                 lost = slot.page_mask & ~page_span(0, keep)
                 if lost:
                     slot.page_mask &= ~lost
-                    f.alloc_bytes -= PAGE * lost.bit_count()
-                    self.alloc_bytes -= PAGE * lost.bit_count()
+                    self._account_pages(f, -lost.bit_count())
         f.size = new_size
         f.seq_end = min(f.seq_end, new_size)
 
     def _detach(self, f: FileData, slot: Slot) -> None:
         """Remove slot from its file and release what it holds. Never releases the lock."""
         del f.blocks[slot.index]
-        f.alloc_bytes -= PAGE * slot.page_mask.bit_count()
-        self.alloc_bytes -= PAGE * slot.page_mask.bit_count()
+        self._account_pages(f, -slot.page_mask.bit_count())
         self.buffer.discharge(slot)
         if slot.stored is not None:
             self.store.unref(slot.stored)

@@ -76,7 +76,6 @@ class Sealer:
             except Exception as e:  # noqa: BLE001 - a bug here must not kill the mount
                 log.exception("background sealer pass failed")
                 self.on_error(e)
-                accounted = None
             finally:
                 self.lock.release()
             if accounted is not None:
