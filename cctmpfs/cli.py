@@ -68,6 +68,10 @@ def human(n: Optional[int]) -> str:
     return str(n)
 
 
+def _fmt_ratio(r: Optional[float]) -> str:
+    return f"{r:.2f}" if r else "-"
+
+
 COLUMNS = [
     # (header, function of the stats dict)
     ("MOUNTPOINT", lambda m, s: m),
@@ -76,14 +80,17 @@ COLUMNS = [
     ("FILES", lambda m, s: human(s["files_bytes"])),
     ("LOGICAL", lambda m, s: human(s["logical_bytes"])),
     ("STORED", lambda m, s: human(s["stored_bytes"])),
-    ("COMPR", lambda m, s: f"{s['compression_ratio']:.2f}" if s["compression_ratio"] else "-"),
+    ("COMPR", lambda m, s: _fmt_ratio(s["compression_ratio"])),
+    ("DEDUP", lambda m, s: _fmt_ratio(s["dedup_ratio"]) if s["dedup"]["enabled"] else "off"),
     ("BUFFER", lambda m, s: human(s["buffer_bytes"])),
     ("RAM", lambda m, s: human(s["ram_used_bytes"])),
-    ("RATIO", lambda m, s: f"{s['ratio']:.2f}" if s["ratio"] else "-"),
+    ("RATIO", lambda m, s: _fmt_ratio(s["ratio"])),
     ("DIRTY", lambda m, s: str(s["blocks"]["dirty"] + s["blocks"]["sealing"])),
     ("CACHED", lambda m, s: str(s["blocks"]["cached"])),
     ("STORED#", lambda m, s: str(s["blocks"]["stored"])),
-    ("ZERO", lambda m, s: str(s["counters"]["zero_blocks"])),
+    ("SHARED", lambda m, s: str(s["dedup"]["saved_blocks"])),
+    ("INDEX", lambda m, s: human(s["dedup"]["index_bytes"])),
+    ("ZERO", lambda m, s: str(s["zero_blocks"])),
     ("INCOMP", lambda m, s: str(s["incompressible_blocks"])),
     ("INODES", lambda m, s: str(s["inodes"])),
     ("ERRORS", lambda m, s: str(s["internal_errors"])),

@@ -111,12 +111,12 @@ class Filesystem:
                  size_limit: int = 0, nr_inodes: int = 0, ram_budget: int = 0,
                  buffer_bytes: int = 64 * 1024 * 1024, root_mode: int = 0o1777,
                  root_uid: int = 0, root_gid: int = 0, lock: Optional[GlobalLock] = None,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 dedup: bool = True, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.lock: GlobalLock = lock if lock is not None else NoLock()
         self.block_size = block_size
         self.nr_inodes = nr_inodes
         self.clock_ns = clock_ns
-        self.store = BlockStore()
+        self.store = BlockStore(block_size=block_size, dedup=dedup)
         self.engine = DataEngine(
             block_size=block_size, codec=codec or Codec("zstd", 3), store=self.store,
             buffer=HotBuffer(buffer_bytes), lock=self.lock, size_limit=size_limit,

@@ -83,6 +83,7 @@ class MountOptions:
     ram_bytes: int           # RAM budget for stored blocks plus the hot buffer
     buffer_bytes: int        # RAM budget of the uncompressed hot buffer
     workers: int             # llfuse worker threads
+    dedup: bool              # store identical blocks once (dedup=on|off)
     fuse_options: tuple[str, ...] = ()
 
     @property
@@ -162,7 +163,7 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         if key == "ro":
             raise OptionError("ro: cctmpfs is a read-write /tmp; mount it rw")
         if key in ("size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress",
-                   "block_size", "ram", "buffer", "workers"):
+                   "block_size", "ram", "buffer", "workers", "dedup"):
             if not eq or value == "":
                 raise OptionError(f"{key}: needs a value ({key}=...)")
             ours[key] = value
@@ -221,6 +222,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     if not 1 <= workers <= 64:
         raise OptionError(f"workers={ours['workers']}: must be 1..64")
 
+    dedup_text = ours.get("dedup", "on")
+    if dedup_text not in ("on", "off"):
+        raise OptionError(f"dedup={dedup_text}: must be on or off")
+
     if not any(o.startswith("fsname=") for o in fuse):
         fuse.append(f"fsname={source}")
     if not any(o.startswith("subtype=") for o in fuse):
@@ -238,5 +243,5 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     return MountOptions(
         size_bytes=size, nr_inodes=nr_inodes, root_mode=mode, root_uid=uid, root_gid=gid,
         codec=codec, level=level, block_size=block_size, ram_bytes=ram, buffer_bytes=buffer,
-        workers=workers, fuse_options=tuple(fuse),
+        workers=workers, dedup=dedup_text == "on", fuse_options=tuple(fuse),
     )

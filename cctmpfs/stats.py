@@ -19,6 +19,10 @@ from .namespace import Filesystem
 STATS_VERSION = 1
 
 
+def _ratio(num: int, den: int) -> float | None:
+    return round(num / den, 3) if den else None
+
+
 def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
     """Every figure of the mount as one JSON-ready dict. Caller holds the lock."""
     eng = fs.engine
@@ -27,9 +31,12 @@ def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
     states = {s.value: 0 for s in BlockState}
     for slot in buf.slots:
         states[slot.state.value] += 1
-    states["stored"] = store.blocks - states["cached"]
+    # Slots, not distinct blocks: every reference is a slot that is either
+    # cached (also in the buffer) or stored only.
+    states["stored"] = store.refs - states["cached"]
     files_bytes = sum(n.data.size for n in fs.inodes.values() if n.data is not None)
     ram_used = store.stored_bytes + buf.total_bytes
+    index_bytes = fs.store.index_bytes()
     out: dict[str, Any] = {
         "version": STATS_VERSION,
         "codec": eng.codec.name if eng.codec.name != "zstd" else f"zstd:{eng.codec.level}",
@@ -43,15 +50,33 @@ def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
         "buffer_dirty_bytes": buf.dirty_bytes,
         "buffer_clean_bytes": buf.clean_bytes,
         "ram_used_bytes": ram_used,
-        # compression_ratio: over sealed blocks only; ratio: allocated / RAM used.
-        "compression_ratio": round(store.raw_bytes / store.stored_bytes, 3) if store.stored_bytes else None,
-        "ratio": round(eng.alloc_bytes / ram_used, 3) if ram_used else None,
+        # Sealed data as the files see it (shared blocks counted per reference).
+        "sealed_logical_bytes": store.referenced_raw_bytes,
+        # Ratios of sealed blocks: dedup (references / distinct), compression
+        # (distinct decoded / payload) and their product, total; then ratio,
+        # the whole mount's: allocated / RAM used.
+        "dedup_ratio": _ratio(store.referenced_raw_bytes, store.raw_bytes),
+        "compression_ratio": _ratio(store.raw_bytes, store.stored_bytes),
+        "total_ratio": _ratio(store.referenced_raw_bytes, store.stored_bytes),
+        "ratio": _ratio(eng.alloc_bytes, ram_used),
+        "dedup": {
+            "enabled": fs.store.dedup,
+            "saved_blocks": store.refs - store.blocks,   # references beyond each block's first
+            "saved_bytes": store.referenced_raw_bytes - store.raw_bytes,
+            "index_entries": len(fs.store.index),
+            "unindexed_blocks": store.unindexed_blocks,
+            # RAM of the index and the block records, payloads excluded.
+            "index_bytes": index_bytes,
+            "ram_per_block_bytes": round(index_bytes / store.blocks, 1) if store.blocks else None,
+        },
+        "zero_blocks": eng.counters.zero_blocks,
         "blocks": states,
         "incompressible_blocks": store.incompressible_blocks,
         "limits": {"size_bytes": eng.size_limit, "ram_bytes": eng.ram_budget,
                    "buffer_bytes": buf.budget, "nr_inodes": fs.nr_inodes},
         "inodes": len(fs.inodes),
-        "counters": {**attrs.asdict(eng.counters), **attrs.asdict(fs.counters)},
+        "counters": {**attrs.asdict(eng.counters), **attrs.asdict(fs.counters),
+                     **attrs.asdict(fs.store.dedup_counters)},
         "rss_bytes": rss_bytes(),
     }
     out.update(extra)

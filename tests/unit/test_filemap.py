@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cctmpfs.blockstore import StoreCounters
+from cctmpfs.check import check_data
 from cctmpfs.codec import Codec, CodecId
 from cctmpfs.errors import FsError
 from cctmpfs.filemap import (CLEAN_COLD_SECONDS, DIRTY_COLD_SECONDS, MAX_FILE_SIZE, PAGE, SEAL_BATCH,
@@ -37,8 +38,15 @@ CODECS = ["zstd", "lz4", "none"]
 
 # ---- data -------------------------------------------------------------------------
 
+#: Block-sized contents that random writes reuse, so that identical blocks
+#: appear in several files and places and dedup really shares them.
+POOL = [random.Random(f"pool-{i}").randbytes(BS // 4) * 4 for i in range(3)]
+
+
 def make_data(rng: random.Random, n: int, kind: Optional[int] = None) -> bytes:
-    kind = rng.randrange(5) if kind is None else kind
+    kind = rng.randrange(6) if kind is None else kind
+    if kind == 5:
+        return b"".join(rng.choice(POOL) for _ in range(n // BS + 1))[:n]
     if kind == 0:
         return bytes(n)
     if kind == 1:
@@ -69,11 +77,12 @@ class Harness:
     """A Filesystem plus one bytearray model per regular file."""
 
     def __init__(self, codec: str = "zstd", bs: int = BS, buffer_blocks: int = 4,
-                 size_limit: int = 0, ram_budget: int = 0, lock: object = None) -> None:
+                 size_limit: int = 0, ram_budget: int = 0, lock: object = None,
+                 dedup: bool = True) -> None:
         self.clock = FakeClock()
         self.codec_name = codec
         self.fs = Filesystem(block_size=bs, codec=Codec(codec, 1), buffer_bytes=buffer_blocks * bs,
-                             size_limit=size_limit, ram_budget=ram_budget,
+                             size_limit=size_limit, ram_budget=ram_budget, dedup=dedup,
                              clock_ns=self.clock.ns, lock=lock)  # type: ignore[arg-type]
         self.fs.engine.clock = self.clock.seconds
         self.eng = self.fs.engine
@@ -156,6 +165,14 @@ class Harness:
         assert buf.total_bytes <= max(buf.budget, buffered_before), \
             "a write left the hot buffer over budget"
         return True
+
+    def copy(self, src: int, dst: int) -> None:
+        """Replace dst's content by src's, in block-sized writes, as cp does."""
+        data = bytes(self.models[src])
+        self.truncate(dst, 0)
+        for off in range(0, len(data), self.bs):
+            if not self.write(dst, off, data[off:off + self.bs]):
+                return
 
     def read(self, ino: int, off: int, size: int) -> None:
         got = self.fs.read(ino, off, size)
@@ -280,6 +297,7 @@ class Harness:
         for b, refs in stored.values():
             assert b.refs == refs
             assert len(b.payload) <= b.raw_len
+        assert check_data(fs) == []
 
     def check_zero_holes(self) -> None:
         """After sealing everything, no full all-zero block is allocated."""
@@ -350,9 +368,11 @@ def random_ops(h: Harness, rng: random.Random, n_ops: int) -> None:
         ino = rng.choice(sorted(h.models))
         size = len(h.models[ino])
         r = rng.random()
-        if r < 0.45:
+        if r < 0.41:
             off = pick_offset(rng, size)
             h.write(ino, off, make_data(rng, pick_length(rng, off)))
+        elif r < 0.45:
+            h.copy(rng.choice(sorted(h.models)), h.create() if len(h.models) < 6 else ino)
         elif r < 0.60:
             off = pick_offset(rng, size)
             h.read(ino, off, pick_length(rng, off))

@@ -42,6 +42,7 @@ def test_defaults(ram: int) -> None:
     assert (o.root_uid, o.root_gid) == (0, 0)
     assert o.nr_inodes == ram // 4096 // 2
     assert o.workers == 1
+    assert o.dedup is True
     assert o.ram_bytes == ram // 2
     assert o.buffer_bytes == 512 * MiB
     assert "default_permissions" in o.fuse_options
@@ -191,6 +192,17 @@ def test_workers_malformed(ram: int, text: str) -> None:
     assert "workers" in refused(f"workers={text}")
 
 
+@pytest.mark.parametrize("text,expected", [("on", True), ("off", False)])
+def test_dedup(ram: int, text: str, expected: bool) -> None:
+    assert parse(f"dedup={text}").dedup is expected
+
+
+@pytest.mark.parametrize("text", ["yes", "1", "ON", "true"])
+def test_dedup_malformed(ram: int, text: str) -> None:
+    msg = refused(f"dedup={text}")
+    assert "dedup" in msg and "on or off" in msg
+
+
 # ---- block size, codec ---------------------------------------------------------
 
 @pytest.mark.parametrize("text,expected", [
@@ -300,7 +312,7 @@ def test_unknown_options_name_themselves(ram: int, opt: str) -> None:
 
 
 @pytest.mark.parametrize("key", ["size", "nr_inodes", "nr_blocks", "mode", "uid", "gid",
-                                 "compress", "block_size", "ram", "buffer", "workers"])
+                                 "compress", "block_size", "ram", "buffer", "workers", "dedup"])
 def test_valued_keys_need_a_value(ram: int, key: str) -> None:
     assert key in refused(key)
     assert key in refused(f"{key}=")
@@ -309,12 +321,12 @@ def test_valued_keys_need_a_value(ram: int, key: str) -> None:
 # ---- fuzz ------------------------------------------------------------------------
 
 _KEYS = ["size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress", "block_size",
-         "ram", "buffer", "workers", "fsname", "subtype", "huge", "x-systemd.foo", "ro", "rw",
+         "ram", "buffer", "workers", "dedup", "fsname", "subtype", "huge", "x-systemd.foo", "ro", "rw",
          "allow_other", "defaults", "bogus", ""]
 _VALUES = st.one_of(
     st.text(max_size=12),
     st.from_regex(r"\A-?[0-9]{1,25}[kKmMgGtTpPeE%]?\Z"),
-    st.sampled_from(["zstd", "zstd:", "zstd:99", "lz4", "none", "16k", "1m", "50%", "0"]),
+    st.sampled_from(["zstd", "zstd:", "zstd:99", "lz4", "none", "16k", "1m", "50%", "0", "on", "off"]),
 )
 _OPTION = st.one_of(
     st.text(max_size=20),

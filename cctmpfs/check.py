@@ -1,0 +1,122 @@
+"""The invariant checker of the data engine and block store, like an fsck of
+the in-memory state: every counter is recomputed from the file block maps
+and compared with the one the code keeps.
+
+It returns a list of violations (empty when all is well) instead of raising,
+so that a running mount can report them all at once.
+
+Threading: check_data() reads shared state and must run with the global lock
+held; it never releases it.
+"""
+
+from __future__ import annotations
+
+from .blockstore import StoredBlock
+from .codec import CodecId
+from .filemap import PAGE, Slot
+from .namespace import Filesystem
+
+
+def check_data(fs: Filesystem) -> list[str]:
+    """Block maps against allocation, the hot buffer, references, and the index."""
+    eng, store = fs.engine, fs.store
+    bad: list[str] = []
+    refs: dict[int, int] = {}          # id(block) -> slots referring to it
+    blocks: dict[int, StoredBlock] = {}     # id(block) -> block
+    buffered: set[int] = set()
+    total_alloc = 0
+    for ino, node in fs.inodes.items():
+        f = node.data
+        if f is None:
+            continue
+        alloc = 0
+        for idx, slot in f.blocks.items():
+            where = f"inode {ino} block {idx}"
+            if slot.file is not f or slot.index != idx:
+                bad.append(f"{where}: slot does not point back at its file")
+            if not 0 < slot.extent <= eng.bs:
+                bad.append(f"{where}: extent {slot.extent} out of range")
+            if slot.raw is None and slot.stored is None:
+                bad.append(f"{where}: neither raw nor stored")
+            if slot.raw is not None:
+                buffered.add(id(slot))
+                if len(slot.raw) != slot.extent:
+                    bad.append(f"{where}: raw length {len(slot.raw)} != extent {slot.extent}")
+            b = slot.stored
+            if b is not None:
+                blocks[id(b)] = b
+                refs[id(b)] = refs.get(id(b), 0) + 1
+                if b.raw_len != slot.extent:
+                    bad.append(f"{where}: stored length {b.raw_len} != extent {slot.extent}")
+            if slot.page_mask >> ((slot.extent + PAGE - 1) // PAGE):
+                bad.append(f"{where}: page allocated past the extent")
+            alloc += PAGE * slot.page_mask.bit_count()
+        if f.alloc_bytes != alloc:
+            bad.append(f"inode {ino}: alloc_bytes {f.alloc_bytes} != {alloc} from its pages")
+        total_alloc += alloc
+    if eng.alloc_bytes != total_alloc:
+        bad.append(f"engine alloc_bytes {eng.alloc_bytes} != {total_alloc} over all files")
+    bad += _check_buffer(fs, buffered)
+    bad += _check_store(fs, blocks, refs)
+    return bad
+
+
+def _check_buffer(fs: Filesystem, buffered: set[int]) -> list[str]:
+    buf = fs.engine.buffer
+    bad = []
+    in_buffer = {id(s) for s in buf.slots}
+    if in_buffer != buffered:
+        bad.append(f"hot buffer holds {len(in_buffer)} slots, {len(buffered)} have raw copies")
+    slots: list[Slot] = list(buf.slots)
+    wrong = [s for s in slots if s.raw is None or s.charged != len(s.raw)]
+    if wrong:
+        bad.append(f"{len(wrong)} buffered slots charged for another length, e.g. {wrong[0]!r}")
+    dirty = sum(s.charged for s in slots if s.dirty)
+    clean = sum(s.charged for s in slots if not s.dirty)
+    if (buf.dirty_bytes, buf.clean_bytes) != (dirty, clean):
+        bad.append(f"hot buffer counts dirty/clean {buf.dirty_bytes}/{buf.clean_bytes}, "
+                   f"slots add up to {dirty}/{clean}")
+    return bad
+
+
+def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int, int]) -> list[str]:
+    store = fs.store
+    c = store.counters
+    bad = []
+    live = list(blocks.values())
+    for b in live:
+        if b.refs != refs[id(b)]:
+            bad.append(f"{b!r}: refs {b.refs} but {refs[id(b)]} slots")
+    want = {
+        "blocks": len(live),
+        "stored_bytes": sum(len(b.payload) for b in live),
+        "raw_bytes": sum(b.raw_len for b in live),
+        "incompressible_blocks": sum(1 for b in live if b.codec == CodecId.RAW),
+        "refs": sum(refs.values()),
+        "referenced_raw_bytes": sum(b.raw_len * refs[id(b)] for b in live),
+        "partial_blocks": sum(1 for b in live if b.raw_len != store.block_size),
+    }
+    for name, value in want.items():
+        if getattr(c, name) != value:
+            bad.append(f"store counter {name} = {getattr(c, name)}, blocks add up to {value}")
+    # The index: every entry is a live block under its own fingerprint, and
+    # every live fingerprinted block is indexed or counted as unindexed.
+    live_ids = {id(b) for b in live}
+    for fp, b in store.index.items():
+        if id(b) not in live_ids:
+            bad.append(f"index entry {fp:#x} points at a block no file uses: {b!r}")
+        elif b.fingerprint != fp:
+            bad.append(f"index entry {fp:#x} points at a block with fingerprint {b.fingerprint!r}")
+    unindexed = 0
+    for b in live:
+        fp = b.fingerprint
+        if fp is None:
+            if store.dedup:
+                bad.append(f"{b!r}: no fingerprint although dedup is on")
+        elif store.index.get(fp) is not b:
+            unindexed += 1
+    if not store.dedup and store.index:
+        bad.append(f"dedup is off but the index has {len(store.index)} entries")
+    if c.unindexed_blocks != unindexed:
+        bad.append(f"store counter unindexed_blocks = {c.unindexed_blocks}, blocks add up to {unindexed}")
+    return bad
