@@ -16,6 +16,10 @@ from .codec import CodecId
 from .filemap import PAGE, Slot
 from .namespace import Filesystem
 
+#: Version of the report a mount gives (fuseops.Operations.check); changes
+#: when a field of it is renamed or changes meaning.
+CHECK_VERSION = 1
+
 
 def check_data(fs: Filesystem) -> list[str]:
     """Block maps against allocation, the hot buffer, references, and the index."""

@@ -1,4 +1,5 @@
-"""Command line: `cctmpfs SOURCE MOUNTPOINT [-o OPTIONS] [-f]` and `cctmpfs stats`.
+"""Command line: `cctmpfs SOURCE MOUNTPOINT [-o OPTIONS] [-f]`, `cctmpfs stats`
+and `cctmpfs check`.
 
 The mount form is the argv mount(8)'s FUSE helper uses for an fstab line of
 type fuse.cctmpfs. Stats are read through a read-only xattr on the mount's
@@ -22,6 +23,7 @@ from .options import parse_options
 FSTYPE = "fuse.cctmpfs"
 XATTR_STATS = "trusted.cctmpfs.stats"
 XATTR_STATS_SETTLED = "trusted.cctmpfs.stats-settled"
+XATTR_CHECK = "trusted.cctmpfs.check"
 
 
 def mounted_cctmpfs() -> list[str]:
@@ -43,7 +45,11 @@ class StatsError(Exception):
 
 
 def read_stats(mountpoint: str, settle: bool = False) -> dict[str, Any]:
-    name = XATTR_STATS_SETTLED if settle else XATTR_STATS
+    return read_control(mountpoint, XATTR_STATS_SETTLED if settle else XATTR_STATS)
+
+
+def read_control(mountpoint: str, name: str) -> dict[str, Any]:
+    """The JSON behind one of the root's control xattrs; StatsError says why not."""
     try:
         raw = os.getxattr(mountpoint, name)
     except OSError as e:
@@ -52,7 +58,7 @@ def read_stats(mountpoint: str, settle: bool = False) -> dict[str, Any]:
         if e.errno in (errno.ENODATA, errno.EOPNOTSUPP, errno.EPERM):
             if mountpoint not in mounted_cctmpfs():
                 raise StatsError(f"{mountpoint}: not a cctmpfs mount point") from None
-            raise StatsError(f"{mountpoint}: reading stats needs root") from None
+            raise StatsError(f"{mountpoint}: reading {name} needs root") from None
         raise StatsError(f"{mountpoint}: {e.strerror}") from None
     return json.loads(raw)
 
@@ -136,9 +142,34 @@ def stats_main(argv: list[str]) -> int:
     return status
 
 
+def check_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="cctmpfs check",
+        description="Run the invariant checker of cctmpfs mounts (root only). "
+                    "Exit status 0: consistent; 1: violations found; 2: could not check.")
+    ap.add_argument("mountpoints", nargs="*", help="default: every cctmpfs mount")
+    args = ap.parse_args(argv)
+    status = 0
+    for mp in args.mountpoints or mounted_cctmpfs():
+        try:
+            report = read_control(mp, XATTR_CHECK)
+        except StatsError as e:
+            print(f"cctmpfs check: {e}", file=sys.stderr)
+            status = 2
+            continue
+        if report["count"] == 0:
+            print(f"{mp}: consistent")
+            continue
+        print(f"{mp}: {report['count']} violations")
+        for line in report["violations"]:
+            print(f"  {line}")
+        status = max(status, 1)
+    return status
+
+
 def mount_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
-        prog="cctmpfs", usage="cctmpfs SOURCE MOUNTPOINT [-o OPTIONS] [-f]\n       cctmpfs stats [MOUNTPOINT ...] [--json]",
+        prog="cctmpfs", usage="cctmpfs SOURCE MOUNTPOINT [-o OPTIONS] [-f]\n       cctmpfs stats [MOUNTPOINT ...] [--json]\n       cctmpfs check [MOUNTPOINT ...]",
         description="Mount a compressed tmpfs-compatible filesystem.")
     ap.add_argument("source", help="any name; shown as the filesystem name (as tmpfs's)")
     ap.add_argument("mountpoint")
@@ -162,6 +193,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "stats":
         return stats_main(argv[1:])
+    if argv and argv[0] == "check":
+        return check_main(argv[1:])
     return mount_main(argv)
 
 

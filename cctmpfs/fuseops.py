@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import llfuse
 from llfuse import FUSEError
 
+from . import check as check_mod
 from . import stats as stats_mod
 from .errors import FsError
 from .namespace import Caller, Filesystem, Inode
@@ -38,7 +39,10 @@ CACHE_TIMEOUT = 300.0
 #: kernel allows trusted.* to CAP_SYS_ADMIN alone) and never listed.
 XATTR_STATS = b"trusted.cctmpfs.stats"            # stats JSON
 XATTR_STATS_SETTLED = b"trusted.cctmpfs.stats-settled"  # seal all dirty blocks, then stats
-CONTROL_XATTRS = (XATTR_STATS, XATTR_STATS_SETTLED)
+XATTR_CHECK = b"trusted.cctmpfs.check"            # invariant checker report JSON (check.py)
+CONTROL_XATTRS = (XATTR_STATS, XATTR_STATS_SETTLED, XATTR_CHECK)
+#: Violations listed in one check report; an xattr value is at most 64 KiB.
+CHECK_REPORT_LIMIT = 100
 #: The kernel asks for this before every write(2) once getxattr exists.
 SECURITY_CAPABILITY = b"security.capability"
 
@@ -114,6 +118,13 @@ class Operations(llfuse.Operations):
         return stats_mod.collect(self.fs, internal_errors=self.internal_errors,
                                  requests=dict(sorted(self.requests.items())),
                                  **self.extra_stats())
+
+    def check(self) -> dict[str, Any]:
+        """The invariant checker's report: its version, the number of
+        violations and the first CHECK_REPORT_LIMIT of them. Never releases the lock."""
+        violations = check_mod.check_data(self.fs)
+        return {"version": check_mod.CHECK_VERSION, "count": len(violations),
+                "violations": violations[:CHECK_REPORT_LIMIT]}
 
     # ---- namespace -----------------------------------------------------
     @boundary
@@ -264,6 +275,8 @@ class Operations(llfuse.Operations):
             if node is not None and node.xattrs is None:
                 raise FUSEError(errno.ENODATA)
         if inode == llfuse.ROOT_INODE and name in CONTROL_XATTRS:
+            if name == XATTR_CHECK:
+                return json.dumps(self.check()).encode()
             return json.dumps(self.stats(settle=name == XATTR_STATS_SETTLED)).encode()
         return self.fs.getxattr(inode, name)
 

@@ -5,8 +5,9 @@ daemon in the foreground (`-f`) as a child process with its output in a log
 file, waits (briefly) until the mount answers, and fails at once with the
 daemon's log if the daemon died instead. At teardown it always unmounts
 (fusermount -u, then fusermount -uz and a kill as fallbacks) and fails the
-test unless the daemon exited with status 0, logged no traceback, and its
-stats said internal_errors == 0 just before the unmount.
+test unless the daemon exited with status 0, logged no traceback, and, just
+before the unmount, its stats said internal_errors == 0 and the invariant
+checker (trusted.cctmpfs.check) found nothing.
 
 `tmpfs_mount(options)` mounts a real tmpfs: the reference for every semantic
 question. Both fixtures unmount at teardown whatever happened, and a session
@@ -43,6 +44,7 @@ MOUNT_DEADLINE = 10.0
 EXIT_DEADLINE = 15.0
 XATTR_STATS = "trusted.cctmpfs.stats"
 XATTR_STATS_SETTLED = "trusted.cctmpfs.stats-settled"
+XATTR_CHECK = "trusted.cctmpfs.check"
 
 PR_SET_PDEATHSIG = 1
 
@@ -306,15 +308,16 @@ def _probe(mountpoint: str, code: str) -> subprocess.CompletedProcess:
                           timeout=ANSWER_TIMEOUT)
 
 
-def stats_with_timeout(mountpoint: str) -> tuple[Optional[dict[str, Any]], str]:
+def control_with_timeout(mountpoint: str, name: str) -> tuple[Optional[dict[str, Any]], str]:
+    """Read a control xattr (stats, check) in a child; (report, "") or (None, why)."""
     code = ("import os, sys; sys.stdout.buffer.write("
-            f"os.getxattr(sys.argv[1], {XATTR_STATS!r}))")
+            f"os.getxattr(sys.argv[1], {name!r}))")
     try:
         r = _probe(mountpoint, code)
     except subprocess.TimeoutExpired:
-        return None, f"stats did not answer within {ANSWER_TIMEOUT}s at teardown (daemon hung?)"
+        return None, f"{name} did not answer within {ANSWER_TIMEOUT}s at teardown (daemon hung?)"
     if r.returncode != 0:
-        return None, f"stats unreadable at teardown: {r.stderr.decode(errors='replace').strip()[-500:]}"
+        return None, f"{name} unreadable at teardown: {r.stderr.decode(errors='replace').strip()[-500:]}"
     return json.loads(r.stdout), ""
 
 
@@ -351,12 +354,19 @@ def stop_cctmpfs(m: MountPath, check: bool = True) -> list[str]:
     if proc.poll() is None and is_mounted(m):
         hung = False
         if check:
-            st, why = stats_with_timeout(m)
+            st, why = control_with_timeout(m, XATTR_STATS)
             if st is None:
                 problems.append(why)
                 hung = "did not answer" in why
-            elif st.get("internal_errors") != 0:
-                problems.append(f"internal_errors = {st.get('internal_errors')}")
+            else:
+                if st.get("internal_errors") != 0:
+                    problems.append(f"internal_errors = {st.get('internal_errors')}")
+                report, why = control_with_timeout(m, XATTR_CHECK)
+                if report is None:
+                    problems.append(why)
+                elif report["count"]:
+                    problems.append(f"invariant checker: {report['count']} violations: "
+                                    + "; ".join(report["violations"][:10]))
         elif not answers(m):
             hung = True
         if hung:

@@ -7,7 +7,8 @@ byte counts, errno) must be equal, and so must the whole tree after each
 step: types, modes, sizes, link counts, contents, link targets and which
 names share an inode. cctmpfs is mounted with block_size=16k and a small
 buffer so that offsets cross block boundaries and blocks are sealed and
-reloaded. At the end of each example the page cache is dropped and the tree
+reloaded, and with dedup on: copies and "pooled" data repeat whole blocks, so
+blocks are shared and then written, truncated and unlinked copy-on-write. At the end of each example the page cache is dropped and the tree
 compared again, so the data really comes back from the daemon.
 """
 
@@ -37,7 +38,7 @@ paths = st.sampled_from(PATHS)
 offsets = st.one_of(st.sampled_from(INTERESTING_OFFSETS), st.integers(0, 5 * BS))
 lengths = st.one_of(st.sampled_from([0, 1, 4096, BS - 1, BS, BS + 1, 2 * BS]),
                     st.integers(0, 3 * BS))
-data_kinds = st.sampled_from(["random", "zeros", "text", "mixed"])
+data_kinds = st.sampled_from(["random", "zeros", "text", "mixed", "pooled", "pooled"])
 seeds = st.integers(0, 2 ** 16)
 slots = st.integers(0, SLOTS - 1)
 open_flags = st.sampled_from(["creat", "trunc", "append", "plain", "rdonly", "excl"])
@@ -53,6 +54,8 @@ ops = st.one_of(
     st.tuples(st.just("unlink"), paths),
     st.tuples(st.just("rename"), paths, paths),
     st.tuples(st.just("link"), paths, paths),
+    st.tuples(st.just("copy"), paths, paths),
+    st.tuples(st.just("copy"), paths, paths),
     st.tuples(st.just("symlink"), paths, paths),
     st.tuples(st.just("chmod"), paths, st.sampled_from(MODES)),
     st.tuples(st.just("stat"), paths),
@@ -75,7 +78,14 @@ SETUP = [
 ]
 
 
+#: Whole blocks that "pooled" data repeats, so that identical blocks land in
+#: several files and places and the mount really shares them (dedup).
+POOL = [random.Random(f"pool-{i}").randbytes(BS // 2) * 2 for i in range(3)]
+
+
 def make_data(kind: str, n: int, seed: int) -> bytes:
+    if kind == "pooled":
+        return b"".join(POOL[(seed + i * i) % 3] for i in range(n // BS + 1))[:n]
     rng = random.Random(seed)
     if kind == "random":
         return rng.randbytes(n)
@@ -162,6 +172,9 @@ class Side:
             return os.link(self.p(op[1]), self.p(op[2]), follow_symlinks=False)
         if name == "symlink":
             return os.symlink(op[1], self.p(op[2]))
+        if name == "copy":
+            shutil.copyfile(self.p(op[1]), self.p(op[2]))   # as cp: whole blocks, same content
+            return "copied"
         if name == "chmod":
             return os.chmod(self.p(op[1]), op[2], follow_symlinks=False) \
                 if not os.path.islink(self.p(op[1])) else "skip-symlink"
@@ -240,11 +253,15 @@ def _drop_caches() -> None:
 
 @pytest.fixture
 def sides(mount_cct, tmpfs_mount):
-    cct = Side(mount_cct("size=64m,block_size=16k,buffer=64k"))
+    mp = mount_cct("size=64m,block_size=16k,buffer=64k")
+    cct = Side(mp)
     ref = Side(tmpfs_mount("size=64m"))
     yield cct, ref
     cct.reset()
     ref.reset()
+    stats = mp.stats(settle=True)
+    assert stats["counters"]["shared"] > 0, "dedup never shared a block: the workload is too weak"
+    assert stats["stored_bytes"] == 0 and stats["dedup"]["index_entries"] == 0
 
 
 #: CCTMPFS_DIFF_EXAMPLES raises it for a longer hunt.

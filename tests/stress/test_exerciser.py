@@ -1,10 +1,11 @@
 """Stress: seeded random I/O checked byte for byte, and fio's own verifier.
 
 The exerciser runs several threads, each with its own files and an
-in-memory model of them, doing random writes (random, zero and compressible
-data, across 16 KiB block boundaries), reads, truncates and reopens, plus a
-file shared by all threads in which each owns every Nth page, so that
-neighbouring pages of one block are rewritten concurrently. A small hot
+in-memory model of them, doing random writes (random, zero, compressible
+and pooled data, the last made of whole blocks repeated across files so that
+dedup shares them, across 16 KiB block boundaries), reads, truncates and
+reopens, plus a file shared by all threads in which each owns every Nth
+page, so that neighbouring pages of one block are rewritten concurrently. A small hot
 buffer (buffer=64k) forces blocks to be sealed and loaded again all the
 time; the main thread periodically settles the mount (seal everything) and
 drops the page cache so that reads really reach the daemon.
@@ -45,12 +46,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FIO_JOB = REPO_ROOT / "examples" / "fio" / "verify.fio"
 
 
+#: Whole blocks that pooled data repeats, so that identical blocks appear in
+#: every thread's files and dedup shares them (and unshares them on writes).
+POOL = [random.Random(f"pool-{i}").randbytes(BS // 4) * 4 for i in range(4)]
+
+
 def make_data(rng: random.Random, n: int) -> bytes:
     kind = rng.random()
-    if kind < 0.35:
+    if kind < 0.3:
         return rng.randbytes(n)
-    if kind < 0.5:
+    if kind < 0.42:
         return bytes(n)
+    if kind < 0.55:
+        return b"".join(rng.choice(POOL) for _ in range(n // BS + 1))[:n]
     if kind < 0.85:
         word = b"%d-the quick brown fox " % rng.randint(0, 999)
         return (word * (n // len(word) + 1))[:n]
@@ -238,6 +246,7 @@ def test_random_exerciser(mount_cct, drop_caches, workers):
         assert stats["files_bytes"] == total
         assert stats["internal_errors"] == 0
         assert stats["counters"]["loads"] > 0, "nothing was ever reloaded: the test is too weak"
+        assert stats["counters"]["shared"] > 0, "dedup never shared a block: the test is too weak"
         ops = sum(t.ops for t in threads)
         print(f"\nexerciser workers={workers}: {ops} ops, {settles} settles, {drops} drop_caches, "
               f"{stats['counters']['loads']} loads, {stats['counters']['seals']} seals")
