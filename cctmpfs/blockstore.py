@@ -38,7 +38,7 @@ from typing import Callable, ClassVar, Optional
 import attrs
 import xxhash
 
-from .codec import CodecId
+from .codec import CodecId, decoded_length
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +61,29 @@ class StoredBlock:
     """One sealed block. Immutable once created, except `refs`.
 
     `refs` counts the file slots pointing here; the block is freed at zero.
-    Make one with new_block(). Its codec is its class (one subclass per
-    codec), not a field: a slot costs 8 bytes in each of 512k blocks, and
-    keeps the record plus its index entry under 200 bytes right after the
-    index dict doubles (tests/unit/test_dedup.py measures it).
+    Make one with new_block().
+
+    The record is kept small, because it is paid per stored block (512k of
+    them in a 64 GiB /tmp) and the brief caps it with its index entry at
+    200 bytes (tests/unit/test_dedup.py measures it):
+    - the codec is the block's class (one subclass per codec), not a field;
+    - the decoded length is read from the payload (codec.decoded_length),
+      not kept: a field costs 8 bytes, and an int for a file's short tail
+      block 28 more.
     """
 
     codec: ClassVar[CodecId]   # codec that produced payload (RAW: payload is the raw bytes)
-    payload: bytes   # compressed bytes, never mutated
-    raw_len: int     # length of the decoded block, <= block_size
+    payload: bytes   # compressed bytes, never mutated; knows its decoded length
     #: fingerprint of the decoded content; None when dedup is off. A block is
     #: in the index iff index[fingerprint] is this block (a colliding block
     #: keeps its fingerprint but is not indexed).
     fingerprint: Optional[int] = None
     refs: int = 1    # file slots pointing here; protected by the global lock
+
+    @property
+    def raw_len(self) -> int:
+        """Length of the decoded block, <= block_size."""
+        return decoded_length(self.codec, self.payload)
 
     def __repr__(self) -> str:
         return f"<StoredBlock {self.codec.name} {len(self.payload)}/{self.raw_len} refs={self.refs}>"
@@ -87,10 +96,9 @@ def _block_type(cid: CodecId) -> type[StoredBlock]:
 BLOCK_TYPES: dict[CodecId, type[StoredBlock]] = {cid: _block_type(cid) for cid in CodecId}
 
 
-def new_block(codec: CodecId, payload: bytes, raw_len: int,
-              fingerprint: Optional[int] = None) -> StoredBlock:
+def new_block(codec: CodecId, payload: bytes, fingerprint: Optional[int] = None) -> StoredBlock:
     """A stored block with one reference."""
-    return BLOCK_TYPES[codec](payload, raw_len, fingerprint)
+    return BLOCK_TYPES[codec](payload, fingerprint)
 
 
 @attrs.define(slots=True)
@@ -104,7 +112,6 @@ class StoreCounters:
     refs: int = 0                # references: slots pointing at stored blocks
     referenced_raw_bytes: int = 0   # decoded bytes the references see (raw_bytes x sharing)
     unindexed_blocks: int = 0    # blocks left out of the index by a fingerprint collision
-    partial_blocks: int = 0      # blocks shorter than the block size (file tails)
 
 
 @attrs.define(slots=True)
@@ -120,22 +127,17 @@ def _record_bytes() -> int:
     the StoredBlock (plus its GC header), the payload's bytes header and the
     fingerprint int. The index's dict entry is measured separately, from the
     dict itself. tests/unit/test_dedup.py checks this against tracemalloc."""
-    sample = new_block(CodecId.ZSTD, b"x", 1, fingerprint(b"x"))
+    sample = new_block(CodecId.RAW, b"x", fingerprint(b"x"))
     return sys.getsizeof(sample) + sys.getsizeof(b"") + sys.getsizeof(2 ** 60 - 1)
 
 
 RECORD_BYTES = _record_bytes()
-#: A block length other than the block size (a file's tail block) is an int
-#: object of its own; the full length is one shared object.
-ODD_LENGTH_BYTES = sys.getsizeof(2 ** 20)
 
 
 class BlockStore:
     """Holds every sealed block, the content index, and the RAM they use."""
 
-    def __init__(self, *, block_size: int, dedup: bool = True,
-                 fingerprint: Fingerprint = fingerprint) -> None:
-        self.block_size = block_size
+    def __init__(self, *, dedup: bool = True, fingerprint: Fingerprint = fingerprint) -> None:
         self.counters = StoreCounters()
         self.dedup_counters = DedupCounters()
         self.dedup = dedup
@@ -148,8 +150,7 @@ class BlockStore:
         (see the module docstring): the answer is a hint to verify."""
         return self.index.get(fp)
 
-    def publish(self, codec: CodecId, payload: bytes, raw_len: int,
-                fp: Optional[int] = None) -> StoredBlock:
+    def publish(self, codec: CodecId, payload: bytes, fp: Optional[int] = None) -> StoredBlock:
         """Store a sealed block, or share the identical one already stored.
         Returns the block, with one new reference for the caller. Caller
         holds the lock.
@@ -162,20 +163,21 @@ class BlockStore:
         """
         if fp is not None and self.dedup:
             have = self.index.get(fp)
-            if have is not None and have.codec == codec and have.raw_len == raw_len and (
+            if have is not None and have.codec == codec and (
                     have.payload is payload or have.payload == payload):
                 self.ref(have)
                 self.dedup_counters.shared += 1
                 return have
-            block = self._add(codec, payload, raw_len, fp)
+            block = self._add(codec, payload, fp)
             if have is None:
                 self.index[fp] = block
             else:
                 self.counters.unindexed_blocks += 1
             return block
-        return self._add(codec, payload, raw_len, None)
+        return self._add(codec, payload, None)
 
-    def _add(self, codec: CodecId, payload: bytes, raw_len: int, fp: Optional[int]) -> StoredBlock:
+    def _add(self, codec: CodecId, payload: bytes, fp: Optional[int]) -> StoredBlock:
+        raw_len = decoded_length(codec, payload)
         c = self.counters
         c.blocks += 1
         c.stored_bytes += len(payload)
@@ -184,11 +186,7 @@ class BlockStore:
         c.referenced_raw_bytes += raw_len
         if codec == CodecId.RAW:
             c.incompressible_blocks += 1
-        if raw_len == self.block_size:
-            raw_len = self.block_size   # one shared int object, not 28 bytes per block
-        else:
-            c.partial_blocks += 1
-        return new_block(codec, payload, raw_len, fp)
+        return new_block(codec, payload, fp)
 
     def ref(self, block: StoredBlock) -> None:
         """Add one reference to a live block. Caller holds the lock."""
@@ -201,20 +199,19 @@ class BlockStore:
     def unref(self, block: StoredBlock) -> None:
         """Drop one reference; free the block at zero. Caller holds the lock."""
         c = self.counters
+        raw_len = block.raw_len
         block.refs -= 1
         c.refs -= 1
-        c.referenced_raw_bytes -= block.raw_len
+        c.referenced_raw_bytes -= raw_len
         if block.refs > 0:
             return
         if block.refs < 0:
             raise AssertionError(f"{block!r}: reference count below zero")
         c.blocks -= 1
         c.stored_bytes -= len(block.payload)
-        c.raw_bytes -= block.raw_len
+        c.raw_bytes -= raw_len
         if block.codec == CodecId.RAW:
             c.incompressible_blocks -= 1
-        if block.raw_len != self.block_size:
-            c.partial_blocks -= 1
         fp = block.fingerprint
         if fp is not None:
             if self.index.get(fp) is block:
@@ -224,6 +221,4 @@ class BlockStore:
 
     def index_bytes(self) -> int:
         """RAM of the content index plus the block records, payloads excluded."""
-        c = self.counters
-        return (sys.getsizeof(self.index) + c.blocks * RECORD_BYTES
-                + c.partial_blocks * ODD_LENGTH_BYTES)
+        return sys.getsizeof(self.index) + self.counters.blocks * RECORD_BYTES

@@ -98,7 +98,6 @@ def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int,
         "incompressible_blocks": sum(1 for b in live if b.codec == CodecId.RAW),
         "refs": sum(refs.values()),
         "referenced_raw_bytes": sum(b.raw_len * refs[id(b)] for b in live),
-        "partial_blocks": sum(1 for b in live if b.raw_len != store.block_size),
     }
     for name, value in want.items():
         if getattr(c, name) != value:

@@ -620,7 +620,7 @@ class DataEngine:
                 if res.reused:
                     self.counters.compressions_skipped += 1
                 self.buffer.discharge(s)
-                s.stored = self.store.publish(res.codec, res.payload, len(raw), res.fingerprint)
+                s.stored = self.store.publish(res.codec, res.payload, res.fingerprint)
                 s.raw = None
                 self.counters.seals += 1
             published += 1

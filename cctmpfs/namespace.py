@@ -116,7 +116,7 @@ class Filesystem:
         self.block_size = block_size
         self.nr_inodes = nr_inodes
         self.clock_ns = clock_ns
-        self.store = BlockStore(block_size=block_size, dedup=dedup)
+        self.store = BlockStore(dedup=dedup)
         self.engine = DataEngine(
             block_size=block_size, codec=codec or Codec("zstd", 3), store=self.store,
             buffer=HotBuffer(buffer_bytes), lock=self.lock, size_limit=size_limit,

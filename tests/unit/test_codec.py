@@ -10,7 +10,7 @@ import lz4.block
 import pytest
 import zstandard
 
-from cctmpfs.codec import MIN_SAVING_SHIFT, Codec, CodecId
+from cctmpfs.codec import MIN_SAVING_SHIFT, Codec, CodecId, decoded_length
 
 CODECS = ["zstd", "lz4", "none"]
 EXPECTED_ID = {"zstd": CodecId.ZSTD, "lz4": CodecId.LZ4, "none": CodecId.RAW}
@@ -83,7 +83,7 @@ def test_payload_must_save_the_minimum_fraction() -> None:
     c = Codec("zstd")
     for raw in (SAMPLES["half"], compressible(4096) + os.urandom(60_000)):
         cid, payload = c.compress(raw)
-        real = zstandard.ZstdCompressor(level=3, write_content_size=False,
+        real = zstandard.ZstdCompressor(level=3, write_content_size=True,
                                         write_checksum=False).compress(raw)
         keeps = len(real) <= len(raw) - (len(raw) >> MIN_SAVING_SHIFT)
         assert (cid == CodecId.ZSTD) == keeps
@@ -118,18 +118,27 @@ def test_ids_are_the_stored_format() -> None:
     assert (int(CodecId.RAW), int(CodecId.ZSTD), int(CodecId.LZ4)) == (0, 1, 2)
 
 
-def test_zstd_frames_carry_no_content_size_or_checksum() -> None:
+def test_zstd_frames_carry_their_content_size_but_no_checksum() -> None:
     raw = SAMPLES["text"]
     _, payload = Codec("zstd").compress(raw)
     params = zstandard.get_frame_parameters(payload)
-    assert params.content_size == zstandard.CONTENTSIZE_UNKNOWN
-    assert not params.has_checksum
+    assert params.content_size == len(raw)
+    assert not params.has_checksum and params.dict_id == 0
 
 
-def test_lz4_payload_is_a_bare_block() -> None:
+def test_lz4_payload_is_a_block_with_its_size_prefix() -> None:
     raw = SAMPLES["text"]
     _, payload = Codec("lz4").compress(raw)
-    assert lz4.block.decompress(payload, uncompressed_size=len(raw)) == raw
+    assert int.from_bytes(payload[:4], "little") == len(raw)
+    assert lz4.block.decompress(payload[4:], uncompressed_size=len(raw)) == raw
+
+
+@pytest.mark.parametrize("name", CODECS)
+@pytest.mark.parametrize("n", [1, 255, 256, 65_791, 65_792, 128 * 1024, 1 << 20])
+def test_every_payload_knows_its_decoded_length(name: str, n: int) -> None:
+    for raw in (compressible(n, seed=n), os.urandom(n)):
+        cid, payload = Codec(name).compress(raw)
+        assert decoded_length(cid, payload) == n
 
 
 def test_wrong_length_or_id_is_refused() -> None:

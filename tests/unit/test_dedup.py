@@ -43,14 +43,21 @@ def delete(fs: Filesystem, name: bytes, ino: int) -> None:
 
 # ---- the store on its own ------------------------------------------------------------
 
+ZSTD = Codec("zstd", 3)
+LZ4 = Codec("lz4")
+
+
 def test_publish_shares_identical_content_and_frees_at_last_reference() -> None:
-    store = BlockStore(block_size=BS)
-    fp = fingerprint(b"content")
-    a = store.publish(CodecId.ZSTD, b"payload", BS, fp)
-    b = store.publish(CodecId.ZSTD, b"payload", BS, fp)
-    assert a is b and a.refs == 2
+    store = BlockStore()
+    raw = text_data(BS)
+    fp = fingerprint(raw)
+    cid, payload = ZSTD.compress(raw)
+    a = store.publish(cid, payload, fp)
+    b = store.publish(cid, bytes(payload), fp)          # equal bytes, another object
+    assert a is b and a.refs == 2 and a.raw_len == BS
     c = store.counters
-    assert (c.blocks, c.refs, c.stored_bytes, c.raw_bytes, c.referenced_raw_bytes) == (1, 2, 7, BS, 2 * BS)
+    assert (c.blocks, c.refs, c.stored_bytes, c.raw_bytes, c.referenced_raw_bytes) == \
+        (1, 2, len(payload), BS, 2 * BS)
     assert store.dedup_counters.shared == 1
     store.unref(a)
     assert store.index == {fp: a} and c.blocks == 1
@@ -59,10 +66,11 @@ def test_publish_shares_identical_content_and_frees_at_last_reference() -> None:
 
 
 def test_same_fingerprint_other_encoding_is_stored_apart_and_unindexed() -> None:
-    store = BlockStore(block_size=BS)
-    a = store.publish(CodecId.ZSTD, b"one", BS, 7)
-    b = store.publish(CodecId.ZSTD, b"two", BS, 7)      # a collision
-    lz = store.publish(CodecId.LZ4, b"one", BS, 7)      # same bytes, other codec
+    store = BlockStore()
+    one, two = text_data(BS, seed=1), text_data(BS, seed=2)
+    a = store.publish(*ZSTD.compress(one), 7)
+    b = store.publish(*ZSTD.compress(two), 7)           # a collision
+    lz = store.publish(*LZ4.compress(one), 7)           # same content, other codec
     assert len({id(a), id(b), id(lz)}) == 3
     assert store.index == {7: a} and store.counters.unindexed_blocks == 2
     store.unref(a)                                      # the indexed one goes first
@@ -73,15 +81,15 @@ def test_same_fingerprint_other_encoding_is_stored_apart_and_unindexed() -> None
 
 
 def test_dedup_off_never_shares() -> None:
-    store = BlockStore(block_size=BS, dedup=False)
-    a = store.publish(CodecId.ZSTD, b"p", BS, 1)
-    b = store.publish(CodecId.ZSTD, b"p", BS, 1)
+    store = BlockStore(dedup=False)
+    a = store.publish(CodecId.RAW, b"p")
+    b = store.publish(CodecId.RAW, b"p")
     assert a is not b and store.index == {} and a.fingerprint is None
 
 
 def test_reference_to_a_freed_block_is_refused() -> None:
-    store = BlockStore(block_size=BS)
-    a = store.publish(CodecId.RAW, b"x", 1, 1)
+    store = BlockStore()
+    a = store.publish(CodecId.RAW, b"x", 1)
     store.unref(a)
     with pytest.raises(AssertionError):
         store.ref(a)
@@ -278,20 +286,21 @@ def test_concurrent_writers_of_identical_content_end_with_one_copy() -> None:
     2 ** 20 // 3 + 1,  # just after the index dict doubled: the most per block
 ])
 def test_ram_per_stored_block_is_under_200_bytes_and_matches_the_estimate(n: int) -> None:
-    """n distinct full blocks at the default block size.
+    """n distinct stored blocks.
 
     Measured with tracemalloc: the fingerprint, the payload object (less its
     data, which stored_bytes counts), the record and the index entry, all
     made inside the window as sealing makes them."""
-    bs = 128 * 1024
-    store = BlockStore(block_size=bs)
+    store = BlockStore()
     keep = []
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for i in range(n):
+            # The record's size does not depend on the payload's, nor on the
+            # block's length (the payload knows it), so small RAW payloads do.
             payload = i.to_bytes(8, "little")
-            keep.append(store.publish(CodecId.ZSTD, payload, bs, fingerprint(payload)))
+            keep.append(store.publish(CodecId.RAW, payload, fingerprint(payload)))
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
