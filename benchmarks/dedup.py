@@ -75,15 +75,21 @@ class Target:
             subprocess.run(self.clean_cmd, shell=True, capture_output=True, timeout=300)
 
 
-def ram_held(st: dict) -> tuple[int | None, str]:
-    """(bytes of RAM a target holds for its data, where the figure comes from)."""
-    if "mem_used_bytes" in st:                       # zram mm_stat
-        return st["mem_used_bytes"], "zram mem_used_total"
+def ram_held(t: Target, st: dict) -> tuple[int | None, str]:
+    """(bytes of RAM a target holds for its data, where the figure comes from).
+
+    zram's and tmpfs's figures are read here, not taken from the stats hook:
+    targets.sh prints them with awk's %d, which mawk clamps at 2**31 - 1.
+    """
+    if "mem_used_bytes" in st:                       # zram: mm_stat mem_used_total
+        with open("/sys/block/zram0/mm_stat") as f:
+            return int(f.read().split()[2]), "zram mm_stat mem_used_total"
     if "ram_used_bytes" in st:                       # cctmpfs stats
         return st["ram_used_bytes"] + st.get("dedup", {}).get("index_bytes", 0), \
             "cctmpfs ram_used + index"
-    if "df_used_bytes" in st:                        # tmpfs: its pages are RAM
-        return st["df_used_bytes"], "df used"
+    if "df_used_bytes" in st:                        # tmpfs: its used pages are RAM
+        v = os.statvfs(t.path)
+        return (v.f_blocks - v.f_bfree) * v.f_frsize, "statvfs used"
     if "rss_bytes" in st:                            # pyfuse_mem.py
         return st["rss_bytes"], "daemon RSS"
     return None, "-"
@@ -143,7 +149,7 @@ class Bench:
             settled = self.size / MiB / (wall + settle) if mib_s else None
             self.record(rnd, t, "dup-write", "write-%s-settled" % label, settled, "MiB/s",
                         {"fio_wall_s": round(wall, 3), "settle_s": round(settle, 3), "stats": st})
-        ram, src = ram_held(t.stats())
+        ram, src = ram_held(t, t.stats())
         self.record(rnd, t, "dup-write", "ram-two-copies", ram, "bytes", {"source": src})
 
     # ---- copies -----------------------------------------------------------------
@@ -177,7 +183,7 @@ class Bench:
         self.record(rnd, t, "copies", "untar-others-mean", statistics.mean(times[1:]), "s",
                     {"times": [round(x, 3) for x in times]})
         st = t.stats()
-        ram, src = ram_held(st)
+        ram, src = ram_held(t, st)
         logical = self.tar_logical * self.a.copies
         self.record(rnd, t, "copies", "ram-held", ram, "bytes",
                     {"source": src, "logical_bytes": logical, "stats": st})
