@@ -189,6 +189,40 @@ def mount_main(argv: list[str]) -> int:
                debug=args.debug)
 
 
+def mount_helper_main(argv: Optional[list[str]] = None) -> int:
+    """`mount.cctmpfs SOURCE MOUNTPOINT [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]`:
+    the helper mount(8) runs for `-t cctmpfs` (an fstab line of type cctmpfs).
+
+    mount(8)'s flags mean other things than ours: -f is "fake" (check the
+    options, mount nothing), -n "no mtab", -s "sloppy", -v "verbose". The
+    daemon always forks here: mount(8) waits for its helper to return.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="mount.cctmpfs",
+                                 usage="mount.cctmpfs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]")
+    ap.add_argument("source")
+    ap.add_argument("mountpoint")
+    ap.add_argument("-o", dest="options", action="append", default=[])
+    ap.add_argument("-t", dest="type", default="cctmpfs")
+    ap.add_argument("-N", dest="namespace", default=None)
+    for flag in ("-s", "-f", "-n", "-v"):
+        ap.add_argument(flag, action="store_true")
+    args = ap.parse_args(argv)
+    if args.namespace is not None:
+        print("mount.cctmpfs: -N (mount in another namespace) is not supported; "
+              "run mount inside the namespace instead", file=sys.stderr)
+        return 1
+    try:
+        opts = parse_options(args.options, source=args.source)
+    except OptionError as e:
+        print(f"mount.cctmpfs: bad mount option {e}", file=sys.stderr)
+        return 1
+    if args.f:
+        return 0
+    from .daemon import run  # llfuse is imported only when mounting
+    return run(args.source, args.mountpoint, opts, foreground=False)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "stats":

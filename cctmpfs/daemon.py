@@ -58,15 +58,49 @@ def build(opts: MountOptions, lock: object) -> Filesystem:
         root_gid=opts.root_gid, dedup=opts.dedup, lock=lock)  # type: ignore[arg-type]
 
 
+class KmsgHandler(logging.Handler):
+    """Writes records to the kernel log (/dev/kmsg: dmesg, and the journal),
+    one write per record, with its syslog priority."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+                  logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def __init__(self, path: str = "/dev/kmsg") -> None:
+        super().__init__()
+        self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            pri = self.PRIORITIES.get(record.levelno, 6)
+            for line in self.format(record).splitlines() or [""]:
+                # The kernel keeps at most ~1 KiB per record.
+                os.write(self.fd, f"<{pri}>{line}"[:1000].encode(errors="replace") + b"\n")
+        except Exception:  # noqa: BLE001 - logging must never take the daemon down
+            self.handleError(record)
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        finally:
+            super().close()
+
+
 def _setup_daemon_logging(debug: bool) -> None:
-    """Log to syslog (the journal under systemd), never to a terminal."""
+    """Log to syslog (the journal under systemd), never to a terminal. Where
+    there is no syslog socket (a container, an early boot), to the kernel
+    log; only if that is closed too, nowhere."""
     root = logging.getLogger()
     root.handlers.clear()
+    fmt = logging.Formatter("cctmpfs[%(process)d]: %(name)s: %(message)s")
+    handler: logging.Handler
     if os.path.exists("/dev/log"):
-        handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
-        handler.setFormatter(logging.Formatter("cctmpfs[%(process)d]: %(name)s: %(message)s"))
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
     else:
-        handler = logging.NullHandler()
+        try:
+            handler = KmsgHandler()
+        except OSError:
+            handler = logging.NullHandler()
+    handler.setFormatter(fmt)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 

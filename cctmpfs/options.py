@@ -48,7 +48,7 @@ DEFAULT_BUFFER_CAP = 512 * MiB
 FUSE_FLAGS = frozenset({
     "allow_other", "allow_root", "auto_unmount", "default_permissions",
     "nosuid", "suid", "nodev", "dev", "noexec", "exec", "rw",
-    "atime", "noatime", "sync", "async", "dirsync",
+    "atime", "noatime", "sync", "async", "dirsync", "nonempty",
 })
 FUSE_KEYS = frozenset({"fsname", "subtype"})
 #: Meaningful to mount(8), systemd or tmpfs only; accepted and ignored.
@@ -239,6 +239,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         fuse.append("default_permissions")
     # 128 KiB WRITE requests; without it the kernel sends 4 KiB pieces.
     fuse.append("big_writes")
+    # tmpfs mounts over a directory that holds files (a /tmp in use, say);
+    # libfuse 2.9 refuses to unless told so.
+    if "nonempty" not in fuse:
+        fuse.append("nonempty")
 
     return MountOptions(
         size_bytes=size, nr_inodes=nr_inodes, root_mode=mode, root_uid=uid, root_gid=gid,

@@ -69,6 +69,9 @@ def test_default_permissions_and_big_writes_always_once(ram: int) -> None:
         o = parse_options(opts)
         assert o.fuse_options.count("default_permissions") == 1
         assert o.fuse_options.count("big_writes") == 1
+    # Mounting over a non-empty directory works, as on tmpfs.
+    assert parse_options([]).fuse_options.count("nonempty") == 1
+    assert parse_options(["nonempty"]).fuse_options.count("nonempty") == 1
 
 
 def test_option_strings_split_on_commas_and_repeat(ram: int) -> None:

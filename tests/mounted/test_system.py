@@ -1,0 +1,347 @@
+"""cctmpfs as the machine's /tmp: fstab and mount(8), the mount.cctmpfs helper,
+SIGTERM, logging, mounting over a non-empty directory, several users.
+
+Tests that mount through mount(8) run in a private mount and PID namespace
+(`unshare --mount --pid --fork`): the machine's mount table and /tmp are never
+touched, and when the script ends the namespace ends with every process in it
+(the daemon included), so nothing stays mounted whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from test_cli import cctmpfs_command, mounted_at  # tests/mounted is on sys.path (rootdir imports)
+
+pytestmark = pytest.mark.mounted
+
+BIN_DIR = str(Path(cctmpfs_command()[0]).parent) if len(cctmpfs_command()) == 1 else None
+
+
+def in_namespace(script: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a bash script in a private mount + PID namespace, with cctmpfs
+    installed as examples/install-helpers.sh installs it.
+
+    mount(8) runs its helpers with a fixed PATH (/usr/local/sbin, /usr/sbin,
+    ...), so /sbin/mount.fuse finds `cctmpfs` only there. Inside the namespace
+    a directory holding the cctmpfs command is bound over /usr/local/sbin,
+    which leaves the machine's own unchanged. The venv's bin is also first on
+    the script's PATH. The script starts in / (mount(8) turns a relative
+    source such as `cctmpfs` into a path if the current directory has it)."""
+    assert BIN_DIR, "the cctmpfs console script is not installed beside this Python"
+    helpers = tempfile.mkdtemp(prefix="cct-sbin.", dir="/var/tmp")
+    os.symlink(Path(BIN_DIR, "cctmpfs"), Path(helpers, "cctmpfs"))
+    os.chmod(helpers, 0o755)
+    env = dict(os.environ, PATH=f"{BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    try:
+        return subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
+             "bash", "-euo", "pipefail", "-c", f"mount --bind {helpers} /usr/local/sbin\ncd /\n{script}"],
+            capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    finally:
+        shutil.rmtree(helpers)
+
+
+def findmnt(output: str) -> dict:
+    """The one filesystem of a `findmnt -J` output."""
+    return json.loads(output)["filesystems"][0]
+
+
+# ---- fstab, mount(8), mount.cctmpfs --------------------------------------------------------
+
+def test_fstab_line_mounts_with_mount8_and_unmounts(tmp_path):
+    mp = tmp_path / "tmp"
+    mp.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(
+        f"cctmpfs {mp} fuse.cctmpfs "
+        "size=64m,ram=32m,mode=1777,allow_other,defaults,rw,nosuid,nodev,noexec,nofail,_netdev 0 0\n")
+    r = in_namespace(f"""
+        mount -T {fstab} {mp}
+        findmnt -J -o TARGET,SOURCE,FSTYPE,OPTIONS {mp} > {tmp_path}/findmnt.json
+        stat -c %a {mp} > {tmp_path}/mode
+        echo hello > {mp}/f
+        cat {mp}/f > {tmp_path}/content
+        umount {mp}
+        if mountpoint -q {mp}; then echo "still mounted after umount"; exit 1; fi
+        # mount -a mounts it again; the helper daemon is gone after umount.
+        mount -a -T {fstab}
+        mountpoint -q {mp}
+        test ! -e {mp}/f          # volatile, as tmpfs
+        umount {mp}
+        sleep 0.5
+        if pgrep -f "[p]ython.*cctmpfs cctmpfs {mp}"; then echo "daemon left running"; exit 1; fi
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fs = findmnt((tmp_path / "findmnt.json").read_text())
+    assert fs["fstype"] == "fuse.cctmpfs" and fs["source"] == "cctmpfs"
+    for opt in ("rw", "nosuid", "nodev", "noexec", "allow_other", "default_permissions"):
+        assert opt in fs["options"].split(","), fs["options"]
+    assert (tmp_path / "mode").read_text().strip() == "1777"
+    assert (tmp_path / "content").read_text() == "hello\n"
+
+
+def test_fstab_ro_and_bad_options_are_refused_clearly(tmp_path):
+    mp = tmp_path / "tmp"
+    mp.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"cctmpfs {mp} fuse.cctmpfs size=16m 0 0\n"
+                     f"cctmpfs {tmp_path}/bad fuse.cctmpfs size=16m,compress=gzip 0 0\n")
+    (tmp_path / "bad").mkdir()
+    r = in_namespace(f"""
+        if mount -T {fstab} -o ro {mp} 2> {tmp_path}/ro.err; then echo "ro mounted"; exit 1; fi
+        if mountpoint -q {mp}; then echo "ro left a mount"; exit 1; fi
+        if mount -T {fstab} {tmp_path}/bad 2> {tmp_path}/bad.err; then echo "bad mounted"; exit 1; fi
+        if mountpoint -q {tmp_path}/bad; then echo "bad left a mount"; exit 1; fi
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ro = (tmp_path / "ro.err").read_text()
+    assert "ro" in ro and "read-write" in ro, ro
+    bad = (tmp_path / "bad.err").read_text()
+    assert "compress=gzip" in bad and "Traceback" not in bad, bad
+
+
+def test_type_cctmpfs_uses_the_mount_cctmpfs_helper(tmp_path):
+    """`type cctmpfs` (no fuse. prefix): mount(8) runs /sbin/mount.cctmpfs. Inside
+    the namespace, a directory holding only that helper is bound over /usr/sbin,
+    so the machine's /sbin is not changed."""
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    (sbin / "mount.cctmpfs").symlink_to(Path(BIN_DIR, "mount.cctmpfs"))
+    mp = tmp_path / "tmp"
+    mp.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"mytmp {mp} cctmpfs size=16m,mode=1777,nodev,nosuid 0 0\n")
+    r = in_namespace(f"""
+        mount --bind {sbin} /usr/sbin
+        mount -T {fstab} {mp}
+        findmnt -J -o SOURCE,FSTYPE {mp} > {tmp_path}/findmnt.json
+        # -f (fake) checks the options and mounts nothing
+        {BIN_DIR}/mount.cctmpfs x {tmp_path} -f -o size=1m
+        if {BIN_DIR}/mount.cctmpfs x {tmp_path} -f -o size=1m,bogus 2> {tmp_path}/fake.err; then exit 1; fi
+        umount {mp}
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fs = findmnt((tmp_path / "findmnt.json").read_text())
+    assert fs["fstype"] == "fuse.cctmpfs" and fs["source"] == "mytmp"
+    assert "bogus" in (tmp_path / "fake.err").read_text()
+
+
+def test_daemon_logs_to_the_system_log_not_a_terminal(tmp_path):
+    """A daemonized mount logs to syslog; without /dev/log (as here), to the
+    kernel log. The terminal it was started from gets nothing."""
+    mp = tmp_path / "tmp"
+    mp.mkdir()
+    marker = uuid.uuid4().hex[:12]
+    r = in_namespace(f"""
+        cctmpfs {marker} {mp} -o size=8m
+        umount {mp}
+        sleep 0.5
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout == "" and r.stderr == ""
+    if os.path.exists("/dev/log"):
+        pytest.skip("this machine has a syslog socket; the kernel-log fallback is not used")
+    log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    assert f"mounted {marker} on {mp}" in log
+    assert f"unmounted {mp}" in log
+
+
+# ---- lifecycle --------------------------------------------------------------------------------
+
+def test_sigterm_stops_the_daemon_cleanly(mount_cct):
+    mp = mount_cct("size=16m")
+    Path(mp, "f").write_bytes(b"x" * 100_000)
+    mp.proc.send_signal(signal.SIGTERM)
+    assert mp.proc.wait(timeout=15) == 0
+    assert mounted_at(mp) == []
+    assert "Traceback" not in mp.log()
+
+
+def test_sigterm_stops_a_daemonized_mount(tmp_path):
+    mp = tmp_path / "tmp"
+    mp.mkdir()
+    r = in_namespace(f"""
+        cctmpfs cctmpfs {mp} -o size=8m
+        pid=$(pgrep -f "[p]ython.*cctmpfs cctmpfs {mp}")
+        echo data > {mp}/f
+        kill -TERM $pid
+        for i in $(seq 1 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+        if kill -0 $pid 2>/dev/null; then echo "daemon ignored SIGTERM"; exit 1; fi
+        if mountpoint -q {mp}; then echo "still mounted"; exit 1; fi
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mounting_over_a_non_empty_directory_works_as_on_tmpfs(mount_cct, tmpfs_mount, tmp_path):
+    for kind in ("tmpfs", "cctmpfs"):
+        d = tmp_path / kind
+        d.mkdir()
+        (d / "old").write_text("under the mount")
+        if kind == "tmpfs":
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)], check=True)
+            try:
+                assert os.listdir(d) == []
+            finally:
+                subprocess.run(["umount", str(d)], check=True)
+        else:
+            m = mount_cct("size=8m", mountpoint=str(d))
+            assert os.listdir(m) == []
+            Path(m, "new").write_text("on the mount")
+            assert m.unmount() == 0
+        assert os.listdir(d) == ["old"] and (d / "old").read_text() == "under the mount"
+
+
+# ---- several users ----------------------------------------------------------------------------
+
+@pytest.fixture
+def two_users():
+    """Two real unprivileged accounts, created for the test and removed after."""
+    if shutil.which("useradd") is None:
+        pytest.fail("useradd not found (apt-get install passwd)", pytrace=False)
+    names = [f"cct{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    made = []
+    try:
+        for n in names:
+            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", n],
+                           check=True, capture_output=True)
+            made.append(n)
+        yield [pwd.getpwnam(n) for n in names]
+    finally:
+        for n in made:
+            subprocess.run(["userdel", n], capture_output=True)
+
+
+AS_USER = r"""
+import errno, json, os, sys
+root, me, other = sys.argv[1], sys.argv[2], sys.argv[3]
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = errno.errorcode[e.errno]
+mine = os.path.join(root, me)
+def create():
+    with open(mine, "w") as f:
+        f.write("mine")
+    os.chmod(mine, 0o600)
+attempt("create", create)
+theirs = os.path.join(root, other)
+if os.path.exists(theirs):
+    attempt("read_other", lambda: open(theirs).read())
+    attempt("write_other", lambda: open(theirs, "a").write("x"))
+    attempt("unlink_other", lambda: os.unlink(theirs))
+    attempt("rename_other", lambda: os.rename(theirs, os.path.join(root, "stolen")))
+    attempt("rename_over_other", lambda: os.rename(mine, theirs))
+attempt("read_trusted", lambda: os.getxattr(root, "trusted.cctmpfs.stats"))
+attempt("set_trusted", lambda: os.setxattr(mine, "trusted.x", b"1"))
+attempt("set_user_xattr", lambda: os.setxattr(mine, "user.x", b"1"))
+attempt("mkdir", lambda: os.mkdir(os.path.join(root, me + ".d")))
+print(json.dumps(out))
+"""
+
+
+def run_as(user: pwd.struct_passwd, root: str, other: str) -> dict:
+    r = subprocess.run(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                        "--clear-groups", sys.executable, "-c", AS_USER, root, user.pw_name, other],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_users_share_a_sticky_root_as_on_tmpfs(two_users, mount_cct, tmpfs_mount):
+    a, b = two_users
+    results = {}
+    for kind, mp in (("tmpfs", tmpfs_mount("size=16m,mode=1777")),
+                     ("cctmpfs", mount_cct("size=16m,mode=1777"))):
+        # The test mount points sit in 0700 directories: let the users through.
+        for parent in (Path(mp).parent, Path(mp).parent.parent):
+            if str(parent).startswith(("/tmp/cctmpfs-tests", "/tmp/pytest")):
+                os.chmod(parent, 0o711)
+        b_first = run_as(b, mp, a.pw_name)
+        a_second = run_as(a, mp, b.pw_name)
+        st = os.stat(Path(mp, b.pw_name))
+        results[kind] = (b_first, a_second, st.st_uid, oct(st.st_mode & 0o7777),
+                         Path(mp, b.pw_name).read_text())
+    assert results["cctmpfs"] == results["tmpfs"]
+    b_first, a_second, owner, mode, content = results["cctmpfs"]
+    assert b_first["create"] == a_second["create"] == "ok"
+    assert a_second["read_other"] == "EACCES" and a_second["write_other"] == "EACCES"
+    assert a_second["unlink_other"] == "EPERM" and a_second["rename_other"] == "EPERM"
+    assert a_second["rename_over_other"] == "EPERM"
+    assert a_second["set_trusted"] == "EPERM"
+    assert a_second["set_user_xattr"] == "ok"
+    assert (owner, mode, content) == (b.pw_uid, "0o600", "mine")
+
+
+# ---- programs that live in /tmp -------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+PROGRAMS = REPO / "tests" / "mounted" / "tmp_programs.py"
+
+
+def run_programs_on_tmp(kind: str, keep: str) -> tuple[dict, str]:
+    """tmp_programs.py with a fresh `kind` mounted on /tmp, in a private namespace.
+
+    Whatever this run needs from the real /tmp (a checkout or venv that lives
+    there) is bound back into the new /tmp, from `keep`, a bind of the old one.
+    Returns (the programs' results, the daemon's stats and check report)."""
+    needed = sorted({"/tmp/" + Path(p).relative_to("/tmp").parts[0]
+                     for p in (str(REPO), sys.prefix, os.path.realpath(sys.base_prefix),
+                               os.path.realpath(sys.executable))
+                     if p.startswith("/tmp/")})
+    mount = {"tmpfs": "mount -t tmpfs -o size=2g,mode=1777 tmpfs /tmp",
+             "cctmpfs": "cctmpfs cctmpfs /tmp -o size=2g,mode=1777"}[kind]
+    rebind = "\n".join(f"mkdir -p {p}; mount --bind {keep}{p[4:]} {p}" for p in needed)
+    after = ("cctmpfs stats --json --settle /tmp | tr -d '\\n'; echo; "
+             "cctmpfs check /tmp | tr -d '\\n'; echo") if kind == "cctmpfs" else "echo; echo"
+    r = in_namespace(f"""
+        mount --rbind /tmp {keep}
+        {mount}
+        {rebind}
+        test "$(findmnt -n -o FSTYPE /tmp)" = "{'fuse.cctmpfs' if kind == 'cctmpfs' else 'tmpfs'}"
+        cd /
+        {sys.executable} {PROGRAMS}
+        {after}
+        umount -R /tmp
+        """, timeout=600)
+    assert r.returncode == 0, f"{kind}: {r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    lines = r.stdout.splitlines()
+    return json.loads(lines[0]), "\n".join(lines[1:])
+
+
+def test_programs_that_use_tmp_behave_as_on_tmpfs():
+    keep = tempfile.mkdtemp(prefix="cct-oldtmp.", dir="/var/tmp")
+    try:
+        ref, _ = run_programs_on_tmp("tmpfs", keep)
+        got, after = run_programs_on_tmp("cctmpfs", keep)
+    finally:
+        os.rmdir(keep)
+    for name in ref:
+        assert got[name] == ref[name], f"{name}: cctmpfs {got[name]!r}, tmpfs {ref[name]!r}"
+    # The reference run itself did what each program is meant to do.
+    assert ref["gcc"] == {"rcs": [0, 0, 0], "out": "hello 42\n"}
+    assert ref["pip_wheel"]["rc"] == 0 and ref["pip_wheel"]["wheels"] == ["cct_probe-1.0-py3-none-any.whl"]
+    assert ref["git"]["fsck"] == 0 and ref["git"]["packs"] == 1 and set(ref["git"]["rcs"]) == {0}
+    assert ref["sqlite_wal"] == {"mode": "wal", "readers": ["ok", "ok"], "count": 3000,
+                                 "check": "ok", "wal": True}
+    assert ref["tar"]["same"] and ref["tar"]["rc"] == [0, 0]
+    assert ref["fifo"] == {"rc": 0, "fifo": True, "same": True, "bytes": 1 << 20}
+    assert ref["unix_socket"] == {"socket": True, "replies": [True, True, True]}
+    assert ref["tempfile"]["gettempdir"] == "/tmp" and ref["tempfile"]["tmpdir_gone"]
+    stats_line, check_line = after.splitlines()[:2]
+    assert json.loads(stats_line)["internal_errors"] == 0
+    assert check_line == "/tmp: consistent"
