@@ -31,6 +31,7 @@ import collections
 import enum
 import errno
 import logging
+import threading
 import time
 from typing import Callable, Iterable, Optional
 
@@ -213,6 +214,8 @@ class DataEngine:
         self.counters = EngineCounters()
         #: Slots to seal soon (filled by sequential writers, released files).
         self.seal_queue: list[Slot] = []
+        #: thread id -> seal() calls of that thread now compressing unlocked
+        self.sealing_threads: dict[int, int] = {}
         #: Called (under the lock, must not block) when seal_queue gains work.
         self.wake_sealer: Callable[[], None] = lambda: None
         #: Fingerprint of an all-zero full block: such a block becomes a hole
@@ -597,6 +600,8 @@ class DataEngine:
         if not jobs:
             return 0
         results: list[Optional[Encoded]] = []
+        me = threading.get_ident()
+        self.sealing_threads[me] = self.sealing_threads.get(me, 0) + 1
         try:
             with released(self.lock):
                 batch: dict[int, tuple[bytes | bytearray, Encoded]] = {}
@@ -605,6 +610,9 @@ class DataEngine:
         finally:
             for s, _gen, _raw in jobs:
                 s.sealing = False
+            self.sealing_threads[me] -= 1
+            if not self.sealing_threads[me]:
+                del self.sealing_threads[me]
         published = 0
         for (s, gen, raw), res in zip(jobs, results):
             f = s.file
@@ -711,11 +719,18 @@ class DataEngine:
         return done
 
     def seal_everything(self) -> None:
-        """Seal all dirty blocks now (tests, and stats that want settled numbers)."""
+        """Seal all dirty blocks now (tests, and stats that want settled
+        numbers), and wait for those another thread is sealing. Releases the
+        global lock."""
         self.seal_queue.clear()
         while True:
             dirty = [s for s in self.buffer.slots if s.dirty and not s.sealing]
             if not dirty:
-                return
+                if not set(self.sealing_threads) - {threading.get_ident()}:
+                    return   # nothing in flight, or only in this thread's own outer frame
+                # Another thread (the sealer) compresses some, unlocked: let it publish.
+                with released(self.lock):
+                    time.sleep(0.001)
+                continue
             for i in range(0, len(dirty), SEAL_BATCH):
                 self.seal(dirty[i:i + SEAL_BATCH])

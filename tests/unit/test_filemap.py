@@ -1227,3 +1227,42 @@ def test_sealer_seals_on_wake_and_survives_errors() -> None:
         sealer.stop()
     assert len(errors) == 1
     assert not sealer._thread.is_alive()
+
+
+def test_seal_everything_waits_for_blocks_another_thread_is_sealing() -> None:
+    """Settled stats must not show a block that the sealer thread is still
+    compressing: seal_everything() waits for it (with the lock released)."""
+    lock = threading.Lock()
+    h = Harness("zstd", lock=lock)
+    started, go = threading.Event(), threading.Event()
+    real = h.eng.codec.compress
+
+    def slow(raw):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "other-sealer":
+            started.set()
+            go.wait(10)
+        return real(raw)
+
+    h.eng.codec.compress = slow  # type: ignore[method-assign]
+    with lock:
+        ino = h.create()
+        h.write(ino, 0, text_data(BS))
+
+    def other() -> None:
+        with lock:
+            h.eng.seal_everything()
+
+    t = threading.Thread(target=other, name="other-sealer")
+    t.start()
+    assert started.wait(10)
+    timer = threading.Timer(0.2, go.set)
+    timer.start()
+    with lock:
+        assert [s.state for s in h.eng.buffer.slots] == [BlockState.SEALING]
+        h.eng.seal_everything()
+        assert list(h.eng.buffer.slots) == [] and h.fs.store.counters.blocks == 1
+        assert h.eng.sealing_threads == {}
+    t.join(10)
+    timer.join()
+    with lock:
+        h.check()
