@@ -51,7 +51,7 @@ def fingerprint(raw: bytes | bytearray) -> int:
     60 bits, because CPython stores an int below 2**60 in 32 bytes and a
     64-bit one in 36 (a 16-byte digest as bytes takes 49). With the byte
     check a collision only costs a copy, and among 512k blocks one is
-    expected about once in 2**22 mounts.
+    expected about once in 2**23 mounts (2**37 pairs in 2**60 values).
     """
     return xxhash.xxh3_64_intdigest(raw) >> 4
 

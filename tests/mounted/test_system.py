@@ -346,3 +346,73 @@ def test_programs_that_use_tmp_behave_as_on_tmpfs():
     stats_line, check_line = after.splitlines()[:2]
     assert json.loads(stats_line)["internal_errors"] == 0
     assert check_line == "/tmp: consistent"
+
+
+# ---- the shipped examples ---------------------------------------------------------------------
+
+DROP_IN = REPO / "examples" / "systemd" / "tmp.mount.d" / "cctmpfs.conf"
+
+#: systemd's own tmp.mount (Debian ships it in /usr/share/systemd), which the drop-in changes.
+TMP_MOUNT_UNIT = """\
+[Unit]
+Description=Temporary Directory /tmp
+ConditionPathIsSymbolicLink=!/tmp
+DefaultDependencies=no
+Conflicts=umount.target
+Before=local-fs.target umount.target
+After=swap.target
+
+[Mount]
+What=tmpfs
+Where=/tmp
+Type=tmpfs
+Options=mode=1777,strictatime,nosuid,nodev,size=50%%,nr_inodes=1m
+"""
+
+
+def test_systemd_drop_in_is_a_valid_unit_whose_options_mount(tmp_path):
+    """systemd-analyze reads tmp.mount with the drop-in and finds nothing wrong,
+    and the options it gives mount(8) are ones cctmpfs accepts. (PID 1 here is
+    not systemd, so the unit itself cannot be started.)"""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    (tmp_path / "tmp.mount").write_text(TMP_MOUNT_UNIT)
+    (tmp_path / "tmp.mount.d").mkdir()
+    shutil.copy(DROP_IN, tmp_path / "tmp.mount.d")
+    r = subprocess.run([analyze, "verify", str(tmp_path / "tmp.mount")], capture_output=True,
+                       text=True, env=dict(os.environ, SYSTEMD_UNIT_PATH=f"{tmp_path}:"))
+    assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+    options = [line.split("=", 1)[1] for line in DROP_IN.read_text().splitlines()
+               if line.startswith("Options=")]
+    assert len(options) == 1
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    # What mount(8) hands the helper: the options with systemd's %% unescaped.
+    r = in_namespace(f"""
+        mount.cctmpfs cctmpfs {mp} -f -o {options[0].replace('%%', '%')}
+        mount -t fuse.cctmpfs -o {options[0].replace('%%', '%')} cctmpfs {mp}
+        findmnt -n -o FSTYPE,OPTIONS {mp}
+        umount {mp}
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fstype, opts = r.stdout.split()
+    assert fstype == "fuse.cctmpfs" and {"nosuid", "nodev"} <= set(opts.split(","))
+
+
+def test_fstab_example_mounts(tmp_path):
+    line = next(line for line in (REPO / "examples" / "fstab").read_text().splitlines()
+                if line and not line.startswith("#"))
+    source, _target, fstype, options, *_ = line.split()
+    mp = tmp_path / "tmp"
+    mp.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{source} {mp} {fstype} {options} 0 0\n")
+    r = in_namespace(f"""
+        mount -T {fstab} {mp}
+        findmnt -n -o FSTYPE {mp}
+        stat -c %a {mp}
+        umount {mp}
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split() == ["fuse.cctmpfs", "1777"]
