@@ -113,11 +113,12 @@ def decode_record(data: bytes, *, block_id: Optional[int] = None) -> Record:
 
 @attrs.frozen(slots=True)
 class Location:
-    """Where one record lives on the device."""
+    """Where one record lives on the device, and which record it is."""
 
     segment: int   # segment number
     offset: int    # byte offset of the record inside the segment
     length: int    # record_size(payload_len): bytes it occupies
+    seq: int = 0   # the record's serial number (its identity and GCM nonce)
 
     def device_offset(self, segment_size: int = SEGMENT_SIZE) -> int:
         return self.segment * segment_size + self.offset
@@ -131,7 +132,10 @@ class SegmentUsage:
 
     live_bytes: int = 0     # bytes of records still referenced
     written_at: float = 0.0   # when it was written (its records' age)
-    state: str = "free"     # "free", "open" (being filled in RAM) or "full" (on the device)
+    #: "free"; "open" (being filled in RAM); "full" (on the device); or
+    #: "emptied": no live record, waiting for its discard. It becomes free
+    #: only after discarded(), so a discard never hits a reused segment.
+    state: str = "free"
 
 
 @attrs.define(slots=True)
@@ -172,7 +176,8 @@ class SegmentLog:
         return len(self.free)
 
     def place(self, payload_len: int) -> tuple[Location, int]:
-        """Reserve room for one record: (its location, its serial number).
+        """Reserve room for one record: (its location, its serial number,
+        which the location also carries).
 
         Returns a location in the open segment, opening a new one when the
         record does not fit. Raises NoSpace when no segment is free.
@@ -183,11 +188,11 @@ class SegmentLog:
         if self.open_segment is None or self.open_fill + size > self.segment_size:
             self._open_next()
         assert self.open_segment is not None
-        loc = Location(self.open_segment, self.open_fill, size)
-        self.open_fill += size
-        self.usage[loc.segment].live_bytes += size
         seq = self.next_seq
         self.next_seq += 1
+        loc = Location(self.open_segment, self.open_fill, size, seq)
+        self.open_fill += size
+        self.usage[loc.segment].live_bytes += size
         self.counters.records_appended += 1
         self.counters.bytes_appended += size
         return loc, seq
@@ -213,29 +218,54 @@ class SegmentLog:
         self.counters.segments_sealed += 1
         return seg
 
-    def mark_written(self, segment: int, now: float) -> None:
+    def mark_written(self, segment: int, now: float) -> bool:
+        """A full segment is on the device. Returns True if it holds nothing
+        live any more (emptied: the caller discards it)."""
         self.usage[segment].written_at = now
         if self.usage[segment].live_bytes == 0:
-            self._release(segment)
+            self.usage[segment].state = "emptied"
+            return True
+        return False
 
     def mark_dead(self, loc: Location) -> bool:
-        """A record is no longer referenced. Returns True if its segment
-        became empty and free again (the caller discards it)."""
+        """A record is no longer referenced. Returns True if its segment is
+        now emptied (the caller discards it, then calls discarded())."""
         u = self.usage[loc.segment]
         u.live_bytes -= loc.length
         if u.live_bytes < 0:
             raise AssertionError(f"segment {loc.segment}: live bytes below zero")
         if u.live_bytes == 0 and u.state == "full":
-            self._release(loc.segment)
+            u.state = "emptied"
             return True
         return False
 
-    def _release(self, segment: int) -> None:
-        u = self.usage[segment]
-        u.state, u.written_at = "free", 0.0
-        self.free.append(segment)
+    def discarded(self, segments: list[int]) -> None:
+        """Emptied segments were discarded: free them for reuse."""
+        for seg in segments:
+            u = self.usage[seg]
+            if u.state != "emptied":
+                raise AssertionError(f"segment {seg} discarded in state {u.state}")
+            u.state, u.written_at = "free", 0.0
+            self.free.append(seg)
+            self.counters.segments_freed += 1
         self.free.sort(reverse=True)
-        self.counters.segments_freed += 1
+
+    def fits_open(self, payload_len: int) -> bool:
+        """Whether a record fits in the open segment without opening another."""
+        return (self.open_segment is not None
+                and self.open_fill + record_size(payload_len) <= self.segment_size)
+
+    def relocate(self, old: Location) -> Location:
+        """Place a moved record (the cleaner's) in the open segment, keeping
+        its serial number. The old place stays live until the move is
+        written; the caller then marks it dead."""
+        if not self.fits_open(old.length - RECORD_HEADER.size):
+            self._open_next()
+        assert self.open_segment is not None
+        loc = Location(self.open_segment, self.open_fill, old.length, old.seq)
+        self.open_fill += old.length
+        self.usage[loc.segment].live_bytes += old.length
+        return loc
 
     def cleaning_candidates(self, now: float, limit: int) -> list[int]:
         """Full segments worth cleaning, best first, by LFS cost-benefit:

@@ -83,9 +83,11 @@ def test_a_segment_is_freed_when_its_last_record_dies() -> None:
     b, _ = log.place(20_000)
     c, _ = log.place(40_000)            # opens segment 1, seals segment 0
     assert (a.segment, b.segment, c.segment) == (0, 0, 1)
-    log.mark_written(0, now=1.0)
+    assert log.mark_written(0, now=1.0) is False
     assert log.mark_dead(a) is False
-    assert log.mark_dead(b) is True      # segment 0 is empty: free again
+    assert log.mark_dead(b) is True      # segment 0 is empty: to discard, not reused yet
+    assert 0 not in log.free and log.usage[0].state == "emptied"
+    log.discarded([0])
     assert 0 in log.free and log.usage[0].state == "free"
     assert log.mark_dead(c) is False     # the open segment stays open
     assert log.usage[1].state == "open"
@@ -123,9 +125,12 @@ def test_usage_table_matches_the_live_records(ops, rnd) -> None:  # type: ignore
             live.append(loc)
             sealed = [s for s, u in enumerate(log.usage) if u.state == "full" and not u.written_at]
             for s in sealed:
-                log.mark_written(s, now=1.0)
+                if log.mark_written(s, now=1.0):
+                    log.discarded([s])
         else:
-            log.mark_dead(live.pop(rnd.randrange(len(live))))
+            loc = live.pop(rnd.randrange(len(live)))
+            if log.mark_dead(loc):
+                log.discarded([loc.segment])
         per_segment = [0] * log.nsegments
         for loc in live:
             per_segment[loc.segment] += loc.length
