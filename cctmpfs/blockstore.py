@@ -39,6 +39,7 @@ import attrs
 import xxhash
 
 from .codec import CodecId, decoded_length
+from .devlog import Location
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,10 @@ class StoredBlock:
     """
 
     codec: ClassVar[CodecId]   # codec that produced payload (RAW: payload is the raw bytes)
-    payload: bytes   # compressed bytes, never mutated; knows its decoded length
+    #: The compressed bytes in RAM (never mutated; they know their decoded
+    #: length), or, once evicted, the devlog.Location of its record on the
+    #: backing device. Only the cold store's publish phases switch it.
+    payload: "bytes | Location"
     #: fingerprint of the decoded content; None when dedup is off. A block is
     #: in the index iff index[fingerprint] is this block (a colliding block
     #: keeps its fingerprint but is not indexed).
@@ -83,10 +87,16 @@ class StoredBlock:
     @property
     def raw_len(self) -> int:
         """Length of the decoded block, <= block_size."""
-        return decoded_length(self.codec, self.payload)
+        p = self.payload
+        return p.raw_len if type(p) is Location else decoded_length(self.codec, p)
+
+    @property
+    def in_ram(self) -> bool:
+        return type(self.payload) is bytes
 
     def __repr__(self) -> str:
-        return f"<StoredBlock {self.codec.name} {len(self.payload)}/{self.raw_len} refs={self.refs}>"
+        where = f"{len(self.payload)}" if self.in_ram else f"device@{self.payload.segment}"  # type: ignore[union-attr]
+        return f"<StoredBlock {self.codec.name} {where}/{self.raw_len} refs={self.refs}>"
 
 
 def _block_type(cid: CodecId) -> type[StoredBlock]:
@@ -112,6 +122,8 @@ class StoreCounters:
     refs: int = 0                # references: slots pointing at stored blocks
     referenced_raw_bytes: int = 0   # decoded bytes the references see (raw_bytes x sharing)
     unindexed_blocks: int = 0    # blocks left out of the index by a fingerprint collision
+    device_blocks: int = 0       # distinct blocks evicted to the backing device
+    device_bytes: int = 0        # bytes their records take there
 
 
 @attrs.define(slots=True)
@@ -144,13 +156,20 @@ class BlockStore:
         self.fingerprint = fingerprint
         #: fingerprint -> the one stored block indexed under it
         self.index: dict[int, StoredBlock] = {}
+        #: With a backing device: blocks in RAM, least recently used first
+        #: (a dict keeps insertion order; touch() re-inserts). None without
+        #: one, so a RAM-only mount pays nothing for it.
+        self.ram_order: Optional[dict[StoredBlock, None]] = None
+        #: Called (lock held) with the Location of a freed evicted block.
+        self.on_device_free: Callable[[Location], None] = lambda loc: None
 
     def peek(self, fp: int) -> Optional[StoredBlock]:
         """The block indexed under fp, if any. May be called WITHOUT the lock
         (see the module docstring): the answer is a hint to verify."""
         return self.index.get(fp)
 
-    def publish(self, codec: CodecId, payload: bytes, fp: Optional[int] = None) -> StoredBlock:
+    def publish(self, codec: CodecId, payload: bytes, fp: Optional[int] = None,
+                verified: Optional[StoredBlock] = None) -> StoredBlock:
         """Store a sealed block, or share the identical one already stored.
         Returns the block, with one new reference for the caller. Caller
         holds the lock.
@@ -160,9 +179,17 @@ class BlockStore:
         decode to one content, so no decoding is needed under the lock. Every
         codec here is deterministic, so two sealers that raced on the same
         content produce the same payload and end with one copy.
+
+        verified is a block whose content the caller compared byte for byte
+        with this one (unlocked): an evicted block, whose payload is not in
+        RAM to compare. It is shared if it is still the indexed, live block.
         """
         if fp is not None and self.dedup:
             have = self.index.get(fp)
+            if have is not None and have is verified and have.refs > 0:
+                self.ref(have)
+                self.dedup_counters.shared += 1
+                return have
             if have is not None and have.codec == codec and (
                     have.payload is payload or have.payload == payload):
                 self.ref(have)
@@ -186,7 +213,10 @@ class BlockStore:
         c.referenced_raw_bytes += raw_len
         if codec == CodecId.RAW:
             c.incompressible_blocks += 1
-        return new_block(codec, payload, fp)
+        block = new_block(codec, payload, fp)
+        if self.ram_order is not None:
+            self.ram_order[block] = None
+        return block
 
     def ref(self, block: StoredBlock) -> None:
         """Add one reference to a live block. Caller holds the lock."""
@@ -208,7 +238,15 @@ class BlockStore:
         if block.refs < 0:
             raise AssertionError(f"{block!r}: reference count below zero")
         c.blocks -= 1
-        c.stored_bytes -= len(block.payload)
+        payload = block.payload
+        if type(payload) is Location:
+            c.device_blocks -= 1
+            c.device_bytes -= payload.length
+            self.on_device_free(payload)
+        else:
+            c.stored_bytes -= len(payload)
+            if self.ram_order is not None:
+                del self.ram_order[block]
         c.raw_bytes -= raw_len
         if block.codec == CodecId.RAW:
             c.incompressible_blocks -= 1
@@ -218,6 +256,36 @@ class BlockStore:
                 del self.index[fp]
             else:
                 c.unindexed_blocks -= 1
+
+    def touch(self, block: StoredBlock) -> None:
+        """block was used: it becomes the most recently used in RAM."""
+        order = self.ram_order
+        if order is not None and block in order:
+            del order[block]
+            order[block] = None
+
+    def evicted(self, block: StoredBlock, payload_len: int) -> None:
+        """block's payload (payload_len bytes) moved to the device. Lock held."""
+        c = self.counters
+        c.stored_bytes -= payload_len
+        c.device_blocks += 1
+        c.device_bytes += block.payload.length  # type: ignore[union-attr]
+        if self.ram_order is not None:
+            self.ram_order.pop(block, None)
+
+    def promoted(self, block: StoredBlock, payload: bytes) -> Location:
+        """An evicted block's payload is back in RAM; returns where its
+        record was (for the cold store to free). Lock held."""
+        loc = block.payload
+        assert type(loc) is Location
+        block.payload = payload
+        c = self.counters
+        c.stored_bytes += len(payload)
+        c.device_blocks -= 1
+        c.device_bytes -= loc.length
+        if self.ram_order is not None:
+            self.ram_order[block] = None
+        return loc
 
     def index_bytes(self) -> int:
         """RAM of the content index plus the block records, payloads excluded."""

@@ -91,9 +91,13 @@ def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int,
     for b in live:
         if b.refs != refs[id(b)]:
             bad.append(f"{b!r}: refs {b.refs} but {refs[id(b)]} slots")
+    in_ram = [b for b in live if b.in_ram]
+    on_device = [b for b in live if not b.in_ram]
     want = {
         "blocks": len(live),
-        "stored_bytes": sum(len(b.payload) for b in live),
+        "stored_bytes": sum(len(b.payload) for b in in_ram),  # type: ignore[arg-type]
+        "device_blocks": len(on_device),
+        "device_bytes": sum(b.payload.length for b in on_device),  # type: ignore[union-attr]
         "raw_bytes": sum(b.raw_len for b in live),
         "incompressible_blocks": sum(1 for b in live if b.codec == CodecId.RAW),
         "refs": sum(refs.values()),
@@ -122,4 +126,35 @@ def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int,
         bad.append(f"dedup is off but the index has {len(store.index)} entries")
     if c.unindexed_blocks != unindexed:
         bad.append(f"store counter unindexed_blocks = {c.unindexed_blocks}, blocks add up to {unindexed}")
+    if store.ram_order is not None and set(map(id, store.ram_order)) != set(map(id, in_ram)):
+        bad.append(f"RAM recency list holds {len(store.ram_order)} blocks, {len(in_ram)} are in RAM")
+    bad += _check_device(fs, on_device)
+    return bad
+
+
+def _check_device(fs: Filesystem, on_device: list[StoredBlock]) -> list[str]:
+    """Evicted blocks against the cold store's owners and segment usage."""
+    cold = fs.engine.cold
+    if cold is None:
+        return [f"{len(on_device)} blocks evicted without a backing device"] if on_device else []
+    bad = []
+    owners = {seq: b for seq, b in cold.owners.items()}
+    want = {b.payload.seq: b for b in on_device}  # type: ignore[union-attr]
+    if set(owners) != set(want) or any(owners[s] is not want[s] for s in want):
+        bad.append(f"cold store knows {len(owners)} evicted blocks, the files reference {len(want)}")
+    live = [0] * cold.log.nsegments
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for b in on_device:
+        loc = b.payload
+        live[loc.segment] += loc.length  # type: ignore[union-attr]
+        spans.setdefault(loc.segment, []).append((loc.offset, loc.offset + loc.length))  # type: ignore[union-attr]
+    for seg, u in enumerate(cold.log.usage):
+        if u.state in ("full", "emptied") and u.live_bytes != live[seg]:
+            bad.append(f"segment {seg}: live_bytes {u.live_bytes}, its records add up to {live[seg]}")
+        if u.state in ("free", "emptied") and live[seg]:
+            bad.append(f"segment {seg} is {u.state} but holds {live[seg]} live bytes")
+    for seg, sp in spans.items():
+        sp.sort()
+        if any(a[1] > b[0] for a, b in zip(sp, sp[1:])):
+            bad.append(f"segment {seg}: records overlap")
     return bad

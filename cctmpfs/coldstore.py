@@ -28,7 +28,10 @@ import attrs
 
 from .cipher import TAG_BYTES, DecryptError, RecordCipher
 from .device import ALIGN, Device
-from .devlog import RECORD_ENCRYPTED, Location, RecordError, SegmentLog, decode_record, encode_record
+from .devlog import (RECORD_ENCRYPTED, RECORD_HEADER, Location, RecordError, SegmentLog,
+                     decode_record, encode_record)
+
+RECORD_HEADER_SIZE = RECORD_HEADER.size
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +57,23 @@ class ColdCounters:
 
 @attrs.define(slots=True)
 class Planned:
-    owner: Any             # the block being moved
+    """One record of a batch."""
+
+    owner: Any             # the block it belongs to
     codec: int
-    payload: bytes         # what it holds in RAM now (eviction) or the record bytes (cleaning)
-    loc: Location          # where its record goes
+    payload: bytes         # eviction: the payload in RAM; a move: the record's bytes as read
+    loc: Location          # where the record goes
+    old: Optional[Location] = None   # a move (cleaning): where the record was
 
 
 @attrs.define(slots=True)
 class Batch:
-    """One segment's worth of records, planned under the lock, written unlocked."""
+    """One segment's worth of records, planned under the lock, written
+    unlocked: live records moved out of segments being cleaned, then
+    evicted payloads filling the rest."""
 
     segment: int
     entries: list[Planned]
-    old: list[Location] = attrs.Factory(list)   # cleaning: where the moved records were
     error: Optional[OSError] = None
 
 
@@ -86,33 +93,57 @@ class ColdStore:
     def _segment_offset(self, segment: int) -> int:
         return segment * self.log.segment_size
 
-    # ---- eviction ----------------------------------------------------------
-    def plan_eviction(self, candidates: list[tuple[Any, int, bytes]]) -> Optional[Batch]:
-        """Reserve one fresh segment for as many (owner, codec, payload) as
-        fit, in order. Holds the lock. Returns None if none fit or no
-        segment is free (devlog.NoSpace propagates to the caller)."""
+    # ---- building segments ------------------------------------------------------
+    def plan(self, candidates: list[tuple[Any, int, bytes]],
+             cleaning: Optional[list[tuple[int, bytes]]] = None) -> Optional[Batch]:
+        """Fill one fresh segment. Holds the lock; memory only.
+
+        First the live records of the segments being cleaned ((segment,
+        its bytes read unlocked) pairs), as many as fit; then evicted
+        payloads, (owner, codec, payload) in order, while they fit. A batch
+        that moves records may use the segment the log reserves for the
+        cleaner, and the evictions that follow fill it up: so cleaning a
+        nearly empty segment on a full device makes room instead of moving
+        one record into a segment of its own.
+
+        Returns None if nothing was planned. Raises devlog.NoSpace when no
+        segment is free for evictions alone.
+        """
         extra = TAG_BYTES if self.cipher else 0
         self.log.seal_open()
         entries: list[Planned] = []
+        room = self.log.segment_size
+        for segment, data in cleaning or []:
+            live = sorted((o for o in self.owners.values()
+                           if type(o.payload) is Location and o.payload.segment == segment),
+                          key=lambda o: o.payload.offset)
+            need = sum(o.payload.length for o in live)
+            if need > room:
+                continue   # only segments that empty completely: half-moved ones gain nothing
+            room -= need
+            for owner in live:
+                src: Location = owner.payload
+                new = attrs.evolve(self.log.relocate(src), raw_len=src.raw_len)
+                entries.append(Planned(owner, 0, data[src.offset:src.offset + src.length], new, src))
         for owner, codec, payload in candidates:
             if entries and not self.log.fits_open(len(payload) + extra):
                 break
             loc, _seq = self.log.place(len(payload) + extra)
-            entries.append(Planned(owner, codec, payload, loc))
+            entries.append(Planned(owner, codec, payload, attrs.evolve(loc, raw_len=owner.raw_len)))
         if not entries:
             return None
         segment = self.log.seal_open()
         assert segment is not None
         return Batch(segment, entries)
 
-    def write_batch(self, batch: Batch, *, moved: bool = False) -> None:
+    def write_batch(self, batch: Batch) -> None:
         """Build the segment and write it in one call. Lock RELEASED.
-        Records of an eviction are sealed (encrypted) and encoded here;
-        moved records (cleaning) are copied as they are."""
+        Evicted payloads are sealed (encrypted) and encoded here; moved
+        records are copied as they are (same serial, same nonce)."""
         fill = max(p.loc.offset + p.loc.length for p in batch.entries)
         buf = bytearray((fill + ALIGN - 1) // ALIGN * ALIGN)
         for p in batch.entries:
-            if moved:
+            if p.old is not None:
                 rec = p.payload
             elif self.cipher is not None:
                 rec = encode_record(p.codec, RECORD_ENCRYPTED, p.loc.seq, p.loc.seq,
@@ -126,25 +157,36 @@ class ColdStore:
             log.error("backing device: writing segment %d failed: %s", batch.segment, e)
             batch.error = e
 
-    def publish_eviction(self, batch: Batch) -> list[Any]:
-        """Point each owner that still holds the planned payload at its
-        record. Holds the lock. Returns the owners now evicted."""
+    def publish(self, batch: Batch) -> list[Planned]:
+        """Point each owner that still holds what was planned at its new
+        record; drop the rest. Holds the lock. Returns the evictions done
+        (the caller moves their bytes out of its RAM accounting)."""
         if self.log.mark_written(batch.segment, self.clock()):
             self.to_discard.append(batch.segment)
-        done = []
+        evicted = []
+        moved = 0
         for p in batch.entries:
-            if batch.error is None and p.owner.refs > 0 and p.owner.payload is p.payload:
+            ok = batch.error is None and p.owner.refs > 0
+            if p.old is not None:
+                if ok and p.owner.payload is p.old and self.owners.get(p.old.seq) is p.owner:
+                    p.owner.payload = p.loc
+                    self._dead(p.old)
+                    moved += 1
+                else:
+                    self._dead(p.loc)
+            elif ok and p.owner.payload is p.payload:
                 p.owner.payload = p.loc
                 self.owners[p.loc.seq] = p.owner
                 self.counters.evictions += 1
                 self.counters.bytes_evicted += len(p.payload)
-                done.append(p.owner)
+                evicted.append(p)
             else:
                 self._dead(p.loc)
                 self.counters.evictions_dropped += 1
+        self.counters.records_moved += moved
         if batch.error is not None:
             self.counters.io_errors += 1
-        return done
+        return evicted
 
     # ---- reading -----------------------------------------------------------
     def read(self, loc: Location) -> tuple[int, bytes]:
@@ -194,10 +236,9 @@ class ColdStore:
         self.log.discarded(segments)
 
     # ---- cleaning ----------------------------------------------------------
-    def pick_segment_to_clean(self) -> Optional[int]:
-        """The best segment by cost-benefit, or None. Holds the lock."""
-        cands = self.log.cleaning_candidates(self.clock(), limit=1)
-        return cands[0] if cands else None
+    def pick_segments_to_clean(self, limit: int) -> list[int]:
+        """The best segments by cost-benefit. Holds the lock."""
+        return self.log.cleaning_candidates(self.clock(), limit=limit)
 
     def read_segment(self, segment: int) -> Optional[bytes]:
         """Lock RELEASED."""
@@ -208,41 +249,7 @@ class ColdStore:
             log.error("backing device: reading segment %d to clean it failed: %s", segment, e)
             return None
 
-    def plan_clean(self, segment: int, data: bytes) -> Optional[Batch]:
-        """Plan moving the live records of segment (its bytes read unlocked)
-        into a fresh one. Holds the lock."""
-        live = [(seq, owner) for seq, owner in self.owners.items()
-                if isinstance(owner.payload, Location) and owner.payload.segment == segment]
-        if not live:
-            return None
-        self.log.seal_open()
-        entries, old = [], []
-        for _seq, owner in sorted(live, key=lambda x: x[1].payload.offset):
-            src: Location = owner.payload
-            new = self.log.relocate(src)
-            entries.append(Planned(owner, 0, data[src.offset:src.offset + src.length], new))
-            old.append(src)
-        seg = self.log.seal_open()
-        assert seg is not None
-        return Batch(seg, entries, old)
-
-    def publish_clean(self, batch: Batch) -> int:
-        """Point moved owners at their new records. Holds the lock. Returns
-        the number of records moved."""
-        if self.log.mark_written(batch.segment, self.clock()):
-            self.to_discard.append(batch.segment)
-        moved = 0
-        for p, src in zip(batch.entries, batch.old):
-            if (batch.error is None and p.owner.refs > 0 and p.owner.payload is src
-                    and self.owners.get(src.seq) is p.owner):
-                p.owner.payload = p.loc
-                self._dead(src)
-                moved += 1
-            else:
-                self._dead(p.loc)
-        self.counters.records_moved += moved
-        if batch.error is None:
-            self.counters.segments_cleaned += 1
-        else:
-            self.counters.io_errors += 1
-        return moved
+    def note_cleaned(self, segments: list[int]) -> None:
+        """Count the segments a published batch emptied. Holds the lock."""
+        self.counters.segments_cleaned += sum(
+            1 for s in segments if self.log.usage[s].state in ("emptied", "free"))

@@ -119,6 +119,7 @@ class Location:
     offset: int    # byte offset of the record inside the segment
     length: int    # record_size(payload_len): bytes it occupies
     seq: int = 0   # the record's serial number (its identity and GCM nonce)
+    raw_len: int = 0   # decoded length of the block the record holds
 
     def device_offset(self, segment_size: int = SEGMENT_SIZE) -> int:
         return self.segment * segment_size + self.offset
@@ -154,6 +155,8 @@ class SegmentLog:
     bytes per segment. Protected by the global lock; does no I/O itself."""
 
     def __init__(self, device_size: int, segment_size: int = SEGMENT_SIZE) -> None:
+        if segment_size % 4096:
+            raise ValueError(f"segment size {segment_size} is not a multiple of 4096 (O_DIRECT)")
         self.segment_size = segment_size
         self.nsegments = device_size // segment_size
         if self.nsegments < 4:
@@ -162,6 +165,9 @@ class SegmentLog:
         self.usage = [SegmentUsage() for _ in range(self.nsegments)]
         #: Free segments, lowest first, so writes move forward over the device.
         self.free: list[int] = list(range(self.nsegments - 1, -1, -1))
+        #: Free segments new records may not take: the cleaner needs one to
+        #: move live records into, or a full device could never be cleaned.
+        self.reserve = 1
         self.open_segment: Optional[int] = None
         self.open_fill = 0            # bytes placed in the open segment
         self.next_seq = 1
@@ -197,10 +203,10 @@ class SegmentLog:
         self.counters.bytes_appended += size
         return loc, seq
 
-    def _open_next(self) -> None:
+    def _open_next(self, for_cleaning: bool = False) -> None:
         if self.open_segment is not None:
             self.seal_open()
-        if not self.free:
+        if len(self.free) <= (0 if for_cleaning else self.reserve):
             raise NoSpace("no free segment on the backing device")
         seg = self.free.pop()
         self.usage[seg].state = "open"
@@ -260,7 +266,7 @@ class SegmentLog:
         its serial number. The old place stays live until the move is
         written; the caller then marks it dead."""
         if not self.fits_open(old.length - RECORD_HEADER.size):
-            self._open_next()
+            self._open_next(for_cleaning=True)
         assert self.open_segment is not None
         loc = Location(self.open_segment, self.open_fill, old.length, old.seq)
         self.open_fill += old.length

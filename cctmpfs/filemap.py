@@ -28,17 +28,20 @@ copies it first, so the compressor never reads a buffer being changed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import errno
 import logging
 import threading
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import attrs
 
 from .blockstore import BlockStore, StoredBlock
 from .codec import Codec, CodecId
+from .coldstore import ColdReadError, ColdStore
+from .devlog import Location, NoSpace
 from .errors import FsError
 from .locking import GlobalLock, released
 
@@ -52,6 +55,17 @@ DIRTY_COLD_SECONDS = 2.0
 #: A clean cached copy untouched this long is dropped (the kernel page cache
 #: keeps its own copy of recently read data anyway).
 CLEAN_COLD_SECONDS = 10.0
+#: With a backing device, the evictor starts when RAM in use (stored
+#: payloads plus dirty blocks) passes EVICT_HIGH of ram= and stops at
+#: EVICT_LOW: the gap lets writes proceed without waiting for device I/O.
+EVICT_HIGH = 0.90
+EVICT_LOW = 0.80
+#: The cleaner runs while fewer segments than this fraction are free (and
+#: always keeps at least 2: one to evict into, one to clean into).
+CLEAN_FREE_FRACTION = 1 / 16
+#: Cleaning passes one eviction may run when the device has no free segment
+#: before it gives up (ENOSPC for the write that needed the room).
+MAX_CLEANINGS_PER_EVICT = 8
 #: Blocks compressed per lock release. 16 x 128 KiB is ~3-8 ms of zstd work:
 #: long enough to amortise the lock hand-off, short enough to keep latency low.
 SEAL_BATCH = 16
@@ -183,6 +197,8 @@ class EngineCounters:
     clean_drops: int = 0       # clean cached copies dropped from the buffer
     pressure_seals: int = 0    # blocks sealed in a handler because the buffer was full
     enospc: int = 0            # writes refused for size= or ram=
+    promotions: int = 0        # evicted blocks read hot and brought back to RAM
+    device_full: int = 0       # evictions that found no free segment on the device
 
 
 @attrs.frozen
@@ -194,6 +210,7 @@ class Encoded:
     fingerprint: Optional[int]   # of the content; None when dedup is off
     reused: bool = False         # payload is an indexed block's, verified byte for byte
     collided: bool = False       # an indexed block had this fingerprint but other bytes
+    verified: Optional[StoredBlock] = None   # the block found equal (shared if still indexed)
 
 
 class DataEngine:
@@ -218,15 +235,28 @@ class DataEngine:
         self.sealing_threads: dict[int, int] = {}
         #: Called (under the lock, must not block) when seal_queue gains work.
         self.wake_sealer: Callable[[], None] = lambda: None
+        #: The backing device's cold store, if there is one (attach_cold).
+        self.cold: Optional[ColdStore] = None
+        self._device_busy = False   # a thread is building segments (_device_turn)
         #: Fingerprint of an all-zero full block: such a block becomes a hole
         #: after a 2 us hash and a scan, without being compressed.
         self._zero_fingerprint = store.fingerprint(_ZEROS_MV[:block_size]) if store.dedup else None
 
+    def attach_cold(self, cold: ColdStore) -> None:
+        """Use a backing device: blocks can now be evicted to it."""
+        self.cold = cold
+        self.store.ram_order = {}
+        self.store.on_device_free = cold.free
+
     # ---- reading -------------------------------------------------------
-    def raw_for(self, f: FileData, idx: int) -> bytes | bytearray | None:
+    def raw_for(self, f: FileData, idx: int, hot: bool = True) -> bytes | bytearray | None:
         """The uncompressed content of block idx, or None for a hole.
 
-        Releases the global lock (to decompress).
+        hot: the access counts for recency (not a sequential stream, which
+        reads each block once): an evicted block read hot returns to RAM if
+        there is room. Releases the global lock (to read the device and
+        decompress). Raises FsError(EIO) if an evicted block cannot be read
+        back; nothing is changed then.
         """
         while True:
             slot = f.blocks.get(idx)
@@ -237,13 +267,45 @@ class DataEngine:
                 return slot.raw
             stored = slot.stored
             assert stored is not None
-            with released(self.lock):
-                raw = self.codec.decompress(stored.codec, stored.payload, stored.raw_len)
+            payload = stored.payload
+            raw_len = stored.raw_len
+            codec: int = stored.codec
+            try:
+                with released(self.lock):
+                    if type(payload) is Location:
+                        codec, payload = self._read_evicted(payload)
+                    raw = self.codec.decompress(codec, payload, raw_len)
+            except FsError:
+                if f.blocks.get(idx) is slot and slot.stored is stored and stored.payload is payload:
+                    raise
+                continue   # the block was moved or freed meanwhile: look again
             if f.blocks.get(idx) is slot and slot.raw is None and slot.stored is stored:
                 slot.raw = raw
                 self.buffer.charge(slot, self.clock())
                 self.counters.loads += 1
+                if hot:
+                    self._promote_or_touch(stored, payload)
                 return raw
+
+    def _read_evicted(self, loc: Location) -> tuple[int, bytes]:
+        """An evicted payload, read back and checked. Runs UNLOCKED."""
+        assert self.cold is not None
+        try:
+            return self.cold.read(loc)
+        except ColdReadError as e:
+            log.error("reading an evicted block failed: %s", e)
+            raise FsError(errno.EIO, str(e)) from None
+
+    def _promote_or_touch(self, block: StoredBlock, payload: bytes) -> None:
+        """A hot block was read: mark it recently used, and if it lives on
+        the device and RAM is below the low watermark, bring it back."""
+        if block.in_ram:
+            self.store.touch(block)
+            return
+        if (self.cold is not None and self.ram_budget and block.refs > 0
+                and self.ram_in_use(len(payload)) <= EVICT_LOW * self.ram_budget):
+            self.cold.free(self.store.promoted(block, payload))
+            self.counters.promotions += 1
 
     def read(self, f: FileData, off: int, size: int) -> bytes:
         """Read up to size bytes at off. Releases the global lock.
@@ -266,7 +328,7 @@ class DataEngine:
         while pos < end:
             idx, boff = divmod(pos, bs)
             n = min(bs - boff, end - pos)
-            raw = self.raw_for(f, idx)
+            raw = self.raw_for(f, idx, hot=not sequential)
             if raw is None:
                 pieces.append(_ZEROS_MV[:n])
             else:
@@ -349,8 +411,9 @@ class DataEngine:
                 ram += new_extent - slot.charged
             else:
                 ram += new_extent
-                if slot.stored is not None and slot.stored.refs == 1:
-                    ram -= len(slot.stored.payload)
+                st_ = slot.stored
+                if st_ is not None and st_.refs == 1 and st_.in_ram:
+                    ram -= len(st_.payload)  # type: ignore[arg-type]
         return alloc, ram
 
     def write(self, f: FileData, off: int, data: bytes) -> int:
@@ -570,10 +633,19 @@ class DataEngine:
             have = store.peek(fp)
             if have is not None and have.raw_len == n:
                 # Verify byte for byte: decoding costs ~25 us, compressing
-                # (which this skips) 80-400 us at 128 KiB.
-                if self.codec.decompress(have.codec, have.payload, n) == raw:
-                    return Encoded(have.codec, have.payload, fp, reused=True)
-                collided = True
+                # (which this skips) 80-400 us at 128 KiB. An evicted block
+                # is read back from the device for it.
+                codec: int = have.codec
+                payload = have.payload
+                if type(payload) is Location:
+                    try:
+                        codec, payload = self.cold.read(payload)  # type: ignore[union-attr]
+                    except ColdReadError:
+                        payload = None
+                if payload is not None:
+                    if self.codec.decompress(codec, payload, n) == raw:
+                        return Encoded(CodecId(codec), payload, fp, reused=True, verified=have)
+                    collided = True
         cid, payload = self.codec.compress(raw)
         # Zeros compress to almost nothing, so only tiny payloads (or the
         # "none" codec, which never shrinks anything) are worth a full scan.
@@ -628,7 +700,7 @@ class DataEngine:
                 if res.reused:
                     self.counters.compressions_skipped += 1
                 self.buffer.discharge(s)
-                s.stored = self.store.publish(res.codec, res.payload, res.fingerprint)
+                s.stored = self.store.publish(res.codec, res.payload, res.fingerprint, res.verified)
                 s.raw = None
                 self.counters.seals += 1
             published += 1
@@ -677,12 +749,129 @@ class DataEngine:
             self.counters.pressure_seals += self.seal(dirty)
 
     def make_room(self) -> None:
-        """Seal every dirty block and drop every clean copy. Releases the global lock."""
+        """Seal every dirty block and drop every clean copy; with a backing
+        device, evict down to the low watermark. Releases the global lock."""
         dirty = [s for s in self.buffer.slots if s.dirty]
         for i in range(0, len(dirty), SEAL_BATCH):
             self.counters.pressure_seals += self.seal(dirty[i:i + SEAL_BATCH])
         for s in [s for s in self.buffer.slots if not s.dirty and not s.sealing]:
             self._drop_clean(s)
+        if self.cold is not None and self.ram_budget:
+            self.evict(int(EVICT_LOW * self.ram_budget))
+
+    # ---- eviction to the backing device -----------------------------------------
+    @contextlib.contextmanager
+    def _device_turn(self) -> Iterator[None]:
+        """One thread at a time builds segments (the sealer's evictions and
+        cleaning, a writer's make_room): a segment read for cleaning must not
+        be discarded and reused by another thread before it is planned.
+        Waits with the lock released."""
+        while self._device_busy:
+            with released(self.lock):
+                time.sleep(0.001)
+        self._device_busy = True
+        try:
+            yield
+        finally:
+            self._device_busy = False
+
+    def evict(self, target: int) -> int:
+        """Move the least recently used stored blocks to the backing device
+        until RAM in use is at most target, one segment per lock release.
+        Each batch fills a whole segment when RAM holds enough stored blocks,
+        even past target: a segment written a quarter full would cost the
+        cleaner three quarters later. When the device has no free segment,
+        a batch cleans the emptiest segments first and fills up with
+        evictions. Releases the global lock. Returns the blocks evicted."""
+        cold = self.cold
+        if cold is None:
+            return 0
+        order = self.store.ram_order
+        assert order is not None
+        done = 0
+        with self._device_turn():
+            clean: list[int] = []
+            cleanings = 0   # bounded: on a device full of live data, cleaning only shuffles
+            while order and self.ram_in_use() > target:
+                cands, got = [], 0
+                for b in order:   # least recently used first
+                    cands.append((b, b.codec, b.payload))
+                    got += len(b.payload)  # type: ignore[arg-type]
+                    if got >= cold.log.segment_size:
+                        break
+                try:
+                    n, planned = self._device_batch(cands, clean)
+                except NoSpace:
+                    if cold.to_discard:
+                        self._discard_emptied()   # emptied segments become free
+                        continue
+                    if not clean and cleanings < MAX_CLEANINGS_PER_EVICT:
+                        clean = cold.pick_segments_to_clean(limit=4)
+                        cleanings += 1
+                        if clean:
+                            continue
+                    self.counters.device_full += 1   # cleaning did not make room either
+                    break
+                done += n
+                if not planned or (not n and not clean):
+                    break   # a write error, or every block changed: try again later
+                clean = []
+        return done
+
+    def maintain_device(self) -> None:
+        """Discard emptied segments, and clean while free segments run low.
+        Releases the global lock."""
+        cold = self.cold
+        if cold is None:
+            return
+        with self._device_turn():
+            self._discard_emptied()
+            log_ = cold.log
+            if log_.free_segments < max(2, int(log_.nsegments * CLEAN_FREE_FRACTION)):
+                victims = cold.pick_segments_to_clean(limit=4)
+                if victims:
+                    try:
+                        self._device_batch([], victims)
+                    except NoSpace:
+                        self.counters.device_full += 1
+
+    def _device_batch(self, cands: list[tuple[StoredBlock, int, bytes]],
+                      clean: list[int]) -> tuple[int, bool]:
+        """Build, write and publish one segment: live records of the clean
+        segments, then the eviction candidates. Releases the global lock.
+        Returns (blocks evicted, whether anything was planned)."""
+        cold = self.cold
+        assert cold is not None
+        cleaning = []
+        if clean:
+            with released(self.lock):
+                for seg in clean:
+                    data = cold.read_segment(seg)
+                    if data is not None:
+                        cleaning.append((seg, data))
+        batch = cold.plan(cands, cleaning)
+        if batch is None:
+            return 0, False
+        with released(self.lock):
+            cold.write_batch(batch)
+        evicted = cold.publish(batch)
+        for p in evicted:
+            self.store.evicted(p.owner, len(p.payload))
+        if cleaning:
+            cold.note_cleaned([seg for seg, _ in cleaning])
+        self._discard_emptied()
+        return len(evicted), True
+
+    def _discard_emptied(self) -> None:
+        """Discard segments with nothing live, then let the log reuse them.
+        Releases the global lock."""
+        cold = self.cold
+        assert cold is not None
+        segs = cold.take_discards()
+        if segs:
+            with released(self.lock):
+                cold.discard(segs)
+            cold.finish_discards(segs)
 
     def queued_pass(self) -> int:
         """Seal the blocks queued for sealing. Releases the global lock.
@@ -716,6 +905,10 @@ class DataEngine:
         for i in range(0, len(cold_dirty), SEAL_BATCH):
             done += self.seal(cold_dirty[i:i + SEAL_BATCH])
         self._shed(allow_seal=True)
+        if self.cold is not None:
+            if self.ram_budget and self.ram_in_use() > EVICT_HIGH * self.ram_budget:
+                self.evict(int(EVICT_LOW * self.ram_budget))
+            self.maintain_device()
         return done
 
     def seal_everything(self) -> None:

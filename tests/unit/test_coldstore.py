@@ -24,6 +24,10 @@ class Owner:
     payload: object
     refs: int = 1
 
+    @property
+    def raw_len(self) -> int:
+        return len(self.payload) if isinstance(self.payload, bytes) else self.payload.raw_len
+
 
 @pytest.fixture(params=["plain", "encrypted"])
 def cold(request, tmp_path):  # type: ignore[no-untyped-def]
@@ -44,10 +48,10 @@ def evict(cold: ColdStore, owners: list[Owner]) -> list[Owner]:
     done: list[Owner] = []
     todo = list(owners)
     while todo:
-        batch = cold.plan_eviction([(o, 1, o.payload) for o in todo])
+        batch = cold.plan([(o, 1, o.payload) for o in todo])
         assert batch is not None
         cold.write_batch(batch)
-        done += cold.publish_eviction(batch)
+        done += [p.owner for p in cold.publish(batch)]
         todo = todo[len(batch.entries):]
     return done
 
@@ -90,11 +94,11 @@ def test_the_device_holds_no_readable_data_when_encrypted(tmp_path) -> None:
 
 def test_a_block_that_changes_or_dies_meanwhile_is_not_evicted(cold: ColdStore) -> None:
     a, b, c = (Owner(p) for p in payloads(3))
-    batch = cold.plan_eviction([(o, 1, o.payload) for o in (a, b, c)])
+    batch = cold.plan([(o, 1, o.payload) for o in (a, b, c)])
     cold.write_batch(batch)
     b.payload = b"rewritten while the segment was written"
     c.refs = 0
-    assert cold.publish_eviction(batch) == [a]
+    assert [p.owner for p in cold.publish(batch)] == [a]
     assert b.payload == b"rewritten while the segment was written"
     assert cold.counters.evictions_dropped == 2
     seg = a.payload.segment
@@ -139,10 +143,10 @@ def test_a_failed_segment_write_keeps_the_blocks_in_ram(cold: ColdStore) -> None
     real_fd = cold.device.fd
     cold.device.fd = os.open("/dev/null", os.O_RDONLY)   # the seam: writes fail with EBADF
     try:
-        batch = cold.plan_eviction([(o, 1, o.payload) for o in owners])
+        batch = cold.plan([(o, 1, o.payload) for o in owners])
         cold.write_batch(batch)
         assert batch.error is not None
-        assert cold.publish_eviction(batch) == []
+        assert cold.publish(batch) == []
     finally:
         os.close(cold.device.fd)
         cold.device.fd = real_fd
@@ -161,11 +165,12 @@ def test_cleaning_moves_the_live_records_and_frees_the_segment(cold: ColdStore) 
         cold.free(o.payload)
         o.refs = 0
     keep = in_seg[-2:]
-    assert cold.pick_segment_to_clean() == seg
+    assert cold.pick_segments_to_clean(1) == [seg]
     raw = cold.read_segment(seg)
-    batch = cold.plan_clean(seg, raw)
-    cold.write_batch(batch, moved=True)
-    assert cold.publish_clean(batch) == 2
+    batch = cold.plan([], [(seg, raw)])
+    cold.write_batch(batch)
+    assert cold.publish(batch) == []
+    cold.note_cleaned([seg])
     assert all(o.payload.segment == batch.segment for o in keep)
     assert cold.log.usage[seg].state == "emptied"
     for o in owners:
@@ -174,16 +179,35 @@ def test_cleaning_moves_the_live_records_and_frees_the_segment(cold: ColdStore) 
     assert cold.counters.records_moved == 2 and cold.counters.segments_cleaned == 1
 
 
+def test_a_cleaning_batch_fills_up_with_evictions(cold: ColdStore) -> None:
+    """On a full device, moving one live record frees its segment, and the
+    same new segment takes fresh evictions: cleaning makes room."""
+    owners = [Owner(p) for p in payloads(6)]
+    evict(cold, owners)
+    seg = owners[0].payload.segment
+    for o in owners:
+        if o.payload.segment == seg and o is not owners[0]:
+            cold.free(o.payload)
+            o.refs = 0
+    fresh = [Owner(p) for p in payloads(3, seed=1)]
+    batch = cold.plan([(o, 1, o.payload) for o in fresh], [(seg, cold.read_segment(seg))])
+    cold.write_batch(batch)
+    assert len(cold.publish(batch)) == 3
+    assert owners[0].payload.segment == batch.segment == fresh[0].payload.segment
+    assert cold.log.usage[seg].state == "emptied"
+
+
 def test_a_block_freed_while_its_segment_is_cleaned(cold: ColdStore) -> None:
     owners = [Owner(p) for p in payloads(6)]
     evict(cold, owners)
     seg = owners[0].payload.segment
     in_seg = [o for o in owners if o.payload.segment == seg]
-    batch = cold.plan_clean(seg, cold.read_segment(seg))
-    cold.write_batch(batch, moved=True)
+    batch = cold.plan([], [(seg, cold.read_segment(seg))])
+    cold.write_batch(batch)
     gone = in_seg[0]
     cold.free(gone.payload)                     # its last reference went meanwhile
     gone.refs = 0
-    assert cold.publish_clean(batch) == len(in_seg) - 1
+    cold.publish(batch)
+    assert cold.counters.records_moved == len(in_seg) - 1
     total_live = sum(o.payload.length for o in owners if o.refs)
     assert cold.log.live_bytes == total_live

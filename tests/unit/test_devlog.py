@@ -69,12 +69,15 @@ def test_records_fill_segments_in_order_and_never_span_two() -> None:
     assert seqs == [6, 7, 8]
 
 
-def test_no_space_when_every_segment_is_used() -> None:
+def test_no_space_when_every_segment_but_the_cleaners_reserve_is_used() -> None:
     log = SegmentLog(4 * SEG, SEG)
-    for _ in range(4):
+    for _ in range(3):
         log.place(SEG - RECORD_HEADER.size)
     with pytest.raises(NoSpace):
         log.place(10)
+    assert log.free == [3]
+    loc = log.relocate(Location(0, 0, SEG, 1))        # the cleaner may use it
+    assert loc.segment == 3
 
 
 def test_a_segment_is_freed_when_its_last_record_dies() -> None:

@@ -1,0 +1,204 @@
+"""The data engine with a backing device (a real file): eviction past the RAM
+budget, reads back, promotion, dedup of evicted blocks, frees, cleaning,
+corruption and a full device. No FUSE mount."""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import pytest
+
+from cctmpfs.blockstore import StoreCounters
+from cctmpfs.check import check_data
+from cctmpfs.cipher import RecordCipher
+from cctmpfs.coldstore import ColdStore
+from cctmpfs.device import Device
+from cctmpfs.devlog import SegmentLog
+from cctmpfs.errors import FsError
+from cctmpfs.filemap import EVICT_LOW
+
+from .test_filemap import BS, POOL, Harness, make_data, random_ops, text_data
+
+SEG = 64 * 1024
+
+
+def with_device(h: Harness, path: str, device_segments: int = 64, encrypt: bool = True,
+                seg: int = SEG) -> ColdStore:
+    dev = Device.open(path, create_size=device_segments * seg)
+    cold = ColdStore(dev, SegmentLog(dev.size, seg), RecordCipher() if encrypt else None,
+                     clock=h.clock.seconds)
+    h.eng.attach_cold(cold)
+    return cold
+
+
+def fill(h: Harness, n_files: int, blocks: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    inos = []
+    for _ in range(n_files):
+        ino = h.create()
+        for b in range(blocks):
+            assert h.write(ino, b * BS, make_data(rng, BS, kind=rng.choice([1, 2, 4]))), "ENOSPC"
+
+        inos.append(ino)
+    return inos
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+def test_four_times_the_ram_budget_fits_and_reads_back(tmp_path, encrypt: bool) -> None:
+    budget = 16 * BS
+    h = Harness("zstd", buffer_blocks=2, ram_budget=budget)
+    cold = with_device(h, str(tmp_path / "back"), encrypt=encrypt)
+    inos = fill(h, 8, 8)                                 # 64 blocks: 4x the budget
+    h.eng.seal_everything()
+    h.eng.background_pass()
+    assert h.eng.ram_in_use() <= budget
+    c = h.fs.store.counters
+    assert c.device_blocks > 0 and cold.counters.evictions == c.device_blocks
+    h.check()
+    for ino in inos:
+        assert h.read_all(ino) == bytes(h.models[ino])
+    assert cold.counters.cold_reads > 0
+    h.check()
+    h.delete_all()
+    h.eng.background_pass()
+    assert h.fs.store.counters == StoreCounters()
+    assert cold.log.live_bytes == 0 and cold.owners == {}
+    assert all(u.state in ("free", "open") for u in cold.log.usage)
+    assert h.fs.store.ram_order == {}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_model_with_a_backing_device(tmp_path, seed: int) -> None:
+    """The shared random workload (copies, pooled blocks, truncates, reads)
+    with a RAM budget of 6 blocks and a device: the model and the checker
+    hold after every step."""
+    rng = random.Random(f"evict-{seed}")
+    h = Harness(rng.choice(["zstd", "lz4", "none"]), buffer_blocks=2, ram_budget=6 * BS)
+    cold = with_device(h, str(tmp_path / "back"), device_segments=256)
+    random_ops(h, rng, 800)
+    assert cold.counters.evictions > 0, "nothing was ever evicted: test too weak"
+    assert cold.counters.cold_reads > 0
+    assert h.fs.store.counters == StoreCounters()
+
+
+def test_a_hot_evicted_block_returns_to_ram(tmp_path) -> None:
+    h = Harness("zstd", buffer_blocks=2, ram_budget=16 * BS)
+    with_device(h, str(tmp_path / "back"))
+    (ino,) = fill(h, 1, 4)
+    h.eng.seal_everything()
+    h.eng.evict(0)                                     # everything out
+    assert h.fs.store.counters.stored_bytes == 0
+    h.eng.make_room()                                  # no cached copies left
+    h.read(ino, BS + 10, 100)                          # a random (non-sequential) read
+    assert h.eng.counters.promotions == 1
+    block = h.fs.inodes[ino].data.blocks[1].stored
+    assert block.in_ram
+    h.check()
+
+
+def test_a_sequential_stream_does_not_promote(tmp_path) -> None:
+    h = Harness("zstd", buffer_blocks=2, ram_budget=16 * BS)
+    with_device(h, str(tmp_path / "back"))
+    (ino,) = fill(h, 1, 6)
+    h.eng.seal_everything()
+    h.eng.evict(0)
+    h.eng.make_room()
+    for off in range(0, 6 * BS, BS):
+        h.read(ino, off, BS)
+    assert h.eng.counters.promotions == 0
+
+
+def test_evicted_blocks_are_still_shared(tmp_path) -> None:
+    h = Harness("zstd", buffer_blocks=2, ram_budget=16 * BS)
+    cold = with_device(h, str(tmp_path / "back"))
+    a = h.create()
+    for i in range(4):
+        h.write(a, i * BS, POOL[i % 3])
+
+    h.eng.seal_everything()
+    h.eng.evict(0)
+    assert h.fs.store.counters.device_blocks == 3
+    b = h.create()
+    h.copy(a, b)
+
+    h.eng.seal_everything()
+    c = h.fs.store.counters
+    assert c.blocks == 3 and c.refs == 8, "a copy of evicted blocks stored them again"
+    assert cold.counters.cold_reads >= 3               # verified against the device
+    h.check()
+
+
+def test_corruption_gives_eio_on_the_affected_file_only(tmp_path) -> None:
+    h = Harness("zstd", buffer_blocks=2, ram_budget=16 * BS)
+    cold = with_device(h, str(tmp_path / "back"))
+    inos = fill(h, 3, 2)
+    h.eng.seal_everything()
+    h.eng.evict(0)
+    h.eng.make_room()
+    victim = h.fs.inodes[inos[1]].data.blocks[0].stored.payload
+    with open(tmp_path / "back", "r+b") as f:
+        f.seek(victim.segment * SEG + victim.offset + 60)
+        f.write(b"\x00\xff" * 4)
+    with pytest.raises(FsError) as info:
+        h.fs.read(inos[1], 0, BS)
+    assert info.value.errno == errno.EIO
+    assert cold.counters.checksum_errors == 1
+    for ino in (inos[0], inos[2]):
+        assert h.read_all(ino) == bytes(h.models[ino])
+    assert h.fs.read(inos[1], BS, BS) == bytes(h.models[inos[1]][BS:2 * BS])
+    assert check_data(h.fs) == []
+
+
+def test_a_full_device_gives_enospc_and_everything_else_keeps_working(tmp_path) -> None:
+    budget = 8 * BS
+    h = Harness("none", buffer_blocks=2, ram_budget=budget)
+    cold = with_device(h, str(tmp_path / "back"), device_segments=4, encrypt=False)
+    rng = random.Random(9)
+    inos, refused = [], 0
+    for _ in range(40):
+        ino = h.create()
+        inos.append(ino)
+        if not h.write(ino, 0, rng.randbytes(BS)):
+            refused += 1
+            break
+
+    assert refused == 1 and h.eng.counters.device_full > 0
+    assert cold.log.free_segments == cold.log.reserve    # only the cleaner's reserve
+    for ino in inos:
+        assert h.read_all(ino) == bytes(h.models[ino])
+    h.delete(inos[0])                                  # room again after frees and a clean
+    h.delete(inos[1])
+    h.eng.make_room()
+    h.eng.background_pass()
+    ino = h.create()
+    assert h.write(ino, 0, text_data(BS))
+    h.check()
+
+
+def test_cleaning_keeps_overwrites_going_on_a_small_device(tmp_path) -> None:
+    """Rewriting 3x the device's capacity over a working set of half of it
+    never gives ENOSPC: the cleaner reclaims the dead space."""
+    seg = 17 * BS                                       # 16 records of incompressible blocks
+    h = Harness("none", buffer_blocks=2, ram_budget=8 * BS)
+    cold = with_device(h, str(tmp_path / "back"), device_segments=16, encrypt=False, seg=seg)
+    rng = random.Random(4)
+    working = 16 * seg // 2 // BS                       # half the device, in blocks
+    files = [h.create() for _ in range(4)]
+    written = 0
+    while written < 3 * 16 * seg:
+        ino = rng.choice(files)
+        idx = rng.randrange(working // 4)
+        assert h.write(ino, idx * BS, rng.randbytes(BS)), "ENOSPC while the device has room"
+        written += BS
+        if rng.random() < 0.1:
+            h.clock.advance(1.0)
+            h.eng.background_pass()
+    assert cold.counters.segments_cleaned > 0
+    h.check()
+    for ino in files:
+        assert h.read_all(ino) == bytes(h.models[ino])
+    assert h.eng.ram_in_use() <= 8 * BS
+    amplification = cold.device.counters.bytes_written / max(1, cold.counters.bytes_evicted)
+    assert amplification < 4, amplification
+    assert EVICT_LOW < 1
