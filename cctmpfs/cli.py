@@ -96,6 +96,7 @@ COLUMNS = [
     ("STORED#", lambda m, s: str(s["blocks"]["stored"])),
     ("SHARED", lambda m, s: str(s["dedup"]["saved_blocks"])),
     ("INDEX", lambda m, s: human(s["dedup"]["index_bytes"])),
+    ("DEVICE", lambda m, s: human(s["device"]["live_bytes"]) if s.get("device") else "-"),
     ("ZERO", lambda m, s: str(s["zero_blocks"])),
     ("INCOMP", lambda m, s: str(s["incompressible_blocks"])),
     ("INODES", lambda m, s: str(s["inodes"])),

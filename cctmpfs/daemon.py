@@ -22,7 +22,11 @@ from typing import Callable
 
 import llfuse
 
+from .cipher import RecordCipher
 from .codec import Codec
+from .coldstore import ColdStore
+from .device import Device, DeviceError
+from .devlog import SEGMENT_SIZE, SegmentLog
 from .fuseops import Operations
 from .memtrim import limit_arenas
 from .namespace import Filesystem
@@ -31,6 +35,9 @@ from .sealer import Sealer
 
 log = logging.getLogger(__name__)
 
+#: A backing device smaller than this many segments is refused: the log
+#: needs room to evict, one segment in reserve for the cleaner, and slack.
+MIN_BACKING_SEGMENTS = 8
 #: How long the parent waits for the daemon to mount and answer.
 MOUNT_WAIT_SECONDS = 30.0
 
@@ -110,6 +117,16 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
     or ready("error: ...") if mounting failed."""
     limit_arenas()
     fs = build(opts, llfuse.lock)
+    device = None
+    if opts.backing is not None:
+        try:
+            device = Device.open(opts.backing, create_size=opts.backing_size,
+                                 min_size=MIN_BACKING_SEGMENTS * SEGMENT_SIZE)
+        except DeviceError as e:
+            ready(f"error: {e}")
+            return 1
+        fs.engine.attach_cold(ColdStore(device, SegmentLog(device.size),
+                                        RecordCipher() if opts.backing_encrypt else None))
     ops = Operations(fs)
     sealer = Sealer(fs.engine, llfuse.lock, on_error=lambda e: ops.count_internal_error())
     ops.extra_stats = lambda: {"malloc_trims": sealer.trimmer.trims,
@@ -118,6 +135,8 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
         llfuse.init(ops, mountpoint, list(opts.fuse_options))
     except Exception as e:  # noqa: BLE001 - reported to the user, nothing is mounted
         ready(f"error: mounting {mountpoint} failed: {e}")
+        if device is not None:
+            device.close()
         return 1
     log.info("mounted %s on %s (%s)", source, mountpoint, ",".join(opts.fuse_options))
     sealer.start()
@@ -131,6 +150,8 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
     finally:
         sealer.stop()
         llfuse.close(unmount=True)
+        if device is not None:
+            device.close()
         log.info("unmounted %s", mountpoint)
     return code
 

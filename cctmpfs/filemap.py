@@ -248,6 +248,19 @@ class DataEngine:
         self.store.ram_order = {}
         self.store.on_device_free = cold.free
 
+    def describe(self, f: FileData) -> list[list[object]]:
+        """Where each block of f is: [index, state, segment, offset in the
+        segment, record length]; segment and after are None unless the
+        block is on the backing device. Never releases the lock."""
+        out: list[list[object]] = []
+        for idx in sorted(f.blocks):
+            s = f.blocks[idx]
+            loc = s.stored.payload if s.stored is not None and not s.stored.in_ram else None
+            where = "device" if loc is not None and s.raw is None else s.state.value
+            out.append([idx, where, *(([loc.segment, loc.offset, loc.length]) if loc  # type: ignore[union-attr]
+                                      else [None, None, None])])
+        return out
+
     # ---- reading -------------------------------------------------------
     def raw_for(self, f: FileData, idx: int, hot: bool = True) -> bytes | bytearray | None:
         """The uncompressed content of block idx, or None for a hole.

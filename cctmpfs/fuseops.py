@@ -41,6 +41,9 @@ XATTR_STATS = b"trusted.cctmpfs.stats"            # stats JSON
 XATTR_STATS_SETTLED = b"trusted.cctmpfs.stats-settled"  # seal all dirty blocks, then stats
 XATTR_CHECK = b"trusted.cctmpfs.check"            # invariant checker report JSON (check.py)
 CONTROL_XATTRS = (XATTR_STATS, XATTR_STATS_SETTLED, XATTR_CHECK)
+#: On any regular file: where its blocks are (for diagnosis and the device
+#: fault tests), JSON [[index, state, segment or null, offset, length], ...].
+XATTR_BLOCKS = b"trusted.cctmpfs.blocks"
 #: Violations listed in one check report; an xattr value is at most 64 KiB.
 CHECK_REPORT_LIMIT = 100
 #: The kernel asks for this before every write(2) once getxattr exists.
@@ -274,6 +277,11 @@ class Operations(llfuse.Operations):
             node = self.fs.inodes.get(inode)
             if node is not None and node.xattrs is None:
                 raise FUSEError(errno.ENODATA)
+        if name == XATTR_BLOCKS:
+            node = self.fs.get(inode)
+            if node.data is None:
+                raise FUSEError(errno.ENODATA)
+            return json.dumps(self.fs.engine.describe(node.data)[:2000]).encode()
         if inode == llfuse.ROOT_INODE and name in CONTROL_XATTRS:
             if name == XATTR_CHECK:
                 return json.dumps(self.check()).encode()
@@ -282,7 +290,7 @@ class Operations(llfuse.Operations):
 
     @boundary
     def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        if inode == llfuse.ROOT_INODE and name in CONTROL_XATTRS:
+        if (inode == llfuse.ROOT_INODE and name in CONTROL_XATTRS) or name == XATTR_BLOCKS:
             raise FUSEError(errno.EPERM)
         self.fs.setxattr(inode, name, value)
 

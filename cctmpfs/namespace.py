@@ -559,8 +559,13 @@ class Filesystem:
             # current compression ratio; "used" stays the allocated pages,
             # so df agrees with du, as on tmpfs.
             c = self.store.counters
-            ratio = c.raw_bytes / c.stored_bytes if c.stored_bytes else 1.0
+            payload = c.stored_bytes + c.device_bytes
+            ratio = c.referenced_raw_bytes / payload if payload else 1.0
             ram_free = max(0, eng.ram_budget - eng.ram_in_use())
+            if eng.cold is not None:
+                # The device's free room counts too, less the cleaner's reserve.
+                lg = eng.cold.log
+                ram_free += max(0, (lg.nsegments - lg.reserve) * lg.segment_size - lg.live_bytes)
             by_ram = used + pages(int(ram_free * max(1.0, ratio)))
             total = min(total, by_ram) if total else by_ram
         free = max(0, total - used)

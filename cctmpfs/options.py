@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Optional
 
 import attrs
 
@@ -84,6 +85,9 @@ class MountOptions:
     buffer_bytes: int        # RAM budget of the uncompressed hot buffer
     workers: int             # llfuse worker threads
     dedup: bool              # store identical blocks once (dedup=on|off)
+    backing: Optional[str] = None   # absolute path of the backing device or file (backing=)
+    backing_size: int = 0    # size to create a missing backing file at (backing_size=); 0: must exist
+    backing_encrypt: bool = True    # AES-GCM records on the device (backing_encrypt=on|off)
     fuse_options: tuple[str, ...] = ()
 
     @property
@@ -163,7 +167,8 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         if key == "ro":
             raise OptionError("ro: cctmpfs is a read-write /tmp; mount it rw")
         if key in ("size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress",
-                   "block_size", "ram", "buffer", "workers", "dedup"):
+                   "block_size", "ram", "buffer", "workers", "dedup", "backing",
+                   "backing_size", "backing_encrypt"):
             if not eq or value == "":
                 raise OptionError(f"{key}: needs a value ({key}=...)")
             ours[key] = value
@@ -226,6 +231,15 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     if dedup_text not in ("on", "off"):
         raise OptionError(f"dedup={dedup_text}: must be on or off")
 
+    backing = os.path.abspath(ours["backing"]) if "backing" in ours else None
+    if backing is None and ("backing_size" in ours or "backing_encrypt" in ours):
+        raise OptionError("backing_size=/backing_encrypt=: need backing=PATH")
+    backing_size = parse_size("backing_size", ours["backing_size"], allow_percent=False) \
+        if "backing_size" in ours else 0
+    encrypt_text = ours.get("backing_encrypt", "on")
+    if encrypt_text not in ("on", "off"):
+        raise OptionError(f"backing_encrypt={encrypt_text}: must be on or off")
+
     if not any(o.startswith("fsname=") for o in fuse):
         fuse.append(f"fsname={source}")
     if not any(o.startswith("subtype=") for o in fuse):
@@ -247,5 +261,6 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     return MountOptions(
         size_bytes=size, nr_inodes=nr_inodes, root_mode=mode, root_uid=uid, root_gid=gid,
         codec=codec, level=level, block_size=block_size, ram_bytes=ram, buffer_bytes=buffer,
-        workers=workers, dedup=dedup_text == "on", fuse_options=tuple(fuse),
+        workers=workers, dedup=dedup_text == "on", backing=backing, backing_size=backing_size,
+        backing_encrypt=encrypt_text == "on", fuse_options=tuple(fuse),
     )

@@ -23,6 +23,40 @@ def _ratio(num: int, den: int) -> float | None:
     return round(num / den, 3) if den else None
 
 
+def _device(fs: Filesystem) -> dict[str, Any] | None:
+    """The backing device's figures, or None without one."""
+    cold = fs.engine.cold
+    if cold is None:
+        return None
+    c, dev, lg, st = cold.counters, cold.device.counters, cold.log, fs.store.counters
+    return {
+        "path": cold.device.path,
+        "size_bytes": cold.device.size,
+        "encrypted": cold.cipher is not None,
+        "segment_bytes": lg.segment_size,
+        "segments": lg.nsegments,
+        "free_segments": lg.free_segments,
+        # Space: segments in use, bytes of live records in them, blocks evicted.
+        "used_bytes": (lg.nsegments - lg.free_segments) * lg.segment_size,
+        "live_bytes": lg.live_bytes,
+        "blocks": st.device_blocks,
+        "evictions": c.evictions,
+        "promotions": fs.engine.counters.promotions,
+        "reads": c.cold_reads,
+        "writes": dev.writes,
+        "bytes_written": dev.bytes_written,
+        "bytes_evicted": c.bytes_evicted,
+        # Device bytes written per payload byte evicted (segments, headers, cleaning).
+        "write_amplification": _ratio(dev.bytes_written, c.bytes_evicted),
+        "segments_cleaned": c.segments_cleaned,
+        "records_moved": c.records_moved,
+        "discards": dev.discards,
+        "checksum_errors": c.checksum_errors,
+        "io_errors": c.io_errors + dev.io_errors,
+        "full": fs.engine.counters.device_full,
+    }
+
+
 def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
     """Every figure of the mount as one JSON-ready dict. Caller holds the lock."""
     eng = fs.engine
@@ -70,6 +104,7 @@ def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
             "ram_per_block_bytes": round(index_bytes / store.blocks, 1) if store.blocks else None,
         },
         "zero_blocks": eng.counters.zero_blocks,
+        "device": _device(fs),
         "blocks": states,
         "incompressible_blocks": store.incompressible_blocks,
         "limits": {"size_bytes": eng.size_limit, "ram_bytes": eng.ram_budget,

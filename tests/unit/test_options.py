@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -195,6 +197,25 @@ def test_workers_malformed(ram: int, text: str) -> None:
     assert "workers" in refused(f"workers={text}")
 
 
+def test_backing_options(ram: int) -> None:
+    o = parse()
+    assert (o.backing, o.backing_size, o.backing_encrypt) == (None, 0, True)
+    o = parse("backing=/dev/loop7")
+    assert (o.backing, o.backing_size, o.backing_encrypt) == ("/dev/loop7", 0, True)
+    o = parse("backing=rel/file.img,backing_size=2g,backing_encrypt=off")
+    assert o.backing == os.path.abspath("rel/file.img")
+    assert (o.backing_size, o.backing_encrypt) == (2 << 30, False)
+
+
+@pytest.mark.parametrize("opts,word", [("backing_size=1g", "need backing="),
+                                       ("backing_encrypt=off", "need backing="),
+                                       ("backing=/x,backing_encrypt=yes", "on or off"),
+                                       ("backing=/x,backing_size=10%", "backing_size"),
+                                       ("backing=", "backing")])
+def test_backing_options_refused(ram: int, opts: str, word: str) -> None:
+    assert word in refused(opts)
+
+
 @pytest.mark.parametrize("text,expected", [("on", True), ("off", False)])
 def test_dedup(ram: int, text: str, expected: bool) -> None:
     assert parse(f"dedup={text}").dedup is expected
@@ -324,7 +345,7 @@ def test_valued_keys_need_a_value(ram: int, key: str) -> None:
 # ---- fuzz ------------------------------------------------------------------------
 
 _KEYS = ["size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress", "block_size",
-         "ram", "buffer", "workers", "dedup", "fsname", "subtype", "huge", "x-systemd.foo", "ro", "rw",
+         "ram", "buffer", "workers", "dedup", "backing_encrypt", "backing_size", "fsname", "subtype", "huge", "x-systemd.foo", "ro", "rw",
          "allow_other", "defaults", "bogus", ""]
 _VALUES = st.one_of(
     st.text(max_size=12),

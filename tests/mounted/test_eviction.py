@@ -1,0 +1,203 @@
+"""Eviction on a real mount: a loop device as the backing device and a small
+ram=, data past the budget read back verified (fio crc32c too), RSS bounded,
+corruption giving EIO on the affected file only, a full device giving
+ENOSPC, and backing devices that must be refused."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from test_cli import run_cli  # tests/mounted is on sys.path (rootdir imports)
+
+pytestmark = pytest.mark.mounted
+
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parents[2]
+FIO_JOB = REPO / "examples" / "fio" / "verify.fio"
+
+
+@pytest.fixture
+def loop_device():
+    """Factory: loop_device(size) -> /dev/loopN over a sparse file; detached after."""
+    made: list[tuple[str, str]] = []
+
+    def factory(size: int) -> str:
+        fd, path = tempfile.mkstemp(prefix="cct-backing.", dir="/var/tmp")
+        os.ftruncate(fd, size)
+        os.close(fd)
+        r = subprocess.run(["losetup", "--find", "--show", path], capture_output=True, text=True)
+        if r.returncode != 0:
+            os.unlink(path)
+            pytest.fail(f"losetup failed: {r.stderr.strip()}", pytrace=False)
+        made.append((r.stdout.strip(), path))
+        return r.stdout.strip()
+
+    yield factory
+    for dev, path in made:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+        os.unlink(path)
+
+
+def blocks_of(path: str) -> list[list]:
+    return json.loads(os.getxattr(path, "trusted.cctmpfs.blocks"))
+
+
+def write_files(root: str, n: int, size: int, seed: int) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    out = {}
+    for i in range(n):
+        if i % 2:
+            data = rng.randbytes(size)
+        else:
+            word = b"%d compressible line of a file in /tmp\n" % rng.randrange(10 ** 6)
+            data = (word * (size // len(word) + 1))[:size]
+        p = os.path.join(root, f"f{seed}-{i}")
+        with open(p, "wb") as f:
+            f.write(data)
+        out[p] = data
+    return out
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def test_four_times_the_ram_budget_reads_back_with_rss_bounded(mount_cct, loop_device):
+    dev = loop_device(1024 * MiB)
+    mp = mount_cct(f"size=2g,ram=64m,backing={dev}")
+    files = write_files(mp, 32, 8 * MiB, seed=1)           # 256 MiB: 4x ram=
+    s = mp.stats(settle=True)
+    assert s["device"]["blocks"] > 0 and s["device"]["evictions"] > 0
+    assert s["ram_used_bytes"] <= 64 * MiB
+    drop_caches()
+    for p, data in files.items():
+        with open(p, "rb") as f:
+            assert f.read() == data, p
+    s = mp.stats(settle=True)
+    assert s["device"]["reads"] > 0 and s["device"]["checksum_errors"] == 0
+    # The budget plus a fixed overhead: the interpreter, the block records and
+    # the hot buffer's working copies (measured ~100 MiB here for 64m).
+    assert s["rss_bytes"] <= 64 * MiB + 160 * MiB, s["rss_bytes"]
+    assert s["device"]["encrypted"] is True
+    r = run_cli("check", mp)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_fio_crc32c_verify_past_the_budget(mount_cct, loop_device):
+    dev = loop_device(1024 * MiB)
+    mp = mount_cct(f"size=2g,ram=64m,backing={dev}")
+    # 256 MiB sequential + 64 MiB random 4k with crc32c headers: 5x ram=.
+    env = dict(os.environ, FSB_DIR=str(mp), FSB_VERIFY_ONLY="0")
+    r = subprocess.run(["fio", "--output-format=terse", str(FIO_JOB)], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    drop_caches()
+    env["FSB_VERIFY_ONLY"] = "1"
+    r = subprocess.run(["fio", "--output-format=terse", str(FIO_JOB)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    s = mp.stats(settle=True)
+    assert s["device"]["evictions"] > 0 and s["device"]["reads"] > 0
+
+
+def test_corrupted_device_bytes_give_eio_on_that_file_only(mount_cct, loop_device):
+    dev = loop_device(512 * MiB)
+    mp = mount_cct(f"size=1g,ram=32m,backing={dev}")
+    files = write_files(mp, 24, 4 * MiB, seed=2)          # 96 MiB: 3x ram=
+    mp.stats(settle=True)
+    drop_caches()
+    victim = next(p for p in files if any(b[1] == "device" for b in blocks_of(p)))
+    idx, _state, seg, off, length = next(b for b in blocks_of(victim) if b[1] == "device")
+    segment_bytes = mp.stats()["device"]["segment_bytes"]
+    with open(dev, "r+b", buffering=0) as d:       # not O_EXCL: the daemon's hold allows it
+        d.seek(seg * segment_bytes + off + length // 2)   # inside this record only
+        d.write(b"\xde\xad\xbe\xef")
+    drop_caches()
+    with pytest.raises(OSError) as info:
+        with open(victim, "rb") as f:
+            f.seek(idx * 128 * 1024)
+            f.read(128 * 1024)
+    assert info.value.errno == errno.EIO
+    for p, data in files.items():
+        if p != victim:
+            with open(p, "rb") as f:
+                assert f.read() == data, p
+    s = mp.stats()
+    assert s["device"]["checksum_errors"] >= 1 and s["internal_errors"] == 0
+
+
+def test_a_full_device_gives_enospc_and_other_files_keep_working(mount_cct, loop_device):
+    dev = loop_device(40 * MiB)
+    mp = mount_cct(f"size=1g,ram=16m,backing={dev},backing_encrypt=off")
+    rng = random.Random(3)
+    kept: dict[str, bytes] = {}
+    with pytest.raises(OSError) as info:
+        for i in range(200):
+            data = rng.randbytes(MiB)
+            p = os.path.join(mp, f"f{i}")
+            with open(p, "wb") as f:
+                f.write(data)
+            kept[p] = data
+    assert info.value.errno == errno.ENOSPC
+    s = mp.stats()
+    assert s["device"]["full"] > 0
+    assert len(kept) * MiB >= 40 * MiB                     # the device was used
+    for p, data in kept.items():
+        with open(p, "rb") as f:
+            assert f.read() == data, p
+    # Deleting makes room again.
+    for p in list(kept)[:10]:
+        os.unlink(p)
+    mp.stats(settle=True)
+    with open(os.path.join(mp, "after"), "wb") as f:
+        f.write(b"y" * MiB)
+
+
+def test_unusable_backing_devices_are_refused(tmp_path, loop_device):
+    small = loop_device(1 * MiB)
+    busy = loop_device(64 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", busy], check=True, capture_output=True)
+    mounted = tmp_path / "ext4"
+    mounted.mkdir()
+    subprocess.run(["mount", busy, str(mounted)], check=True)
+    try:
+        mp = tmp_path / "mp"
+        mp.mkdir()
+        for opts, message in ((f"backing={tmp_path}/missing", "does not exist"),
+                              (f"backing={small}", "too small"),
+                              (f"backing={busy}", "in use"),
+                              (f"backing={tmp_path}", "neither a block device"),
+                              ("backing_size=1g", "need backing=")):
+            r = run_cli("cctmpfs", str(mp), "-o", opts)
+            assert r.returncode != 0, opts
+            assert message in r.stderr and "Traceback" not in r.stderr, (opts, r.stderr)
+            assert not os.path.ismount(mp), opts
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+
+
+def test_a_backing_file_is_created_sparse(mount_cct, tmp_path):
+    path = tmp_path / "overflow.img"
+    mp = mount_cct(f"size=1g,ram=16m,backing={path},backing_size=256m")
+    assert path.stat().st_size == 256 * MiB
+    files = write_files(mp, 8, 8 * MiB, seed=4)
+    s = mp.stats(settle=True)
+    assert s["device"]["path"] == str(path) and s["device"]["blocks"] > 0
+    drop_caches()
+    for p, data in files.items():
+        with open(p, "rb") as f:
+            assert f.read() == data
+    for p in files:
+        os.unlink(p)
+    s = mp.stats(settle=True)
+    assert s["device"]["blocks"] == 0 and s["device"]["live_bytes"] == 0
