@@ -29,11 +29,12 @@ def loop_device():
     """Factory: loop_device(size) -> /dev/loopN over a sparse file; detached after."""
     made: list[tuple[str, str]] = []
 
-    def factory(size: int) -> str:
+    def factory(size: int, read_only: bool = False) -> str:
         fd, path = tempfile.mkstemp(prefix="cct-backing.", dir="/var/tmp")
         os.ftruncate(fd, size)
         os.close(fd)
-        r = subprocess.run(["losetup", "--find", "--show", path], capture_output=True, text=True)
+        r = subprocess.run(["losetup", "--find", "--show"] + (["--read-only"] if read_only else [])
+                           + [path], capture_output=True, text=True)
         if r.returncode != 0:
             os.unlink(path)
             pytest.fail(f"losetup failed: {r.stderr.strip()}", pytrace=False)
@@ -165,6 +166,7 @@ def test_a_full_device_gives_enospc_and_other_files_keep_working(mount_cct, loop
 
 def test_unusable_backing_devices_are_refused(tmp_path, loop_device):
     small = loop_device(1 * MiB)
+    read_only = loop_device(64 * MiB, read_only=True)
     busy = loop_device(64 * MiB)
     subprocess.run(["mkfs.ext4", "-q", "-F", busy], check=True, capture_output=True)
     mounted = tmp_path / "ext4"
@@ -175,6 +177,7 @@ def test_unusable_backing_devices_are_refused(tmp_path, loop_device):
         mp.mkdir()
         for opts, message in ((f"backing={tmp_path}/missing", "does not exist"),
                               (f"backing={small}", "too small"),
+                              (f"backing={read_only}", "cannot open for writing"),
                               (f"backing={busy}", "in use"),
                               (f"backing={tmp_path}", "neither a block device"),
                               ("backing_size=1g", "need backing=")):
