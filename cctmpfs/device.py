@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 ALIGN = 4096
 #: ioctl numbers from <linux/fs.h>.
 BLKGETSIZE64 = 0x80081272
+BLKROGET = 0x125E
 BLKDISCARD = 0x1277
 #: fallocate(2) modes from <linux/falloc.h>.
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -110,6 +111,12 @@ class Device:
                 raise DeviceError(f"backing={path}: in use (mounted, swap, or held by "
                                   "another program)") from None
             raise DeviceError(f"backing={path}: cannot open for writing: {e.strerror}") from None
+        ro = bytearray(4)
+        fcntl.ioctl(fd, BLKROGET, ro)
+        if struct.unpack("<i", ro)[0]:
+            # The open succeeds for root; the writes would fail later.
+            os.close(fd)
+            raise DeviceError(f"backing={path}: cannot open for writing: the device is read-only")
         buf = bytearray(8)
         fcntl.ioctl(fd, BLKGETSIZE64, buf)
         size = struct.unpack("<Q", buf)[0]

@@ -182,6 +182,8 @@ def test_unusable_backing_devices_are_refused(tmp_path, loop_device):
                               (f"backing={tmp_path}", "neither a block device"),
                               ("backing_size=1g", "need backing=")):
             r = run_cli("cctmpfs", str(mp), "-o", opts)
+            if os.path.ismount(mp):
+                subprocess.run(["umount", str(mp)])
             assert r.returncode != 0, opts
             assert message in r.stderr and "Traceback" not in r.stderr, (opts, r.stderr)
             assert not os.path.ismount(mp), opts
