@@ -89,6 +89,9 @@ class ColdStore:
         self.owners: dict[int, Any] = {}
         #: segments emptied under the lock, to discard with it released
         self.to_discard: list[int] = []
+        #: segments planned but not published yet (being written, unlocked):
+        #: their usage counts records no block points at yet
+        self.in_flight: set[int] = set()
 
     def _segment_offset(self, segment: int) -> int:
         return segment * self.log.segment_size
@@ -134,6 +137,7 @@ class ColdStore:
             return None
         segment = self.log.seal_open()
         assert segment is not None
+        self.in_flight.add(segment)
         return Batch(segment, entries)
 
     def write_batch(self, batch: Batch) -> None:
@@ -161,6 +165,7 @@ class ColdStore:
         """Point each owner that still holds what was planned at its new
         record; drop the rest. Holds the lock. Returns the evictions done
         (the caller moves their bytes out of its RAM accounting)."""
+        self.in_flight.discard(batch.segment)
         if self.log.mark_written(batch.segment, self.clock()):
             self.to_discard.append(batch.segment)
         evicted = []

@@ -202,3 +202,61 @@ def test_cleaning_keeps_overwrites_going_on_a_small_device(tmp_path) -> None:
     amplification = cold.device.counters.bytes_written / max(1, cold.counters.bytes_evicted)
     assert amplification < 4, amplification
     assert EVICT_LOW < 1
+
+
+def test_threads_writing_reading_and_evicting_with_checks_in_flight(tmp_path) -> None:
+    """Writers and readers in four threads, the sealer's passes (evicting and
+    cleaning) in another, and the invariant checker run under the lock while
+    device batches are in flight: no violation, every file reads back."""
+    import threading
+
+    lock = threading.Lock()
+    h = Harness("zstd", buffer_blocks=2, ram_budget=12 * BS, lock=lock)
+    with lock:
+        cold = with_device(h, str(tmp_path / "back"), device_segments=64, seg=4 * SEG)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    contents: dict[int, bytes] = {}
+
+    def writer(t: int) -> None:
+        rng = random.Random(t)
+        try:
+            for rep in range(6):
+                data = b"".join(make_data(rng, BS, kind=rng.choice([1, 2, 5])) for _ in range(6))
+                with lock:
+                    ino = h.create()
+                for off in range(0, len(data), BS):
+                    with lock:
+                        assert h.fs.write(ino, off, data[off:off + BS]) == BS
+                with lock:
+                    contents[ino] = data
+                with lock:
+                    got = h.fs.read(ino, 0, len(data) + 1)
+                assert got == data, f"thread {t} rep {rep}"
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def sealer() -> None:
+        try:
+            while not stop.is_set():
+                with lock:
+                    h.eng.background_pass()
+                    assert check_data(h.fs) == []
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    bg = threading.Thread(target=sealer)
+    bg.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    bg.join()
+    assert errors == []
+    with lock:
+        assert cold.counters.evictions > 0
+        assert check_data(h.fs) == []
+        for ino, data in contents.items():
+            assert h.fs.read(ino, 0, len(data) + 1) == data
