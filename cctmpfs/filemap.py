@@ -267,9 +267,9 @@ class DataEngine:
 
         hot: the access counts for recency (not a sequential stream, which
         reads each block once): an evicted block read hot returns to RAM if
-        there is room. Releases the global lock (to read the device and
-        decompress). Raises FsError(EIO) if an evicted block cannot be read
-        back; nothing is changed then.
+        there is room under the high watermark. Releases the global lock (to
+        read the device and decompress). Raises FsError(EIO) if an evicted
+        block cannot be read back; nothing is changed then.
         """
         while True:
             slot = f.blocks.get(idx)
@@ -311,12 +311,13 @@ class DataEngine:
 
     def _promote_or_touch(self, block: StoredBlock, payload: bytes) -> None:
         """A hot block was read: mark it recently used, and if it lives on
-        the device and RAM is below the low watermark, bring it back."""
+        the device and RAM stays under the high watermark with it, bring it
+        back (the evictor then moves colder blocks out, not this one)."""
         if block.in_ram:
             self.store.touch(block)
             return
         if (self.cold is not None and self.ram_budget and block.refs > 0
-                and self.ram_in_use(len(payload)) <= EVICT_LOW * self.ram_budget):
+                and self.ram_in_use(len(payload)) <= EVICT_HIGH * self.ram_budget):
             self.cold.free(self.store.promoted(block, payload))
             self.counters.promotions += 1
 

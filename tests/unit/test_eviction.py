@@ -260,3 +260,40 @@ def test_threads_writing_reading_and_evicting_with_checks_in_flight(tmp_path) ->
         assert check_data(h.fs) == []
         for ino, data in contents.items():
             assert h.fs.read(ino, 0, len(data) + 1) == data
+
+
+def test_a_sequential_scan_does_not_push_the_hot_set_out(tmp_path) -> None:
+    """A hot file read at random stays in RAM while a big file is streamed
+    through: eviction takes the least recently used, and a stream does not
+    count as use."""
+    h = Harness("none", buffer_blocks=2, ram_budget=24 * BS)
+    with_device(h, str(tmp_path / "back"))
+    rng = random.Random(8)
+    hot = h.create()
+    h.write(hot, 0, rng.randbytes(4 * BS))
+    big = h.create()
+    for i in range(16):
+        h.write(big, i * BS, rng.randbytes(BS))
+    h.eng.seal_everything()
+    h.eng.make_room()
+    for _ in range(8):                                   # the hot set is used
+        h.read(hot, rng.randrange(4) * BS + 100, 1000)
+        h.eng.make_room()                                # no cached copies: real loads
+    for off in range(0, 16 * BS, BS):                    # one streaming pass over big
+        h.read(big, off, BS)
+    h.eng.evict(int(0.5 * 24 * BS))
+    hot_blocks = h.fs.inodes[hot].data.blocks.values()
+    assert all(s.stored.in_ram for s in hot_blocks), "the stream pushed the hot set out"
+    big_blocks = h.fs.inodes[big].data.blocks.values()
+    assert sum(not s.stored.in_ram for s in big_blocks) >= 8
+    h.check()
+
+
+def test_statfs_counts_the_device(tmp_path) -> None:
+    h = Harness("none", buffer_blocks=2, ram_budget=8 * BS)
+    before = h.fs.statfs()["f_blocks"]
+    with_device(h, str(tmp_path / "back"), device_segments=64)
+    after = h.fs.statfs()
+    room = (64 - 1) * SEG            # less the cleaner's reserve
+    assert after["f_blocks"] * 4096 >= before * 4096 + room * 0.99
+    assert after["f_bfree"] == after["f_blocks"]
