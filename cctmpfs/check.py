@@ -5,20 +5,101 @@ and compared with the one the code keeps.
 It returns a list of violations (empty when all is well) instead of raising,
 so that a running mount can report them all at once.
 
-Threading: check_data() reads shared state and must run with the global lock
-held; it never releases it.
+Threading: the checks read shared state and must run with the global lock
+held; they never release it.
 """
 
 from __future__ import annotations
 
+import stat
+
 from .blockstore import StoredBlock
 from .codec import CodecId
 from .filemap import PAGE, Slot
-from .namespace import Filesystem
+from .namespace import NAME_MAX, ROOT_INO, Filesystem
 
 #: Version of the report a mount gives (fuseops.Operations.check); changes
 #: when a field of it is renamed or changes meaning.
 CHECK_VERSION = 1
+
+
+def check_all(fs: Filesystem) -> list[str]:
+    """Every invariant: the namespace, then the data."""
+    return check_namespace(fs) + check_data(fs)
+
+
+def check_namespace(fs: Filesystem) -> list[str]:
+    """Directory entries against link counts, parents, kinds and limits."""
+    bad: list[str] = []
+    inodes = fs.inodes
+    root = inodes.get(ROOT_INO)
+    if root is None or root.entries is None:
+        return ["the root directory is missing"]
+    names_of: dict[int, int] = {}        # inode -> directory entries naming it
+    parents_of: dict[int, list[int]] = {}   # directory -> directories holding it
+    for ino, node in inodes.items():
+        kind = stat.S_IFMT(node.mode)
+        if (kind == stat.S_IFDIR) != (node.entries is not None) or \
+                (kind == stat.S_IFREG) != (node.data is not None) or \
+                (kind == stat.S_IFLNK) != (node.target is not None):
+            bad.append(f"inode {ino}: fields do not match its type {kind:o}")
+        if node.entries is None:
+            continue
+        for name, child in node.entries.items():
+            if not name or b"/" in name or b"\0" in name or name in (b".", b"..") or len(name) > NAME_MAX:
+                bad.append(f"directory {ino}: invalid name {name!r}")
+            target = inodes.get(child)
+            if target is None:
+                bad.append(f"directory {ino}: {name!r} names missing inode {child}")
+                continue
+            names_of[child] = names_of.get(child, 0) + 1
+            if target.entries is not None:
+                parents_of.setdefault(child, []).append(ino)
+    extra = 0
+    for ino, node in inodes.items():
+        names = names_of.get(ino, 0)
+        if node.entries is not None:
+            subdirs = sum(1 for c in node.entries.values()
+                          if c in inodes and inodes[c].entries is not None)
+            parents = parents_of.get(ino, [])
+            if ino == ROOT_INO:
+                want = 2 + subdirs
+                if parents:
+                    bad.append(f"the root is named in directories {parents}")
+            elif node.nlink == 0:
+                want = 0   # removed, kept alive by the kernel's references
+                if parents:
+                    bad.append(f"removed directory {ino} is still named in {parents}")
+            else:
+                want = 2 + subdirs
+                if parents != [node.parent]:
+                    bad.append(f"directory {ino}: parent {node.parent}, named in {parents}")
+            if node.nlink != want:
+                bad.append(f"directory {ino}: nlink {node.nlink}, want {want}")
+        else:
+            if node.nlink != names:
+                bad.append(f"inode {ino}: nlink {node.nlink}, {names} directory entries")
+            extra += max(0, names - 1)
+        if node.nlink == 0 and node.nlookup <= 0 and node.open_count <= 0 and ino != ROOT_INO:
+            bad.append(f"inode {ino}: unlinked, unreferenced and not freed")
+        if node.nlookup < 0 or node.open_count < 0:
+            bad.append(f"inode {ino}: negative count (lookups {node.nlookup}, opens {node.open_count})")
+    if fs.extra_links != extra:
+        bad.append(f"extra_links {fs.extra_links}, hard links beyond the first add up to {extra}")
+    # Every directory still linked is reachable from the root.
+    seen, todo = {ROOT_INO}, [ROOT_INO]
+    while todo:
+        for c in inodes[todo.pop()].entries.values():  # type: ignore[union-attr]
+            n = inodes.get(c)
+            if n is not None and n.entries is not None and c not in seen:
+                seen.add(c)
+                todo.append(c)
+    lost = [i for i, n in inodes.items() if n.entries is not None and n.nlink > 0 and i not in seen]
+    if lost:
+        bad.append(f"directories not reachable from the root: {lost[:10]}")
+    if fs.nr_inodes and fs.inodes_used > fs.nr_inodes:
+        bad.append(f"{fs.inodes_used} inodes in use, nr_inodes={fs.nr_inodes}")
+    return bad
 
 
 def check_data(fs: Filesystem) -> list[str]:

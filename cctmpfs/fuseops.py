@@ -125,7 +125,7 @@ class Operations(llfuse.Operations):
     def check(self) -> dict[str, Any]:
         """The invariant checker's report: its version, the number of
         violations and the first CHECK_REPORT_LIMIT of them. Never releases the lock."""
-        violations = check_mod.check_data(self.fs)
+        violations = check_mod.check_all(self.fs)
         return {"version": check_mod.CHECK_VERSION, "count": len(violations),
                 "violations": violations[:CHECK_REPORT_LIMIT]}
 

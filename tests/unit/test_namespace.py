@@ -12,6 +12,7 @@ from typing import Any, Callable
 import pytest
 
 from cctmpfs.blockstore import StoreCounters
+from cctmpfs.check import check_all
 from cctmpfs.errors import FsError
 from cctmpfs.namespace import NAME_MAX, ROOT_INO, Caller, Filesystem
 
@@ -24,7 +25,10 @@ DAY_NS = 24 * 3600 * 10 ** 9
 
 @pytest.fixture
 def fs(clock: FakeClock) -> Filesystem:
-    return Filesystem(block_size=16384, buffer_bytes=1 << 20, clock_ns=clock.ns)
+    """A filesystem that must pass the invariant checker when the test ends."""
+    fs = Filesystem(block_size=16384, buffer_bytes=1 << 20, clock_ns=clock.ns)
+    yield fs
+    assert check_all(fs) == []
 
 
 def fails(code: int, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
