@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 import attrs
 
+from . import faults
 from .cipher import TAG_BYTES, DecryptError, RecordCipher
 from .device import ALIGN, Device
 from .devlog import (RECORD_ENCRYPTED, RECORD_HEADER, Location, RecordError, SegmentLog,
@@ -74,7 +75,7 @@ class Batch:
 
     segment: int
     entries: list[Planned]
-    error: Optional[OSError] = None
+    error: Optional[BaseException] = None
 
 
 class ColdStore:
@@ -144,21 +145,22 @@ class ColdStore:
         """Build the segment and write it in one call. Lock RELEASED.
         Evicted payloads are sealed (encrypted) and encoded here; moved
         records are copied as they are (same serial, same nonce)."""
-        fill = max(p.loc.offset + p.loc.length for p in batch.entries)
-        buf = bytearray((fill + ALIGN - 1) // ALIGN * ALIGN)
-        for p in batch.entries:
-            if p.old is not None:
-                rec = p.payload
-            elif self.cipher is not None:
-                rec = encode_record(p.codec, RECORD_ENCRYPTED, p.loc.seq, p.loc.seq,
-                                    self.cipher.seal(p.loc.seq, p.payload))
-            else:
-                rec = encode_record(p.codec, 0, p.loc.seq, p.loc.seq, p.payload)
-            buf[p.loc.offset:p.loc.offset + len(rec)] = rec
         try:
+            faults.hit("device.write")
+            fill = max(p.loc.offset + p.loc.length for p in batch.entries)
+            buf = bytearray((fill + ALIGN - 1) // ALIGN * ALIGN)
+            for p in batch.entries:
+                if p.old is not None:
+                    rec = p.payload
+                elif self.cipher is not None:
+                    rec = encode_record(p.codec, RECORD_ENCRYPTED, p.loc.seq, p.loc.seq,
+                                        self.cipher.seal(p.loc.seq, p.payload))
+                else:
+                    rec = encode_record(p.codec, 0, p.loc.seq, p.loc.seq, p.payload)
+                buf[p.loc.offset:p.loc.offset + len(rec)] = rec
             self.device.write(self._segment_offset(batch.segment), buf)
-        except OSError as e:
-            log.error("backing device: writing segment %d failed: %s", batch.segment, e)
+        except Exception as e:  # noqa: BLE001 - the batch fails as a whole; publish() undoes it
+            log.error("backing device: writing segment %d failed: %r", batch.segment, e)
             batch.error = e
 
     def publish(self, batch: Batch) -> list[Planned]:

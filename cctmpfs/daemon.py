@@ -22,6 +22,7 @@ from typing import Callable
 
 import llfuse
 
+from . import faults
 from .cipher import RecordCipher
 from .codec import Codec
 from .coldstore import ColdStore
@@ -116,6 +117,7 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
     """Mount and run the main loop until unmounted. Calls ready("ok") once mounted,
     or ready("error: ...") if mounting failed."""
     limit_arenas()
+    faults.arm_from_environment()   # test-only (tests/mounted); unset everywhere else
     fs = build(opts, llfuse.lock)
     device = None
     if opts.backing is not None:

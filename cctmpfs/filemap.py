@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import attrs
 
+from . import faults
 from .blockstore import BlockStore, StoredBlock
 from .codec import Codec, CodecId
 from .coldstore import ColdReadError, ColdStore
@@ -198,6 +199,7 @@ class EngineCounters:
     pressure_seals: int = 0    # blocks sealed in a handler because the buffer was full
     enospc: int = 0            # writes refused for size= or ram=
     promotions: int = 0        # evicted blocks read hot and brought back to RAM
+    seal_errors: int = 0       # blocks whose compression raised; left dirty, sealed later
     device_full: int = 0       # evictions that found no free segment on the device
 
 
@@ -211,6 +213,10 @@ class Encoded:
     reused: bool = False         # payload is an indexed block's, verified byte for byte
     collided: bool = False       # an indexed block had this fingerprint but other bytes
     verified: Optional[StoredBlock] = None   # the block found equal (shared if still indexed)
+
+
+#: seal()'s result for a block whose encoding raised (it stays dirty).
+SEAL_FAILED = object()
 
 
 class DataEngine:
@@ -285,6 +291,7 @@ class DataEngine:
             codec: int = stored.codec
             try:
                 with released(self.lock):
+                    faults.hit("read.decode")
                     if type(payload) is Location:
                         codec, payload = self._read_evicted(payload)
                     raw = self.codec.decompress(codec, payload, raw_len)
@@ -462,6 +469,7 @@ class DataEngine:
         else:
             self.counters.enospc += 1
             raise FsError(errno.ENOSPC, "ram= budget reached")
+        faults.hit("write.apply")
         self._apply_write(f, off, data)
         self._shed(allow_seal=True)
         return n
@@ -574,6 +582,7 @@ class DataEngine:
             if s is None or s.extent <= keep or s.raw is not None:
                 break
             self.raw_for(f, keep_idx)
+        faults.hit("truncate.cut")
         if new_size < f.size:
             for idx in [i for i in f.blocks if i > keep_idx or (i == keep_idx and not keep)]:
                 self._detach(f, f.blocks[idx])
@@ -631,6 +640,7 @@ class DataEngine:
         in this batch, which are not published yet: copies of one file
         sealed together compress once.
         """
+        faults.hit("seal.encode")
         store = self.store
         n = len(raw)
         fp = None
@@ -685,14 +695,18 @@ class DataEngine:
             jobs.append((s, s.generation, s.raw))
         if not jobs:
             return 0
-        results: list[Optional[Encoded]] = []
+        results: list[object] = []   # Encoded, None (all zeros) or SEAL_FAILED
         me = threading.get_ident()
         self.sealing_threads[me] = self.sealing_threads.get(me, 0) + 1
         try:
             with released(self.lock):
                 batch: dict[int, tuple[bytes | bytearray, Encoded]] = {}
                 for _s, _gen, raw in jobs:
-                    results.append(self._encode(raw, batch))
+                    try:
+                        results.append(self._encode(raw, batch))
+                    except Exception as e:  # noqa: BLE001 - the block stays dirty, sealed later
+                        log.error("sealing a block failed (it stays in the buffer): %r", e)
+                        results.append(SEAL_FAILED)
         finally:
             for s, _gen, _raw in jobs:
                 s.sealing = False
@@ -702,6 +716,9 @@ class DataEngine:
         published = 0
         for (s, gen, raw), res in zip(jobs, results):
             f = s.file
+            if res is SEAL_FAILED:
+                self.counters.seal_errors += 1
+                continue
             if f is None or s.generation != gen or not s.dirty or f.blocks.get(s.index) is not s:
                 self.counters.seals_discarded += 1
                 continue

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 
 import attrs
 
+from . import faults
 from .blockstore import BlockStore
 from .codec import Codec
 from .errors import FsError
@@ -331,6 +332,7 @@ class Filesystem:
         node = self._child(d, name)
         if node.is_dir:
             raise FsError(errno.EISDIR)
+        faults.hit("unlink")
         now = self.clock_ns()
         self._touch_dir(d, now)
         self._remove_entry(d, name, node, now)
