@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""scale.py - time per entry with 1k, 10k and 100k empty files in ONE
+directory, on cctmpfs and tmpfs in the same run: create, stat (warm and
+cold), readdir, read and unlink should stay flat as the directory grows.
+
+    benchmarks/scale.py [--counts 1000,10000,100000] [--cctmpfs PATH] [-o results/scale.json]
+
+Runs ../shared/bench/meta.py (--dirs 1 --size 0 --drop-caches) on a fresh
+tmpfs and a fresh cctmpfs mount per count; root only; unmounts on exit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--counts", default="1000,10000,100000")
+    ap.add_argument("--cctmpfs", default=os.path.join(HERE, "..", ".venv", "bin", "cctmpfs"))
+    ap.add_argument("--bench-dir", default=os.environ.get("CCTMPFS_BENCH_DIR",
+                                                        os.path.join(HERE, "..", "..", "shared", "bench")))
+    ap.add_argument("-o", "--output", default=os.path.join(HERE, "results", "scale.json"))
+    a = ap.parse_args()
+    meta = os.path.join(a.bench_dir, "meta.py")
+    if not os.path.exists(meta):
+        raise SystemExit(f"scale.py: {meta} not found (set CCTMPFS_BENCH_DIR)")
+    counts = [int(c) for c in a.counts.split(",")]
+    results: dict = {}
+    for n in counts:
+        for target in ("tmpfs", "cct"):
+            mp = tempfile.mkdtemp(prefix=f"scale-{target}.", dir="/var/tmp")
+            if target == "tmpfs":
+                subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", mp], check=True)
+            else:
+                subprocess.run([a.cctmpfs, "cctmpfs", mp, "-o", "size=2g"], check=True)
+            try:
+                p = subprocess.run([sys.executable, meta, mp, "--files", str(n), "--dirs", "1",
+                                    "--size", "0", "--drop-caches"], capture_output=True, text=True,
+                                   check=True, timeout=3600)
+                results.setdefault(str(n), {})[target] = json.loads(p.stdout)
+                print(n, target, {k: v["us_per_op"] for k, v in results[str(n)][target].items()},
+                      flush=True)
+            finally:
+                for _ in range(20):
+                    if subprocess.run(["umount", mp], capture_output=True).returncode == 0:
+                        break
+                    time.sleep(0.5)
+                os.rmdir(mp)
+    with open(a.output, "w") as f:
+        json.dump({"argv": sys.argv, "results": results}, f, indent=1)
+    phases = ["create", "stat", "stat-cold", "readdir", "read", "unlink"]
+    lines = ["# Time per entry in one directory", "",
+             f"`benchmarks/scale.py`, {time.strftime('%Y-%m-%d %H:%M')}: empty files, one "
+             "directory, ../shared/bench/meta.py, one run per count. Microseconds per entry "
+             "(readdir: per entry listed).", "",
+             "| phase | " + " | ".join(f"tmpfs {n}" for n in counts) + " | "
+             + " | ".join(f"cct {n}" for n in counts) + " |",
+             "|---|" + "---:|" * (2 * len(counts))]
+    for ph in phases:
+        row = []
+        for target in ("tmpfs", "cct"):
+            for n in counts:
+                r = results[str(n)][target].get(ph)
+                row.append("%.1f" % r["us_per_op"] if r else "-")
+        lines.append(f"| {ph} | " + " | ".join(row) + " |")
+    md = "\n".join(lines) + "\n"
+    with open(os.path.splitext(a.output)[0] + ".md", "w") as f:
+        f.write(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
