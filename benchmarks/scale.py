@@ -28,7 +28,12 @@ def main() -> int:
     ap.add_argument("--bench-dir", default=os.environ.get("CCTMPFS_BENCH_DIR",
                                                         os.path.join(HERE, "..", "..", "shared", "bench")))
     ap.add_argument("-o", "--output", default=os.path.join(HERE, "results", "scale.json"))
+    ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     a = ap.parse_args()
+    if a.report_only:
+        with open(a.output) as f:
+            results = json.load(f)["results"]
+        return write_report(results, [int(c) for c in results], a.output)
     meta = os.path.join(a.bench_dir, "meta.py")
     if not os.path.exists(meta):
         raise SystemExit(f"scale.py: {meta} not found (set CCTMPFS_BENCH_DIR)")
@@ -56,11 +61,15 @@ def main() -> int:
                 os.rmdir(mp)
     with open(a.output, "w") as f:
         json.dump({"argv": sys.argv, "results": results}, f, indent=1)
+    return write_report(results, counts, a.output)
+
+
+def write_report(results: dict, counts: list[int], output: str) -> int:
     phases = ["create", "stat", "stat-cold", "readdir", "read", "unlink"]
     lines = ["# Time per entry in one directory", "",
              f"`benchmarks/scale.py`, {time.strftime('%Y-%m-%d %H:%M')}: empty files, one "
              "directory, ../shared/bench/meta.py, one run per count. Microseconds per entry "
-             "(readdir: per entry listed).", "",
+             "(readdir: the listing of the whole directory divided by its entries).", "",
              "| phase | " + " | ".join(f"tmpfs {n}" for n in counts) + " | "
              + " | ".join(f"cct {n}" for n in counts) + " |",
              "|---|" + "---:|" * (2 * len(counts))]
@@ -69,10 +78,11 @@ def main() -> int:
         for target in ("tmpfs", "cct"):
             for n in counts:
                 r = results[str(n)][target].get(ph)
-                row.append("%.1f" % r["us_per_op"] if r else "-")
+                per = r["us_per_op"] / n if r and ph == "readdir" else (r["us_per_op"] if r else None)
+                row.append("-" if per is None else "%.2f" % per)
         lines.append(f"| {ph} | " + " | ".join(row) + " |")
     md = "\n".join(lines) + "\n"
-    with open(os.path.splitext(a.output)[0] + ".md", "w") as f:
+    with open(os.path.splitext(output)[0] + ".md", "w") as f:
         f.write(md)
     print(md)
     return 0
