@@ -377,3 +377,47 @@ def test_stats_xattrs_are_read_only_and_unlisted(mount_cct):
     with pytest.raises(OSError):
         os.removexattr(mp, "trusted.cctmpfs.stats")
     assert json.loads(os.getxattr(mp, "trusted.cctmpfs.stats"))["version"] == 1
+
+
+# ---- fuzzed mount options through the real command --------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FUZZ_KEYS = ["size", "nr_inodes", "mode", "uid", "compress", "block_size", "ram", "buffer",
+              "workers", "dedup", "backing_size", "backing_encrypt", "ro", "rw", "noauto",
+              "allow_other", "bogus", "x-systemd.after", ""]
+_FUZZ_VALUES = st.one_of(st.text(alphabet=st.characters(blacklist_characters=",\x00"), max_size=8),
+                         st.from_regex(r"\A-?[0-9]{1,22}[kmgt%]?\Z"),
+                         st.sampled_from(["zstd:99", "lz4", "on", "off", "16k", "2m", "50%"]))
+_FUZZ_OPTION = st.one_of(st.builds(lambda k, v: f"{k}={v}", st.sampled_from(_FUZZ_KEYS), _FUZZ_VALUES),
+                         st.sampled_from(_FUZZ_KEYS))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_FUZZ_OPTION, min_size=1, max_size=4))
+def test_fuzzed_options_get_one_clear_message_and_a_status(tmp_path_factory, opts):
+    """mount.cctmpfs -f (mount(8)'s "fake": check the options, mount nothing)
+    with fuzzed options: exit 0 for what parse_options accepts, else exit 1
+    with one line that names the problem, never a traceback."""
+    from cctmpfs.errors import OptionError
+    from cctmpfs.options import parse_options
+
+    text = ",".join(opts)
+    mp = tmp_path_factory.mktemp("fuzz")
+    helper = Path(cctmpfs_command()[0]).parent / "mount.cctmpfs"
+    r = subprocess.run([str(helper), "cctmpfs", str(mp), "-f", "-o", text], capture_output=True,
+                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    try:
+        parse_options([text])
+        accepted = True
+    except OptionError:
+        accepted = False
+    assert "Traceback" not in r.stderr, r.stderr
+    if accepted:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 1
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mount.cctmpfs: bad mount option"), lines
+    assert not os.path.ismount(mp)

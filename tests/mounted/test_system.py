@@ -416,3 +416,28 @@ def test_fstab_example_mounts(tmp_path):
         """)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.split() == ["fuse.cctmpfs", "1777"]
+
+
+def test_sigkill_leaves_enotconn_until_fusermount_uz_and_a_new_mount(tmp_path):
+    """What the README says happens when the daemon dies."""
+    mp = tmp_path / "tmp"
+    mp.mkdir()
+    r = in_namespace(f"""
+        cctmpfs cctmpfs {mp} -o size=8m
+        echo before > {mp}/f
+        pid=$(pgrep -f "[p]ython.*cctmpfs cctmpfs {mp}")
+        kill -KILL $pid
+        sleep 0.5
+        if stat {mp}/f 2> {tmp_path}/stat.err; then echo "still answering"; exit 1; fi
+        if cctmpfs stats {mp} 2> {tmp_path}/stats.err; then echo "stats answered"; exit 1; fi
+        fusermount -uz {mp}
+        cctmpfs cctmpfs {mp} -o size=8m
+        test ! -e {mp}/f                 # the data is gone, as after a reboot
+        echo after > {mp}/g
+        cat {mp}/g
+        umount {mp}
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Transport endpoint is not connected" in (tmp_path / "stat.err").read_text()
+    assert "ENOTCONN" in (tmp_path / "stats.err").read_text()
+    assert r.stdout.strip() == "after"
