@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 import pytest
 
 
@@ -30,3 +33,17 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+def run_alongside(workers: list[threading.Thread], background: Callable[[threading.Event], None]) -> None:
+    """Run the worker threads to their end while background(stop) runs in a
+    thread of its own (a sealer's passes, say); then stop it and wait."""
+    stop = threading.Event()
+    bg = threading.Thread(target=background, args=(stop,))
+    bg.start()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    bg.join()

@@ -15,6 +15,7 @@ from cctmpfs.check import check_data
 from cctmpfs.codec import Codec, CodecId
 from cctmpfs.namespace import ROOT_INO, Filesystem
 
+from .conftest import run_alongside
 from .test_filemap import BS, ME, POOL, Harness, make_data, random_ops, text_data
 
 
@@ -233,7 +234,6 @@ def test_concurrent_writers_of_identical_content_end_with_one_copy() -> None:
     data = b"".join(POOL) + text_data(3 * BS + 777, seed=1)
     distinct = 7   # three pooled blocks, three text blocks, one short tail
     errors: list[BaseException] = []
-    stop = threading.Event()
 
     def writer(t: int) -> None:
         try:
@@ -252,21 +252,13 @@ def test_concurrent_writers_of_identical_content_end_with_one_copy() -> None:
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    def sealer() -> None:
+    def sealer(stop: threading.Event) -> None:
         while not stop.is_set():
             with lock:
                 fs.engine.background_pass()
                 fs.engine.seal_everything()
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
-    bg = threading.Thread(target=sealer)
-    bg.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    stop.set()
-    bg.join()
+    run_alongside([threading.Thread(target=writer, args=(t,)) for t in range(8)], sealer)
     assert errors == []
     with lock:
         fs.engine.seal_everything()

@@ -18,6 +18,7 @@ from cctmpfs.devlog import SegmentLog
 from cctmpfs.errors import FsError
 from cctmpfs.filemap import EVICT_LOW
 
+from .conftest import run_alongside
 from .test_filemap import BS, POOL, Harness, make_data, random_ops, text_data
 
 SEG = 64 * 1024
@@ -215,7 +216,6 @@ def test_threads_writing_reading_and_evicting_with_checks_in_flight(tmp_path) ->
     with lock:
         cold = with_device(h, str(tmp_path / "back"), device_segments=64, seg=4 * SEG)
     errors: list[BaseException] = []
-    stop = threading.Event()
     contents: dict[int, bytes] = {}
 
     def writer(t: int) -> None:
@@ -236,7 +236,7 @@ def test_threads_writing_reading_and_evicting_with_checks_in_flight(tmp_path) ->
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    def sealer() -> None:
+    def sealer(stop: threading.Event) -> None:
         try:
             while not stop.is_set():
                 with lock:
@@ -245,15 +245,7 @@ def test_threads_writing_reading_and_evicting_with_checks_in_flight(tmp_path) ->
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
-    bg = threading.Thread(target=sealer)
-    bg.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    stop.set()
-    bg.join()
+    run_alongside([threading.Thread(target=writer, args=(t,)) for t in range(4)], sealer)
     assert errors == []
     with lock:
         assert cold.counters.evictions > 0
