@@ -29,7 +29,12 @@ def main() -> int:
                                                         os.path.join(HERE, "..", "..", "shared", "bench")))
     ap.add_argument("-o", "--output", default=os.path.join(HERE, "results", "scale.json"))
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
+    ap.add_argument("--tree", type=int, default=0, metavar="N",
+                    help="instead: N empty files in N/1000 directories on cctmpfs; report time "
+                         "per create and unlink, and the daemon's RSS per inode")
     a = ap.parse_args()
+    if a.tree:
+        return tree(a)
     if a.report_only:
         with open(a.output) as f:
             results = json.load(f)["results"]
@@ -62,6 +67,46 @@ def main() -> int:
     with open(a.output, "w") as f:
         json.dump({"argv": sys.argv, "results": results}, f, indent=1)
     return write_report(results, counts, a.output)
+
+
+def tree(a: argparse.Namespace) -> int:
+    """N inodes across a tree, through a real mount."""
+    mp = tempfile.mkdtemp(prefix="scale-tree.", dir="/var/tmp")
+    subprocess.run([a.cctmpfs, "cctmpfs", mp, "-o", f"size=2g,nr_inodes={2 * a.tree}"], check=True)
+    out: dict = {"inodes": a.tree}
+    try:
+        pid = subprocess.run(["pgrep", "-f", f"[p]ython.*cctmpfs cctmpfs {mp}"],
+                             capture_output=True, text=True).stdout.split()[0]
+
+        def rss() -> int:
+            with open(f"/proc/{pid}/status") as f:
+                return next(int(x.split()[1]) * 1024 for x in f if x.startswith("VmRSS"))
+
+        base = rss()
+        t0 = time.perf_counter()
+        for d in range(a.tree // 1000):
+            dp = os.path.join(mp, f"d{d:04d}")
+            os.mkdir(dp)
+            for i in range(999):
+                os.close(os.open(os.path.join(dp, f"f{i:03d}"), os.O_CREAT | os.O_WRONLY, 0o644))
+        out["create_us_per_inode"] = (time.perf_counter() - t0) / a.tree * 1e6
+        out["rss_per_inode_bytes"] = (rss() - base) / a.tree
+        st = os.statvfs(mp)
+        out["statvfs_files_used"] = st.f_files - st.f_ffree
+        t0 = time.perf_counter()
+        for name in os.listdir(mp):
+            subprocess.run(["rm", "-rf", os.path.join(mp, name)], check=True)
+        out["rm_rf_us_per_inode"] = (time.perf_counter() - t0) / a.tree * 1e6
+        st = os.statvfs(mp)
+        out["statvfs_files_used_after"] = st.f_files - st.f_ffree
+    finally:
+        subprocess.run(["umount", mp])
+        os.rmdir(mp)
+    path = os.path.join(os.path.dirname(a.output), "scale-tree.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(json.dumps(out, indent=1))
+    return 0
 
 
 def write_report(results: dict, counts: list[int], output: str) -> int:

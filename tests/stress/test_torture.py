@@ -131,3 +131,48 @@ def test_four_processes_of_eight_threads(mount_cct):
         for k, v in r["errnos"].items():
             errnos[errno.errorcode[int(k)]] = errnos.get(errno.errorcode[int(k)], 0) + v
     print(f"\ntorture: {ops} ops in {SECONDS:.0f}s, errnos {errnos}")
+
+
+def test_listing_a_big_directory_while_others_change_it(mount_cct):
+    """20,000 entries that stay, listed again and again by one process while
+    four threads create and remove other names in the same directory: every
+    listing holds each lasting entry exactly once."""
+    mp = mount_cct("size=256m")
+    big = os.path.join(mp, "big")
+    os.mkdir(big)
+    stable = {f"keep{i:05d}" for i in range(20_000)}
+    for name in stable:
+        os.close(os.open(os.path.join(big, name), os.O_CREAT | os.O_WRONLY, 0o644))
+    deadline = time.monotonic() + min(SECONDS, 10)
+    stop = threading.Event()
+    churned = [0]
+
+    def churn(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            p = os.path.join(big, f"tmp{rng.randrange(5000):05d}")
+            try:
+                if rng.random() < 0.55:
+                    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+                else:
+                    os.unlink(p)
+                churned[0] += 1
+            except FileNotFoundError:
+                pass
+
+    threads = [threading.Thread(target=churn, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    listings = 0
+    try:
+        while time.monotonic() < deadline or listings < 3:
+            names = [e.name for e in os.scandir(big) if e.name.startswith("keep")]
+            assert len(names) == len(set(names)), "an entry was listed twice"
+            assert set(names) == stable, f"{len(stable - set(names))} lasting entries skipped"
+            listings += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert churned[0] > 1000
+    print(f"\nbig directory: {listings} listings of 20k+ entries during {churned[0]} changes")
