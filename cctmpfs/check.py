@@ -219,7 +219,7 @@ def _check_device(fs: Filesystem, on_device: list[StoredBlock]) -> list[str]:
     if cold is None:
         return [f"{len(on_device)} blocks evicted without a backing device"] if on_device else []
     bad = []
-    owners = {seq: b for seq, b in cold.owners.items()}
+    owners = cold.owners
     want = {b.payload.seq: b for b in on_device}  # type: ignore[union-attr]
     if set(owners) != set(want) or any(owners[s] is not want[s] for s in want):
         bad.append(f"cold store knows {len(owners)} evicted blocks, the files reference {len(want)}")

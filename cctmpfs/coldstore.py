@@ -1,9 +1,9 @@
 """Evicted blocks on the backing device: moving payloads out (eviction),
 reading them back, freeing them, and cleaning segments.
 
-Pure Python, no llfuse. Not yet wired into the data path (issue 4, step 2):
-the engine will hand it the coldest stored blocks and read evicted ones
-through it.
+Pure Python, no llfuse. The data engine (filemap.DataEngine.evict,
+maintain_device, raw_for) hands it the coldest stored blocks, the segments to
+clean, and the evicted blocks to read.
 
 Threading follows docs/locking.md. Every operation that does I/O is split in
 phases: `plan_*` and `publish_*` run with the global lock held and touch only
@@ -29,10 +29,7 @@ import attrs
 from . import faults
 from .cipher import TAG_BYTES, DecryptError, RecordCipher
 from .device import ALIGN, Device
-from .devlog import (RECORD_ENCRYPTED, RECORD_HEADER, Location, RecordError, SegmentLog,
-                     decode_record, encode_record)
-
-RECORD_HEADER_SIZE = RECORD_HEADER.size
+from .devlog import RECORD_ENCRYPTED, Location, RecordError, SegmentLog, decode_record, encode_record
 
 log = logging.getLogger(__name__)
 

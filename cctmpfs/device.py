@@ -135,7 +135,7 @@ class Device:
         except OSError:
             os.close(fd)
             raise DeviceError(f"backing={path}: in use by another cctmpfs") from None
-        return cls._checked(path, fd, size, False, _try_direct(path, fd), min_size)
+        return cls._checked(path, fd, size, False, _try_direct(fd), min_size)
 
     @classmethod
     def _create_file(cls, path: str, size: int, min_size: int) -> "Device":
@@ -150,7 +150,7 @@ class Device:
             os.close(fd)
             os.unlink(path)
             raise DeviceError(f"backing={path}: cannot size to {size} bytes: {e.strerror}") from None
-        return cls._checked(path, fd, size, False, _try_direct(path, fd), min_size)
+        return cls._checked(path, fd, size, False, _try_direct(fd), min_size)
 
     @classmethod
     def _checked(cls, path: str, fd: int, size: int, is_block: bool, direct: bool,
@@ -226,7 +226,7 @@ class Device:
         self.counters.discards += 1
 
 
-def _try_direct(path: str, fd: int) -> bool:
+def _try_direct(fd: int) -> bool:
     """Switch a file's descriptor to O_DIRECT if its filesystem supports it."""
     try:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)

@@ -147,7 +147,6 @@ class LogCounters:
     bytes_appended: int = 0     # their bytes, headers and alignment included
     segments_sealed: int = 0    # open segments closed for writing
     segments_freed: int = 0     # segments that went back to free (emptied or cleaned)
-    segments_cleaned: int = 0   # segments picked by the cleaner
 
 
 class SegmentLog:
