@@ -19,6 +19,9 @@ Targets:
   cct-plain  the same with backing_encrypt=off (what encryption costs)
   zram       zram0, lz4, mem_limit=BUDGET, ext4: the kernel's compressed RAM
              disk held to the same RAM; past what fits, its writes fail
+  tmpfs      a tmpfs with no RAM limit (speed reference; it holds everything)
+  pyfuse     ../shared/bench/pyfuse_mem.py, the plain Python FUSE memory fs
+             with no RAM limit: the speed limit of a Python FUSE filesystem
 Everything mounted is unmounted, loop devices detached and zram0 reset on
 exit, error or Ctrl-C. Writes <json> and <json minus .json>.md.
 """
@@ -37,6 +40,7 @@ import time
 MiB = 1 << 20
 HERE = os.path.dirname(os.path.abspath(__file__))
 RATIOS = (0.5, 2.0, 4.0)
+NAMES = ["cct", "cct-plain", "zram", "tmpfs", "pyfuse"]
 
 
 def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
@@ -80,10 +84,24 @@ class Target:
         os.makedirs(self.mp, exist_ok=True)
         self.loop: str | None = None
         self.backing: str | None = None
+        self.proc: subprocess.Popen | None = None
 
     def up(self, ws: int) -> None:
         budget = self.a.budget_bytes
-        if self.name.startswith("cct"):
+        if self.name == "tmpfs":
+            sh("mount", "-t", "tmpfs", "-o", f"size={8 * ws}", "tmpfs", self.mp)
+        elif self.name == "pyfuse":
+            self.proc = subprocess.Popen(
+                [self.a.python, os.path.join(self.a.bench_dir, "pyfuse_mem.py"), self.mp,
+                 "--stats", os.path.join(self.work, "pyfuse.stats.json")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(100):
+                if os.path.ismount(self.mp):
+                    break
+                time.sleep(0.1)
+            else:
+                raise SystemExit("pyfuse_mem.py did not mount")
+        elif self.name.startswith("cct"):
             self.backing = os.path.join("/var/tmp", f"overflow-{self.name}.img")
             with open(self.backing, "wb") as f:
                 f.truncate(max(2 * ws, 64 * MiB) + budget)
@@ -104,6 +122,9 @@ class Target:
             sh("mount", "-o", "discard", "/dev/zram0", self.mp)
 
     def settle(self) -> dict:
+        if self.name in ("tmpfs", "pyfuse"):
+            os.sync()
+            return {}
         if self.name.startswith("cct"):
             p = sh(self.a.cctmpfs, "stats", "--json", "--settle", self.mp, check=False)
             return json.loads(p.stdout) if p.returncode == 0 else {}
@@ -120,6 +141,13 @@ class Target:
                 time.sleep(0.5)
             else:
                 sh("umount", "-l", self.mp, check=False)
+        if self.name == "tmpfs":
+            return
+        if self.name == "pyfuse":
+            if self.proc is not None:
+                self.proc.wait(timeout=30)
+                self.proc = None
+            return
         if self.name.startswith("cct"):
             time.sleep(0.5)
             if self.loop:
@@ -134,7 +162,7 @@ class Target:
 
 def run(a: argparse.Namespace) -> list[dict]:
     work = tempfile.mkdtemp(prefix="overflow.", dir="/var/tmp")
-    targets = [Target(n, a, work) for n in ("cct", "cct-plain", "zram")]
+    targets = [Target(n, a, work) for n in NAMES]
     records: list[dict] = []
     try:
         for rnd in range(a.rounds):
@@ -170,7 +198,7 @@ def run(a: argparse.Namespace) -> list[dict]:
 
 
 def report(records: list[dict], a: argparse.Namespace) -> str:
-    names = ["cct", "cct-plain", "zram"]
+    names = NAMES
 
     def med(ratio: float, name: str, fn) -> str:  # type: ignore[no-untyped-def]
         vals = [fn(r) for r in records if r["ratio"] == ratio and r["target"] == name]
@@ -184,6 +212,8 @@ def report(records: list[dict], a: argparse.Namespace) -> str:
         return x[field] if x and x.get("ok") else None
 
     lines = ["# Overflow benchmark", "",
+             "Ratios below each table: target / tmpfs and target / pyfuse (higher is better; "
+             "tmpfs and pyfuse have no RAM limit, so they hold every working set in RAM).", "",
              f"`benchmarks/overflow.py`, {time.strftime('%Y-%m-%d %H:%M')}, RAM budget "
              f"{a.budget_bytes // MiB} MiB, {a.rounds} rounds (medians), 60%-compressible fio data. "
              "cct: cctmpfs with `ram=` the budget and a loop device as `backing=`; cct-plain: the "
@@ -192,11 +222,21 @@ def report(records: list[dict], a: argparse.Namespace) -> str:
     for ratio in RATIOS:
         lines += [f"## Working set {ratio}x the budget ({int(a.budget_bytes * ratio) // MiB} MiB)", "",
                   "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for label, fn in (("write (MiB/s)", lambda r: ok_or_fail(r, "write", "mib_s")),
-                          ("write, settled (MiB/s)", lambda r: r.get("write_settled_mib_s")),
-                          ("cold seq read (MiB/s)", lambda r: ok_or_fail(r, "seqread", "mib_s")),
-                          ("cold 4 KiB random read (IOPS)", lambda r: ok_or_fail(r, "randread", "iops"))):
+        metrics = (("write (MiB/s)", lambda r: ok_or_fail(r, "write", "mib_s")),
+                   ("write, settled (MiB/s)", lambda r: r.get("write_settled_mib_s")),
+                   ("cold seq read (MiB/s)", lambda r: ok_or_fail(r, "seqread", "mib_s")),
+                   ("cold 4 KiB random read (IOPS)", lambda r: ok_or_fail(r, "randread", "iops")))
+        for label, fn in metrics:
             lines.append(f"| {label} | " + " | ".join(med(ratio, n, fn) for n in names) + " |")
+        for ref in ("tmpfs", "pyfuse"):
+            for label, fn in metrics:
+                base = med(ratio, ref, fn)
+                cells = []
+                for n in names:
+                    v = med(ratio, n, fn)
+                    cells.append("-" if "failed" in (v, base) or float(base) == 0
+                                 else "%.2f" % (float(v) / float(base)))
+                lines.append(f"| {label.split(' (')[0]} / {ref} | " + " | ".join(cells) + " |")
         for r in records:
             if r["ratio"] == ratio and r["target"] == "cct" and r.get("stats", {}).get("device"):
                 d = r["stats"]["device"]
@@ -216,6 +256,10 @@ def main() -> int:
     ap.add_argument("--runtime", type=int, default=10)
     ap.add_argument("--cctmpfs", default=os.path.join(HERE, "..", ".venv", "bin", "cctmpfs"))
     ap.add_argument("-o", "--output", default=os.path.join(HERE, "results", "overflow.json"))
+    ap.add_argument("--bench-dir", default=os.environ.get("CCTMPFS_BENCH_DIR",
+                                                        os.path.join(HERE, "..", "..", "shared", "bench")))
+    ap.add_argument("--python", default=os.path.join(HERE, "..", ".venv", "bin", "python"),
+                    help="a Python with llfuse, for pyfuse_mem.py")
     a = ap.parse_args()
     units = {"k": 1 << 10, "m": MiB, "g": 1 << 30}
     b = a.budget.lower()

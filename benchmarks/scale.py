@@ -19,6 +19,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TARGETS = ("tmpfs", "pyfuse", "cct")
 
 
 def main() -> int:
@@ -28,6 +29,8 @@ def main() -> int:
     ap.add_argument("--bench-dir", default=os.environ.get("CCTMPFS_BENCH_DIR",
                                                         os.path.join(HERE, "..", "..", "shared", "bench")))
     ap.add_argument("-o", "--output", default=os.path.join(HERE, "results", "scale.json"))
+    ap.add_argument("--python", default=os.path.join(HERE, "..", ".venv", "bin", "python"),
+                    help="a Python with llfuse, for pyfuse_mem.py")
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     ap.add_argument("--tree", type=int, default=0, metavar="N",
                     help="instead: N empty files in N/1000 directories on cctmpfs; report time "
@@ -45,10 +48,19 @@ def main() -> int:
     counts = [int(c) for c in a.counts.split(",")]
     results: dict = {}
     for n in counts:
-        for target in ("tmpfs", "cct"):
+        for target in TARGETS:
             mp = tempfile.mkdtemp(prefix=f"scale-{target}.", dir="/var/tmp")
+            proc = None
             if target == "tmpfs":
                 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", mp], check=True)
+            elif target == "pyfuse":
+                proc = subprocess.Popen([a.python, os.path.join(a.bench_dir, "pyfuse_mem.py"), mp,
+                                         "--stats", mp + ".stats.json"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for _ in range(100):
+                    if os.path.ismount(mp):
+                        break
+                    time.sleep(0.1)
             else:
                 subprocess.run([a.cctmpfs, "cctmpfs", mp, "-o", "size=2g"], check=True)
             try:
@@ -63,6 +75,10 @@ def main() -> int:
                     if subprocess.run(["umount", mp], capture_output=True).returncode == 0:
                         break
                     time.sleep(0.5)
+                if proc is not None:
+                    proc.wait(timeout=30)
+                    if os.path.exists(mp + ".stats.json"):
+                        os.unlink(mp + ".stats.json")
                 os.rmdir(mp)
     with open(a.output, "w") as f:
         json.dump({"argv": sys.argv, "results": results}, f, indent=1)
@@ -111,21 +127,37 @@ def tree(a: argparse.Namespace) -> int:
 
 def write_report(results: dict, counts: list[int], output: str) -> int:
     phases = ["create", "stat", "stat-cold", "readdir", "read", "unlink"]
+    targets = [t for t in TARGETS if all(t in results[str(n)] for n in counts)]
+
+    def per_entry(target: str, n: int, ph: str) -> float | None:
+        r = results[str(n)][target].get(ph)
+        if not r:
+            return None
+        return r["us_per_op"] / n if ph == "readdir" else r["us_per_op"]
+
     lines = ["# Time per entry in one directory", "",
              f"`benchmarks/scale.py`, {time.strftime('%Y-%m-%d %H:%M')}: empty files, one "
-             "directory, ../shared/bench/meta.py, one run per count. Microseconds per entry "
-             "(readdir: the listing of the whole directory divided by its entries).", "",
-             "| phase | " + " | ".join(f"tmpfs {n}" for n in counts) + " | "
-             + " | ".join(f"cct {n}" for n in counts) + " |",
-             "|---|" + "---:|" * (2 * len(counts))]
+             "directory, ../shared/bench/meta.py, one run per count, targets side by side. "
+             "Microseconds per entry (readdir: the listing of the whole directory divided by "
+             "its entries); then cct's time as a ratio to tmpfs's and pyfuse's (lower is better).",
+             "", "| phase | " + " | ".join(f"{t} {n}" for t in targets for n in counts) + " |",
+             "|---|" + "---:|" * (len(targets) * len(counts))]
     for ph in phases:
-        row = []
-        for target in ("tmpfs", "cct"):
+        cells = []
+        for t in targets:
             for n in counts:
-                r = results[str(n)][target].get(ph)
-                per = r["us_per_op"] / n if r and ph == "readdir" else (r["us_per_op"] if r else None)
-                row.append("-" if per is None else "%.2f" % per)
-        lines.append(f"| {ph} | " + " | ".join(row) + " |")
+                v = per_entry(t, n, ph)
+                cells.append("-" if v is None else "%.2f" % v)
+        lines.append(f"| {ph} | " + " | ".join(cells) + " |")
+    for ref in [t for t in targets if t != "cct"]:
+        lines += ["", f"cct / {ref}:", "", "| phase | " + " | ".join(str(n) for n in counts) + " |",
+                  "|---|" + "---:|" * len(counts)]
+        for ph in phases:
+            cells = []
+            for n in counts:
+                c, r = per_entry("cct", n, ph), per_entry(ref, n, ph)
+                cells.append("-" if not c or not r else "%.1f" % (c / r))
+            lines.append(f"| {ph} | " + " | ".join(cells) + " |")
     md = "\n".join(lines) + "\n"
     with open(os.path.splitext(output)[0] + ".md", "w") as f:
         f.write(md)
