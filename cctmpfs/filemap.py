@@ -268,8 +268,12 @@ class DataEngine:
         return out
 
     # ---- reading -------------------------------------------------------
-    def raw_for(self, f: FileData, idx: int, hot: bool = True) -> bytes | bytearray | None:
+    def raw_for(self, f: FileData, idx: int, hot: bool = True,
+                mutable: bool = False) -> bytes | bytearray | None:
         """The uncompressed content of block idx, or None for a hole.
+
+        mutable: the block is loaded to be written; decode it into a
+        bytearray, which the write then patches in place (Codec.decompress).
 
         hot: the access counts for recency (not a sequential stream, which
         reads each block once): an evicted block read hot returns to RAM if
@@ -294,7 +298,7 @@ class DataEngine:
                     faults.hit("read.decode")
                     if type(payload) is Location:
                         codec, payload = self._read_evicted(payload)
-                    raw = self.codec.decompress(codec, payload, raw_len)
+                    raw = self.codec.decompress(codec, payload, raw_len, mutable)
             except FsError:
                 if f.blocks.get(idx) is slot and slot.stored is stored and stored.payload is payload:
                     raise
@@ -406,7 +410,7 @@ class DataEngine:
             if not missing:
                 return
             for i in missing:
-                self.raw_for(f, i)
+                self.raw_for(f, i, mutable=True)
 
     def _growth(self, f: FileData, off: int, end: int) -> tuple[int, int]:
         """(allocation growth in bytes, RAM growth in bytes) of writing [off, end).

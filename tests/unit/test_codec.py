@@ -52,6 +52,26 @@ def test_round_trip(name: str, sample: str) -> None:
 
 
 @pytest.mark.parametrize("name", CODECS)
+@pytest.mark.parametrize("sample", sorted(SAMPLES))
+def test_mutable_decode_gives_a_private_bytearray(name: str, sample: str) -> None:
+    c = Codec(name)
+    raw = SAMPLES[sample]
+    cid, payload = c.compress(raw)
+    out = c.decompress(cid, payload, len(raw), mutable=True)
+    assert type(out) is bytearray and out == raw
+    if out:
+        out[0] ^= 0xFF            # patching it leaves the stored payload intact
+        assert c.decompress(cid, payload, len(raw)) == raw
+
+
+def test_mutable_zstd_decode_checks_the_length() -> None:
+    c = Codec("zstd")
+    cid, payload = c.compress(SAMPLES["text"])
+    with pytest.raises(ValueError, match="expected"):
+        c.decompress(cid, payload, len(SAMPLES["text"]) + 1, mutable=True)
+
+
+@pytest.mark.parametrize("name", CODECS)
 def test_round_trip_of_bytearray_and_memoryview_input(name: str) -> None:
     c = Codec(name)
     raw = compressible(50_000, seed=7)
