@@ -38,61 +38,11 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
-import tempfile
 import time
 
-MiB = 1 << 20
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower()
-    return int(t[:-1]) * units[t[-1]] if t[-1] in units else int(t)
-
-
-class Target:
-    def __init__(self, name: str, path: str) -> None:
-        self.name, self.path = name, path
-        self.stats_cmd: str | None = None
-        self.clean_cmd: str | None = None
-
-    def stats(self) -> dict:
-        if not self.stats_cmd:
-            return {}
-        try:
-            out = subprocess.run(self.stats_cmd, shell=True, capture_output=True, text=True,
-                                 timeout=600).stdout.strip()
-            return json.loads(out.splitlines()[-1]) if out else {}
-        except Exception as e:  # noqa: BLE001 - a stats hook must never stop the run
-            return {"error": repr(e)}
-
-    def clean(self) -> None:
-        if self.clean_cmd:
-            subprocess.run(self.clean_cmd, shell=True, capture_output=True, timeout=300)
-
-
-def ram_held(t: Target, st: dict) -> tuple[int | None, str]:
-    """(bytes of RAM a target holds for its data, where the figure comes from).
-
-    zram's and tmpfs's figures are read here, not taken from the stats hook:
-    targets.sh prints them with awk's %d, which mawk clamps at 2**31 - 1.
-    """
-    if "mem_used_bytes" in st:                       # zram: mm_stat mem_used_total
-        with open("/sys/block/zram0/mm_stat") as f:
-            return int(f.read().split()[2]), "zram mm_stat mem_used_total"
-    if "ram_used_bytes" in st:                       # cctmpfs stats
-        return st["ram_used_bytes"] + st.get("dedup", {}).get("index_bytes", 0), \
-            "cctmpfs ram_used + index"
-    if "df_used_bytes" in st:                        # tmpfs: its used pages are RAM
-        v = os.statvfs(t.path)
-        return (v.f_blocks - v.f_bfree) * v.f_frsize, "statvfs used"
-    if "rss_bytes" in st:                            # pyfuse_mem.py
-        return st["rss_bytes"], "daemon RSS"
-    return None, "-"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (MiB, Target, add_target_options, log, medians,  # noqa: E402
+                    parse_size, parse_targets, ram_held, run_fio_json)
 
 
 class Bench:
@@ -114,27 +64,19 @@ class Bench:
     # ---- dup-write --------------------------------------------------------------
     def fio_write(self, work: str, fname: str, seed: int) -> tuple[float | None, float]:
         """(fio MiB/s, wall seconds) of one seeded sequential write."""
-        with tempfile.NamedTemporaryFile(prefix="dedup-fio-", suffix=".json", delete=False) as tf:
-            outp = tf.name
         cmd = [self.a.fio, "--name=dupwrite", "--directory=" + work, "--filename=" + fname,
                "--rw=write", "--bs=128k", "--size=%d" % self.size, "--ioengine=psync",
                "--fallocate=none", "--end_fsync=1",
                # Same seed, same bytes (checked: md5 of two runs match); every
                # 128 KiB buffer refilled, 60% compressible like fsbench's seq jobs.
                "--refill_buffers=1", "--buffer_compress_percentage=60",
-               "--randseed=%d" % seed, "--output-format=json", "--output=" + outp]
+               "--randseed=%d" % seed]
         t0 = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=self.a.step_timeout)
+        data, err = run_fio_json(cmd, timeout=self.a.step_timeout)
         wall = time.perf_counter() - t0
-        try:
-            with open(outp) as f:
-                txt = f.read()
-        finally:
-            os.unlink(outp)
-        if p.returncode != 0:
-            log("fio failed: " + p.stderr.strip()[-500:])
+        if data is None:
+            log("fio failed: " + err)
             return None, wall
-        data = json.loads(txt[txt.find("{"):])
         return data["jobs"][0]["write"]["bw_bytes"] / MiB, wall
 
     def phase_dup_write(self, rnd: int, t: Target, work: str) -> None:
@@ -223,12 +165,7 @@ class Bench:
                         time.sleep(self.a.settle)
 
     def medians(self) -> dict:
-        out: dict = {}
-        for r in self.records:
-            if r["value"] is None or not isinstance(r["value"], (int, float)):
-                continue
-            out.setdefault(r["metric"], {}).setdefault(r["target"], []).append(r["value"])
-        return {m: {t: statistics.median(v) for t, v in tv.items()} for m, tv in out.items()}
+        return medians(self.records)
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -311,11 +248,7 @@ def report(bench: Bench, meta: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-t", "--target", action="append", default=[], metavar="NAME=DIR", required=True)
-    ap.add_argument("--stats-cmd", action="append", default=[], metavar="NAME=CMD")
-    ap.add_argument("--clean-cmd", action="append", default=[], metavar="NAME=CMD")
-    ap.add_argument("--pid", action="append", default=[], metavar="NAME=PIDFILE",
-                    help="accepted for fsbench.py compatibility; unused")
+    add_target_options(ap)
     ap.add_argument("-o", "--output", required=True)
     ap.add_argument("--md", default=None, help="Markdown report (default: OUTPUT with .md)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -330,17 +263,7 @@ def main() -> int:
     ap.add_argument("--check-args", action="store_true", help="only check the options, then exit")
     a = ap.parse_args()
     a.phases = a.phases.split(",")
-    targets = []
-    for spec in a.target:
-        name, _, path = spec.partition("=")
-        targets.append(Target(name, path))
-    by_name = {t.name: t for t in targets}
-    for opt, attr in ((a.stats_cmd, "stats_cmd"), (a.clean_cmd, "clean_cmd")):
-        for spec in opt:
-            name, _, cmd = spec.partition("=")
-            if name not in by_name:
-                ap.error("%s: no target named %s" % (spec, name))
-            setattr(by_name[name], attr, cmd)
+    targets = parse_targets(ap, a)
     unknown = set(a.phases) - {"dup-write", "copies"}
     if unknown:
         ap.error("--phases: unknown %s (want dup-write,copies)" % ",".join(sorted(unknown)))
