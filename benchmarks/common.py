@@ -6,10 +6,12 @@ takes them (-t NAME=DIR, --stats-cmd NAME=CMD, --clean-cmd NAME=CMD,
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
 import subprocess
+import tarfile
 import tempfile
 
 MiB = 1 << 20
@@ -136,3 +138,9 @@ def medians(records: list[dict]) -> dict:
             continue
         out.setdefault(r["metric"], {}).setdefault(r["target"], []).append(r["value"])
     return {m: {t: statistics.median(v) for t, v in tv.items()} for m, tv in out.items()}
+
+
+def tar_logical(data: bytes) -> int:
+    """Bytes of regular files in a tar archive held in memory."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return sum(m.size for m in tf.getmembers() if m.isreg())

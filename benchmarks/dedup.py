@@ -30,19 +30,18 @@ The JSON has every raw value; --md writes the report (medians of rounds).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
 import subprocess
 import sys
 import sysconfig
-import tarfile
 import time
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (MiB, Target, add_target_options, log, medians,  # noqa: E402
-                    parse_size, parse_targets, ram_held, run_fio_json)
+                    parse_size, parse_targets, ram_held, run_fio_json, tar_logical)
 
 
 class Bench:
@@ -142,27 +141,33 @@ class Bench:
     # ---- driver -------------------------------------------------------------------
     def run(self) -> None:
         self.tar_data = self.load_tar()
-        with tarfile.open(fileobj=io.BytesIO(self.tar_data)) as tf:
-            self.tar_logical = sum(m.size for m in tf.getmembers() if m.isreg())
+        self.tar_logical = tar_logical(self.tar_data)
         log("source tree: %.1f MiB of files, %d copies" % (self.tar_logical / MiB, self.a.copies))
         phases = [("dup-write", self.phase_dup_write), ("copies", self.phase_copies)]
         for rnd in range(self.a.rounds):
             for phase, fn in phases:
-                if phase not in self.a.phases:
-                    continue
-                log("== round %d: %s" % (rnd + 1, phase))
-                k = rnd % len(self.targets)
-                for t in self.targets[k:] + self.targets[:k]:
-                    work = os.path.join(t.path, "dedup-" + phase)
-                    subprocess.run(["rm", "-rf", work])
-                    os.mkdir(work)
-                    try:
-                        fn(rnd, t, work)
-                    finally:
-                        subprocess.run(["rm", "-rf", work])
-                        t.clean()
-                        os.sync()
-                        time.sleep(self.a.settle)
+                if phase in self.a.phases:
+                    self.run_phase(rnd, phase, "dedup-", fn)
+
+    def run_phase(self, rnd: int, phase: str, prefix: str,
+                  fn: Callable[[int, Target, str], None]) -> None:
+        """Run one phase on every target, in an order rotated every round, each
+        in its own directory TARGET/PREFIX+PHASE that is removed afterwards."""
+        log("== round %d: %s" % (rnd + 1, phase))
+        k = rnd % len(self.targets)
+        for t in self.targets[k:] + self.targets[:k]:
+            work = os.path.join(t.path, prefix + phase)
+            subprocess.run(["rm", "-rf", work])
+            os.mkdir(work)
+            try:
+                fn(rnd, t, work)
+            except subprocess.TimeoutExpired as e:
+                self.record(rnd, t, phase, phase + "-error", None, "-", {"error": str(e)})
+            finally:
+                subprocess.run(["rm", "-rf", work])
+                t.clean()
+                os.sync()
+                time.sleep(self.a.settle)
 
     def medians(self) -> dict:
         return medians(self.records)

@@ -41,29 +41,23 @@ to pyfuse, the targets of issue 6, and charts (--charts).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
 import sys
 import sysconfig
-import tarfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import perf_report  # noqa: E402
 from common import (MiB, Target, add_target_options, drop_caches, log,  # noqa: E402
-                    parse_size, parse_targets, ram_held, run_fio_json)
+                    parse_size, parse_targets, ram_held, run_fio_json, tar_logical)
 from dedup import Bench as DedupBench  # noqa: E402
 
 FIO_JOBS = os.path.join(os.path.dirname(HERE), "examples", "fio")
 PHASES = ["seq-1m", "seq-128k", "seq-4k", "seq-1m-incomp", "rand-4k", "rand-128k", "rand-1m",
           "randrw", "dedupe", "nj2", "stream", "untar", "cp-bin", "cp-zip", "copies"]
-#: The data sets whose RAM per logical byte is reported, by phase.
-RAM_SETS = {"seq-1m": "fio data, 60% compressible", "dedupe": "fio data, 50% duplicates",
-            "untar": "source tree (Python stdlib)", "cp-bin": "binaries (/usr/bin)",
-            "cp-zip": "compressed files", "copies": "10 copies of the source tree"}
-
 
 class Perf(DedupBench):
     def __init__(self, a: argparse.Namespace, targets: list[Target]) -> None:
@@ -216,7 +210,6 @@ class Perf(DedupBench):
 
     def phase_copies(self, rnd: int, t: Target, work: str, phase: str = "copies") -> None:
         if rnd < self.a.copies_rounds:
-            self.ram_mark(t)
             super().phase_copies(rnd, t, work)
             # dedup.py records ram-per-logical-byte from absolute figures; keep
             # the name every RAM figure of this report has.
@@ -259,33 +252,14 @@ class Perf(DedupBench):
         }
         for rnd in range(self.a.rounds):
             for phase in PHASES:
-                if phase not in self.a.phases or (phase == "copies" and rnd >= self.a.copies_rounds):
-                    continue
-                log("== round %d: %s" % (rnd + 1, phase))
-                k = rnd % len(self.targets)
-                for t in self.targets[k:] + self.targets[:k]:
-                    work = os.path.join(t.path, "perf-" + phase)
-                    subprocess.run(["rm", "-rf", work])
-                    os.mkdir(work)
-                    try:
-                        dispatch[phase](rnd, t, work, phase)
-                    except subprocess.TimeoutExpired as e:
-                        self.record(rnd, t, phase, phase + "-error", None, "-", {"error": str(e)})
-                    finally:
-                        subprocess.run(["rm", "-rf", work])
-                        t.clean()
-                        os.sync()
-                        time.sleep(self.a.settle)
+                if phase in self.a.phases and not (phase == "copies" and rnd >= self.a.copies_rounds):
+                    self.run_phase(rnd, phase, "perf-",
+                                   lambda r, t, w, _p=phase: dispatch[_p](r, t, w, _p))
 
 
 def fs_type(path: str) -> str:
     p = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", path], capture_output=True, text=True)
     return p.stdout.strip()
-
-
-def tar_logical(data: bytes) -> int:
-    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-        return sum(m.size for m in tf.getmembers() if m.isreg())
 
 
 def _tar_files(path: str, files: list[str]) -> None:
@@ -386,7 +360,6 @@ def main() -> int:
     with open(a.output, "w") as f:
         json.dump(out, f, indent=1)
     md_path = a.md or os.path.splitext(a.output)[0] + ".md"
-    import perf_report
     md = perf_report.write(out, md_path, a.charts or os.path.dirname(os.path.abspath(md_path)))
     print(md)
     return 0
