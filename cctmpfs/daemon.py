@@ -130,9 +130,13 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
         fs.engine.attach_cold(ColdStore(device, SegmentLog(device.size),
                                         RecordCipher() if opts.backing_encrypt else None))
     ops = Operations(fs)
-    sealer = Sealer(fs.engine, llfuse.lock, on_error=lambda e: ops.count_internal_error())
+    sealer = Sealer(fs.engine, llfuse.lock, on_error=lambda e: ops.count_internal_error(),
+                    idle_priority=opts.seal_idle)
     ops.extra_stats = lambda: {"malloc_trims": sealer.trimmer.trims,
-                               "malloc_trim_freed_bytes": sealer.trimmer.freed_bytes}
+                               "malloc_trim_freed_bytes": sealer.trimmer.freed_bytes,
+                               # Sealer batches compressed at SCHED_IDLE and at normal priority.
+                               "seal_batches_idle": sealer.idle_batches,
+                               "seal_batches_normal": sealer.normal_batches}
     try:
         llfuse.init(ops, mountpoint, list(opts.fuse_options))
     except Exception as e:  # noqa: BLE001 - reported to the user, nothing is mounted

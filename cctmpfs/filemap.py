@@ -241,6 +241,11 @@ class DataEngine:
         self.sealing_threads: dict[int, int] = {}
         #: Called (under the lock, must not block) when seal_queue gains work.
         self.wake_sealer: Callable[[], None] = lambda: None
+        #: Called under the lock by seal(); returns the context its unlocked
+        #: compression runs in. The sealer sets it (Sealer.compress_cpu,
+        #: cpuprio.py) to compress at SCHED_IDLE while the buffer has room.
+        self.compress_cpu: Callable[[], contextlib.AbstractContextManager[object]] = \
+            contextlib.nullcontext
         #: The backing device's cold store, if there is one (attach_cold).
         self.cold: Optional[ColdStore] = None
         self._device_busy = False   # a thread is building segments (_device_turn)
@@ -702,8 +707,9 @@ class DataEngine:
         results: list[object] = []   # Encoded, None (all zeros) or SEAL_FAILED
         me = threading.get_ident()
         self.sealing_threads[me] = self.sealing_threads.get(me, 0) + 1
+        cpu = self.compress_cpu()   # decided under the lock, entered without it
         try:
-            with released(self.lock):
+            with released(self.lock), cpu:
                 batch: dict[int, tuple[bytes | bytearray, Encoded]] = {}
                 for _s, _gen, raw in jobs:
                     try:

@@ -88,6 +88,7 @@ class MountOptions:
     backing: Optional[str] = None   # absolute path of the backing device or file (backing=)
     backing_size: int = 0    # size to create a missing backing file at (backing_size=); 0: must exist
     backing_encrypt: bool = True    # AES-GCM records on the device (backing_encrypt=on|off)
+    seal_idle: bool = True   # the sealer compresses at SCHED_IDLE while it can (seal_priority=idle|normal)
     fuse_options: tuple[str, ...] = ()
 
     @property
@@ -168,7 +169,7 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
             raise OptionError("ro: cctmpfs is a read-write /tmp; mount it rw")
         if key in ("size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress",
                    "block_size", "ram", "buffer", "workers", "dedup", "backing",
-                   "backing_size", "backing_encrypt"):
+                   "backing_size", "backing_encrypt", "seal_priority"):
             if not eq or value == "":
                 raise OptionError(f"{key}: needs a value ({key}=...)")
             ours[key] = value
@@ -231,6 +232,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     if dedup_text not in ("on", "off"):
         raise OptionError(f"dedup={dedup_text}: must be on or off")
 
+    seal_priority = ours.get("seal_priority", "idle")
+    if seal_priority not in ("idle", "normal"):
+        raise OptionError(f"seal_priority={seal_priority}: must be idle or normal")
+
     backing = os.path.abspath(ours["backing"]) if "backing" in ours else None
     if backing is None and ("backing_size" in ours or "backing_encrypt" in ours):
         raise OptionError("backing_size=/backing_encrypt=: need backing=PATH")
@@ -262,5 +267,6 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         size_bytes=size, nr_inodes=nr_inodes, root_mode=mode, root_uid=uid, root_gid=gid,
         codec=codec, level=level, block_size=block_size, ram_bytes=ram, buffer_bytes=buffer,
         workers=workers, dedup=dedup_text == "on", backing=backing, backing_size=backing_size,
-        backing_encrypt=encrypt_text == "on", fuse_options=tuple(fuse),
+        backing_encrypt=encrypt_text == "on", seal_idle=seal_priority == "idle",
+        fuse_options=tuple(fuse),
     )

@@ -8,15 +8,22 @@ memory (memtrim.py).
 Threading: the thread takes the global lock for each pass; the pass releases
 it around compression (DataEngine.seal). It waits on its event only while
 not holding the global lock.
+
+CPU class: while the dirty part of the hot buffer is under IDLE_DIRTY_FRACTION
+of its budget, the thread compresses at SCHED_IDLE, so that the worker and
+the programs waiting on it always run first (cpuprio.py has the measurements);
+past it, it compresses at normal priority to keep up with the writers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from typing import Callable
 
+from . import cpuprio
 from .filemap import DataEngine
 from .locking import GlobalLock
 from .memtrim import Trimmer
@@ -25,11 +32,17 @@ log = logging.getLogger(__name__)
 
 #: How often cold blocks are looked for when nothing wakes the thread.
 POLL_SECONDS = 0.5
+#: Compress at SCHED_IDLE while dirty bytes are under this part of the hot
+#: buffer's budget. Half leaves the other half for the time a writer that
+#: outruns the idle sealer needs to push it back to normal priority: at the
+#: 600 MiB/s of sequential writes, 0.4 s of the default 512 MiB buffer.
+IDLE_DIRTY_FRACTION = 0.5
 
 
 class Sealer:
     def __init__(self, engine: DataEngine, lock: GlobalLock,
-                 on_error: Callable[[BaseException], None] = lambda e: None) -> None:
+                 on_error: Callable[[BaseException], None] = lambda e: None,
+                 idle_priority: bool = True) -> None:
         self.engine = engine
         self.lock = lock
         self.on_error = on_error
@@ -37,7 +50,25 @@ class Sealer:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="cctmpfs-sealer", daemon=True)
         engine.wake_sealer = self.wake
+        engine.compress_cpu = self.compress_cpu
         self.trimmer = Trimmer()
+        #: seal_priority=idle was asked for and this process can use SCHED_IDLE.
+        self.idle_priority = idle_priority and cpuprio.available()
+        self.idle_batches = 0     # batches this thread compressed at SCHED_IDLE
+        self.normal_batches = 0   # batches it compressed at normal priority
+
+    def compress_cpu(self) -> contextlib.AbstractContextManager[object]:
+        """DataEngine.compress_cpu: the CPU class of one batch's compression.
+        Called under the global lock. Other threads (a worker sealing under
+        buffer pressure) always compress at their own priority."""
+        if threading.get_ident() != self._thread.ident:
+            return contextlib.nullcontext()
+        buf = self.engine.buffer
+        if self.idle_priority and buf.dirty_bytes < IDLE_DIRTY_FRACTION * buf.budget:
+            self.idle_batches += 1
+            return cpuprio.idle_cpu()
+        self.normal_batches += 1
+        return contextlib.nullcontext()
 
     def start(self) -> None:
         self._thread.start()

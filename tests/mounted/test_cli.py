@@ -226,6 +226,7 @@ BAD_OPTIONS = [
     ("buffer=1k", "buffer"),
     ("ram=1k", "ram"),
     ("workers=0", "workers"),
+    ("seal_priority=low", "seal_priority"),
     ("ro", "ro"),
     ("size=1m,nr_blocks=10", "nr_blocks"),
 ]
@@ -323,6 +324,31 @@ def test_stats_json_after_writing_real_files(mount_cct):
     r = run_cli("stats", mp, "--json")
     assert r.returncode == 0, r.stderr
     assert set(json.loads(r.stdout)) == set(s)
+
+
+@pytest.mark.parametrize("priority", ["idle", "normal"])
+def test_sealer_cpu_class(mount_cct, priority):
+    """The daemon's sealer compresses released files in the background at
+    SCHED_IDLE (seal_priority=idle, the default) or at normal priority, and
+    every thread is back at SCHED_OTHER once it is done."""
+    mp = mount_cct("size=64m" + ("" if priority == "idle" else ",seal_priority=normal"))
+    total = copy_stdlib_packages(mp)
+    assert total > 300_000
+    deadline = time.monotonic() + 30
+    while True:     # no --settle: that would seal in the handler, not in the sealer
+        s = mp.stats()
+        if s["blocks"]["dirty"] == 0 and s["blocks"]["sealing"] == 0:
+            break
+        assert time.monotonic() < deadline, s["blocks"]
+        time.sleep(0.1)
+    assert s["compression_ratio"] > 2.0
+    if priority == "idle":
+        assert s["seal_batches_idle"] > 0 and s["seal_batches_normal"] == 0, s
+    else:
+        assert s["seal_batches_idle"] == 0 and s["seal_batches_normal"] > 0, s
+    tids = os.listdir(f"/proc/{mp.proc.pid}/task")
+    assert len(tids) >= 2      # the worker and the sealer at least
+    assert {os.sched_getscheduler(int(t)) for t in tids} == {os.SCHED_OTHER}
 
 
 def test_stats_table(mount_cct):

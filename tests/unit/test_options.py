@@ -227,6 +227,18 @@ def test_dedup_malformed(ram: int, text: str) -> None:
     assert "dedup" in msg and "on or off" in msg
 
 
+def test_seal_priority(ram: int) -> None:
+    assert parse("").seal_idle is True
+    assert parse("seal_priority=idle").seal_idle is True
+    assert parse("seal_priority=normal").seal_idle is False
+
+
+@pytest.mark.parametrize("text", ["low", "IDLE", "0"])
+def test_seal_priority_malformed(ram: int, text: str) -> None:
+    msg = refused(f"seal_priority={text}")
+    assert "seal_priority" in msg and "idle or normal" in msg
+
+
 # ---- block size, codec ---------------------------------------------------------
 
 @pytest.mark.parametrize("text,expected", [
