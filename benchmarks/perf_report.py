@@ -88,10 +88,11 @@ WHY = {
                      "mount without xattrs.",
     "untar-s": "tar writes in 10 KiB pieces: every write(2) also costs the GETXATTR round trip "
                "(see random writes), about 52k extra requests for this tree; compare with "
-               "pyfuse-xattr. The rest is compressing real source files (~380 us per 128 KiB "
-               "block, 4x fio data) on the second vCPU, which tar and the FUSE worker need too. "
-               "Closing it needs the GETXATTR gone (above) and cheaper compression of small "
-               "files (docs/profiling.md).",
+               "pyfuse-xattr. Compression is not the rest (compress=none is no faster; the "
+               "sealer compresses at SCHED_IDLE, seal_priority=idle); the worker's own CPU per "
+               "request is: creating a file and writing a new block cost it 2-3x what they "
+               "cost pyfuse_mem.py (benchmarks/opcost.py). Closing it needs the GETXATTR gone "
+               "(above) and leaner create and write paths (docs/profiling.md, \"The untar\").",
     "seq-read-1m-cold": "A cold read decodes every 128 KiB block in the worker (zstd ~1.7 GB/s on this "
                         "data), where pyfuse_mem.py only copies; with compress=lz4 (cct-lz4 column) "
                         "decoding costs about half.",
@@ -230,8 +231,12 @@ def charts(med: dict, names: list[str], outdir: str, stem: str) -> list[str]:
     groups = [("MiB/s", "throughput, MiB/s (log scale)"), ("IOPS", "operations per second (log scale)"),
               ("s", "seconds, lower is better (log scale)")]
     metrics = {u: [m for m, (_, unit, _) in METRICS.items() if unit == u and med.get(m)] for u, _ in groups}
-    fig, axes = plt.subplots(1, 3, figsize=(20, 9), gridspec_kw={"width_ratios": [
-        max(len(metrics[u]), 1) for u, _ in groups]})
+    # A run of some phases only (--phases) may have no metric in a unit: no
+    # panel for it (an empty log-scale axis cannot be drawn).
+    groups = [(u, t) for u, t in groups if metrics[u]]
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 9), squeeze=False,
+                             gridspec_kw={"width_ratios": [len(metrics[u]) for u, _ in groups]})
+    axes = axes[0]
     width = 0.8 / max(len(names), 1)
     for ax, (unit, title) in zip(axes, groups):
         ms = metrics[unit]

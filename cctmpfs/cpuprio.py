@@ -2,10 +2,10 @@
 
 Why: an untar is a chain of round trips (tar, kernel, worker, kernel, tar)
 that keeps each of this machine's two vCPUs about half busy. When the sealer
-compresses at normal priority, the worker and tar wake up behind it. Measured
-on the stdlib untar (docs/profiling.md, "The sealer's CPU class"): with the
-sealer at SCHED_IDLE the worker preempts it at once, and the untar took
-9.7 s instead of 11.3 s pinned (pyfuse_mem.py --xattr: 9.4 s).
+compresses at normal priority, the worker and tar wake up behind it; at
+SCHED_IDLE the worker preempts it at once. Stdlib untar, six interleaved
+rounds unpinned: 10.4 s against 11.2 s at normal priority (pyfuse_mem.py
+--xattr 9.0 s). docs/profiling.md, "The untar", has the whole story.
 
 Why not always: a SCHED_IDLE thread gets almost no CPU while others want
 it. A writer faster than the idle sealer would fill the hot buffer and then
