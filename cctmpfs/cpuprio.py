@@ -19,6 +19,10 @@ body of idle_cpu() runs with the lock released (DataEngine.seal calls it
 inside `released()`), so a starved idle thread never holds up a handler by
 the global lock. It can hold the GIL between two codec calls; a worker that
 wants it then sleeps, its vCPU falls idle, and the idle thread runs there.
+If other programs keep every vCPU busy at that moment, the worker waits
+until the scheduler gives the idle thread a slice (a SCHED_IDLE thread still
+gets a small share of a busy CPU). That is the price of the idle class;
+seal_priority=normal does not pay it.
 
 Threads: sched_setscheduler(0, ...) changes the calling thread only (Linux
 schedules threads, and pid 0 is the caller). Going back from SCHED_IDLE to
