@@ -515,21 +515,21 @@ class DataEngine:
         raw[boff:end] = data
         buf = self.buffer
         if growth > 0:
-            # A dirty slot is charged its length (HotBuffer.charge).
-            slot.extent = slot.charged = end
-            buf.dirty_bytes += growth
+            slot.extent = end
+            buf.charge(slot, self.clock())    # recharged at its new length
+        else:
+            buf.touch(slot, self.clock())
         if new_pages:
             slot.page_mask |= new_pages
             self._account_pages(f, new_pages.bit_count())
         slot.generation += 1
-        buf.touch(slot, self.clock())
         if off == f.seq_end and end == self.bs:
             self.seal_queue.append(slot)   # a sequential writer filled it
             self._maybe_wake_sealer()
         f.seq_end = off + n
         if off + n > f.size:
             f.size = off + n
-        if buf.dirty_bytes + buf.clean_bytes > buf.budget:
+        if buf.total_bytes > buf.budget:
             self._shed(allow_seal=True)
         return True
 
@@ -737,8 +737,8 @@ class DataEngine:
         results: list[object] = []   # Encoded, None (all zeros) or SEAL_FAILED
         me = threading.get_ident()
         self.sealing_threads[me] = self.sealing_threads.get(me, 0) + 1
-        cpu = self.compress_cpu()   # decided under the lock, entered without it
         try:
+            cpu = self.compress_cpu()   # decided under the lock, entered without it
             with released(self.lock), cpu:
                 batch: dict[int, tuple[bytes | bytearray, Encoded]] = {}
                 for _s, _gen, raw in jobs:
