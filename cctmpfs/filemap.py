@@ -167,6 +167,22 @@ class HotBuffer:
         self.slots[slot] = None
         self.slots.move_to_end(slot)
 
+    def add_dirty(self, slot: Slot, now: float) -> None:
+        """charge() for a new dirty slot, without the state checks charge()
+        needs: the in-place write path's accounting."""
+        self.dirty_bytes += len(slot.raw)  # type: ignore[arg-type]
+        slot.charged = len(slot.raw)  # type: ignore[arg-type]
+        slot.touched = now
+        self.slots[slot] = None   # a new key goes last: most recently used
+
+    def grow_dirty(self, slot: Slot, now: float) -> None:
+        """charge() for a charged dirty slot whose raw grew in place."""
+        n = len(slot.raw)  # type: ignore[arg-type]
+        self.dirty_bytes += n - slot.charged
+        slot.charged = n
+        slot.touched = now
+        self.slots.move_to_end(slot)
+
     def touch(self, slot: Slot, now: float) -> None:
         slot.touched = now
         self.slots.move_to_end(slot)
@@ -484,52 +500,77 @@ class DataEngine:
         return n
 
     def _write_in_place(self, f: FileData, off: int, data: bytes) -> bool:
-        """The fast path of small writes: an overwrite or an append inside one
-        dirty block, without a gap. Returns False if it does not apply; the
-        general path then does the same write (and refuses or shortens it at
-        a limit).
+        """The fast path of small writes inside one block: an overwrite or an
+        append without a gap in a dirty block, or the first write of a new
+        block from its start. Returns False if it does not apply; the
+        general path then does the same write (and refuses or shortens it
+        at a limit).
 
-        Random 4 KiB overwrites and tar's 10 KiB appends take it. The general
-        path costs 6 us per 4 KiB write in a loop, and several times that
-        in the daemon, where every call after a context switch runs cold
-        (docs/profiling.md, "The untar"); this one touches the slot and the
-        counters only.
+        These are most writes: random 4 KiB overwrites, tar's 10 KiB
+        records (the first one of each file, then appends), and sequential
+        128 KiB requests, one new block each. The general path walks six
+        functions per write; in the daemon, where every request runs after
+        a context switch with cold caches, each call costs several times
+        what it costs in a loop (docs/profiling.md, "The untar"). This one
+        touches the slot, the buffer and the counters only.
         """
-        n = len(data)
-        idx, boff = divmod(off, self.bs)
-        end = boff + n
+        bs = self.bs
+        idx = off // bs
+        boff = off - idx * bs
+        end = boff + len(data)
+        if end > bs:
+            return False
         slot = f.blocks.get(idx)
-        if (slot is None or slot.stored is not None or slot.sealing or slot.raw is None
-                or boff > slot.extent or end > self.bs):
-            return False
-        new_pages = page_span(boff, end) & ~slot.page_mask
-        growth = end - slot.extent
-        if new_pages and self.size_limit and \
-                self.alloc_bytes + PAGE * new_pages.bit_count() > self.size_limit:
-            return False
-        if growth > 0 and self.ram_budget and self.ram_in_use(growth) > self.ram_budget:
-            return False
-        raw = slot.raw
-        if type(raw) is not bytearray:
-            raw = slot.raw = bytearray(raw)   # a kept request (bytes): copy once
-        raw[boff:end] = data
-        buf = self.buffer
-        if growth > 0:
-            slot.extent = end
-            buf.charge(slot, self.clock())    # recharged at its new length
+        if slot is None:
+            if boff:
+                return False   # a sparse start: the general path pads the block
+            extent = mask = 0
+        elif slot.stored is not None or slot.raw is None or slot.sealing or boff > slot.extent:
+            return False       # not dirty, being compressed, or a gap before the write
         else:
-            buf.touch(slot, self.clock())
+            extent, mask = slot.extent, slot.page_mask
+        first = boff // PAGE   # page_span(boff, end), inline on this path
+        new_pages = (((1 << ((end - 1) // PAGE - first + 1)) - 1) << first) & ~mask
         if new_pages:
-            slot.page_mask |= new_pages
-            self._account_pages(f, new_pages.bit_count())
-        slot.generation += 1
-        if off == f.seq_end and end == self.bs:
+            grown = PAGE * new_pages.bit_count()
+            if self.size_limit and self.alloc_bytes + grown > self.size_limit:
+                return False
+        buf = self.buffer
+        growth = end - extent
+        if growth > 0 and self.ram_budget and \
+                self.store.counters.stored_bytes + buf.dirty_bytes + growth > self.ram_budget:
+            return False   # over ram= (ram_in_use(), inline)
+        now = self.clock()
+        if slot is None:
+            # A whole llfuse request is kept as is, without a copy.
+            slot = Slot(file=f, index=idx, extent=end, page_mask=new_pages,
+                        raw=data if type(data) is bytes else bytes(data), generation=1)
+            f.blocks[idx] = slot
+            buf.add_dirty(slot, now)
+        else:
+            raw = slot.raw
+            if type(raw) is not bytearray:
+                raw = slot.raw = bytearray(raw)   # a kept request (bytes): copy once
+            raw[boff:end] = data
+            slot.generation += 1
+            if growth > 0:
+                slot.extent = end
+                buf.grow_dirty(slot, now)    # recharged at its new length
+            else:
+                buf.touch(slot, now)
+            if new_pages:
+                slot.page_mask = mask | new_pages
+        if new_pages:
+            f.alloc_bytes += grown
+            self.alloc_bytes += grown
+        if end == bs and off == f.seq_end:
             self.seal_queue.append(slot)   # a sequential writer filled it
             self._maybe_wake_sealer()
-        f.seq_end = off + n
-        if off + n > f.size:
-            f.size = off + n
-        if buf.total_bytes > buf.budget:
+        end += off - boff   # now the file offset
+        f.seq_end = end
+        if end > f.size:
+            f.size = end
+        if buf.dirty_bytes + buf.clean_bytes > buf.budget:
             self._shed(allow_seal=True)
         return True
 
@@ -656,10 +697,12 @@ class DataEngine:
 
     def release(self, f: FileData) -> None:
         """The last handle of f was closed: queue its dirty blocks for sealing."""
-        dirty = [s for s in f.blocks.values() if s.dirty and not s.sealing]
-        if dirty:
-            self.seal_queue.extend(dirty)
-            self._maybe_wake_sealer()
+        queue = self.seal_queue
+        for s in f.blocks.values():
+            if s.stored is None and s.raw is not None and not s.sealing:   # dirty
+                queue.append(s)
+        if len(queue) >= SEAL_BATCH:
+            self.wake_sealer()   # _maybe_wake_sealer(), inline: once per closed file
 
     def _maybe_wake_sealer(self) -> None:
         """Wake the sealer once a batch is queued; smaller queues wait for its

@@ -55,7 +55,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def boundary(fn: F) -> F:
     """Map FsError to FUSEError and any other exception to a logged EIO."""
 
-    name = fn.__name__
+    # Requests are counted by handler name; "_getxattr" counts as getxattr
+    # (its public handler answers the commonest request before calling it).
+    name = fn.__name__.removeprefix("_")
 
     @functools.wraps(fn)
     def wrapper(self: "Operations", *args: Any) -> Any:
@@ -87,9 +89,18 @@ class Operations(llfuse.Operations):
     def __init__(self, fs: Filesystem) -> None:
         super().__init__()
         self.fs = fs
+        self.block_size = fs.block_size
         self.internal_errors = 0   # handler exceptions other than FsError, answered EIO
         self.requests: collections.Counter[str] = collections.Counter()  # FUSE requests by handler
         self.extra_stats: Callable[[], dict[str, Any]] = dict
+        #: The answer to a LOOKUP of a missing name: inode 0 is a negative
+        #: entry, which the kernel keeps for entry_timeout, where ENOENT
+        #: would be asked again on every stat() or open() of that name. Every
+        #: create, mknod, link and rename goes through this kernel, which
+        #: replaces the negative dentry itself, as it updates positive ones.
+        self._negative_entry = llfuse.EntryAttributes()
+        self._negative_entry.st_ino = 0
+        self._negative_entry.entry_timeout = CACHE_TIMEOUT
 
     def count_internal_error(self) -> None:
         self.internal_errors += 1
@@ -105,10 +116,17 @@ class Operations(llfuse.Operations):
         e.st_uid = node.uid
         e.st_gid = node.gid
         e.st_rdev = node.rdev
-        e.st_size = node.size
+        data = node.data
+        if data is not None:
+            # Inode.size and .blocks_512, without two property calls: this
+            # runs for every LOOKUP, CREATE, GETATTR and SETATTR.
+            e.st_size = data.size
+            e.st_blocks = data.alloc_bytes // 512
+        else:
+            e.st_size = node.size
+            e.st_blocks = 0
         # cp and friends size their buffers from st_blksize: report the block.
-        e.st_blksize = self.fs.block_size
-        e.st_blocks = node.blocks_512
+        e.st_blksize = self.block_size
         e.st_atime_ns = node.atime_ns
         e.st_mtime_ns = node.mtime_ns
         e.st_ctime_ns = node.ctime_ns
@@ -132,7 +150,10 @@ class Operations(llfuse.Operations):
     # ---- namespace -----------------------------------------------------
     @boundary
     def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> llfuse.EntryAttributes:
-        return self._entry(self.fs.lookup(parent_inode, name))
+        node = self.fs.find(parent_inode, name)
+        if node is None:
+            return self._negative_entry
+        return self._entry(node)
 
     def forget(self, inode_list: list[tuple[int, int]]) -> None:
         # llfuse requires forget never to raise.
@@ -268,15 +289,22 @@ class Operations(llfuse.Operations):
         return True  # not called under default_permissions; the kernel decides
 
     # ---- extended attributes -----------------------------------------------
-    @boundary
     def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         # ctx defaults to None: llfuse 1.5 calls getxattr(inode, name) without
         # it to implement XATTR_CREATE / XATTR_REPLACE.
         if name == SECURITY_CAPABILITY:
-            # Asked before every write(2): answer it on the cheapest path.
+            # Asked before every write(2): answered here, outside the error
+            # boundary, whose extra frame and re-raise double the cost of this
+            # request (0.57 against 1.0 us in a loop). Nothing here can raise
+            # but the FUSEError: a dict lookup and an attribute read.
             node = self.fs.inodes.get(inode)
             if node is not None and node.xattrs is None:
+                self.requests["getxattr"] += 1
                 raise FUSEError(errno.ENODATA)
+        return self._getxattr(inode, name)
+
+    @boundary
+    def _getxattr(self, inode: int, name: bytes) -> bytes:
         if name == XATTR_BLOCKS:
             node = self.fs.get(inode)
             if node.data is None:

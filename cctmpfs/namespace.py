@@ -40,9 +40,11 @@ XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
 ACL_PREFIX = b"system.posix_acl_"
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class Caller:
-    """Who asks: the uid/gid of the requesting process."""
+    """Who asks: the uid/gid of the requesting process. Made for every
+    create, mkdir, mknod and symlink: not frozen, because a frozen attrs
+    record takes twice as long to build (0.55 against 0.28 us)."""
 
     uid: int = 0
     gid: int = 0
@@ -140,19 +142,27 @@ class Filesystem:
         try:
             return self.inodes[ino]
         except KeyError:
-            raise FsError(errno.ENOENT, f"inode {ino} does not exist") from None
+            raise self._no_inode(ino) from None
 
     def _dir(self, ino: int) -> Inode:
-        node = self.get(ino)
+        node = self.inodes.get(ino)
+        if node is None:
+            raise self._no_inode(ino)
         if node.entries is None:
             raise FsError(errno.ENOTDIR)
         return node
 
     def _file(self, ino: int) -> Inode:
-        node = self.get(ino)
+        node = self.inodes.get(ino)
+        if node is None:
+            raise self._no_inode(ino)
         if node.data is None:
             raise FsError(errno.EISDIR if node.is_dir else errno.EINVAL)
         return node
+
+    @staticmethod
+    def _no_inode(ino: int) -> FsError:
+        return FsError(errno.ENOENT, f"inode {ino} does not exist")
 
     def _new_inode(self, mode: int, uid: int, gid: int, rdev: int = 0) -> Inode:
         self._reserve_inode()
@@ -209,18 +219,28 @@ class Filesystem:
     # ---- lookups and lifetimes ------------------------------------------
     def lookup(self, parent: int, name: bytes) -> Inode:
         """Find name in parent and take one lookup reference on it."""
+        node = self.find(parent, name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        return node
+
+    def find(self, parent: int, name: bytes) -> Optional[Inode]:
+        """lookup(), but None when parent has no such name, without a
+        reference and without an exception: the adapter answers it as a
+        negative entry, which the kernel caches, and a compiler or an
+        import system probes many missing names."""
         d = self._dir(parent)
         if len(name) > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG)
-        if name == b".":
+        ino = d.entries.get(name)  # type: ignore[union-attr]
+        if ino is not None:
+            node = self.inodes[ino]
+        elif name == b".":
             node = d
         elif name == b"..":
             node = self.get(d.parent)
         else:
-            ino = d.entries.get(name)  # type: ignore[union-attr]
-            if ino is None:
-                raise FsError(errno.ENOENT)
-            node = self.inodes[ino]
+            return None
         node.nlookup += 1
         return node
 
@@ -235,8 +255,8 @@ class Filesystem:
         node.nlookup -= n
         self._maybe_free(node)
 
-    def getattr(self, ino: int) -> Inode:
-        return self.get(ino)
+    #: GETATTR: the inode itself (an alias, not a wrapper: one call less per stat).
+    getattr = get
 
     # ---- creating ------------------------------------------------------
     def _link_new(self, parent: int, name: bytes, mode: int, caller: Caller,
@@ -255,10 +275,10 @@ class Filesystem:
                 mode |= S.S_ISGID
         node = self._new_inode(mode, caller.uid, gid, rdev)
         d.entries[name] = node.ino  # type: ignore[index]
-        if node.is_dir:
+        if node.entries is not None:   # a directory
             node.parent = d.ino
             d.nlink += 1
-        self._touch_dir(d, node.ctime_ns)
+        d.mtime_ns = d.ctime_ns = node.ctime_ns
         node.nlookup += 1
         return node
 
@@ -447,7 +467,8 @@ class Filesystem:
         if node.open_count == 0 and node.data is not None:
             if node.nlink > 0:
                 self.engine.release(node.data)
-            self._maybe_free(node)
+            else:
+                self._maybe_free(node)
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         """Releases the global lock."""

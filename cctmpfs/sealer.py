@@ -74,8 +74,13 @@ class Sealer:
         self._thread.start()
 
     def wake(self) -> None:
-        """Ask for a pass soon. Safe under the global lock: it never blocks."""
-        self._event.set()
+        """Ask for a pass soon. Safe under the global lock: it never blocks.
+
+        Event.set() takes the event's lock and notifies (0.5 us warm); a set
+        event needs neither. An event still set is cleared by the thread
+        before its next pass, and that pass sees what was queued."""
+        if not self._event.is_set():
+            self._event.set()
 
     def stop(self) -> None:
         """Stop the thread. Call without holding the global lock."""

@@ -184,6 +184,55 @@ def test_directories(both):
     same(both, scenario)
 
 
+def test_missing_names_then_created(both):
+    """A LOOKUP of a missing name is answered as a negative entry, which the
+    kernel caches; every way of creating that name afterwards must still
+    find it free and make it visible, as on tmpfs."""
+    def scenario(root):
+        obs = []
+        for how in ("open", "excl", "mkdir", "symlink", "link", "rename", "fifo"):
+            p = os.path.join(root, how)
+            obs.append(err(lambda: os.stat(p)))
+            obs.append(err(lambda: os.stat(p)))         # the cached answer
+            obs.append(err(lambda: os.listdir(p)))
+            if how == "open":
+                with open(p, "w") as f:
+                    f.write("x")
+            elif how == "excl":
+                os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            elif how == "mkdir":
+                os.mkdir(p)
+            elif how == "symlink":
+                os.symlink("target", p)
+            elif how == "link":
+                os.link(os.path.join(root, "open"), p)
+            elif how == "rename":
+                open(p + ".tmp", "w").close()
+                os.rename(p + ".tmp", p)
+            else:
+                os.mkfifo(p)
+            obs.append((how, describe(p)))
+            obs.append(err(lambda: os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY)))
+        # Removed, then missing again, then created again.
+        p = os.path.join(root, "open")
+        os.unlink(p)
+        obs.append(err(lambda: os.stat(p)))
+        obs.append(err(lambda: os.stat(p)))
+        with open(p, "w") as f:
+            f.write("again")
+        obs.append(open(p).read())
+        obs.append(sorted(os.listdir(root)))
+        return obs
+
+    cct, ref = both()
+    check_same(scenario, cct, ref)
+    # The kernel asks cctmpfs once for a missing name, then answers itself.
+    before = cct.stats()["requests"].get("lookup", 0)
+    for _ in range(50):
+        assert err(lambda: os.stat(os.path.join(cct, "never"))) == "ENOENT"
+    assert cct.stats()["requests"].get("lookup", 0) - before == 1
+
+
 def test_large_directory_listing(both):
     def scenario(root):
         d = os.path.join(root, "big")

@@ -879,10 +879,12 @@ def test_overwrite_in_place_at_the_ram_budget_needs_no_more_ram() -> None:
 
 
 def test_small_appends_and_overwrites_take_the_in_place_path(monkeypatch) -> None:
-    """tar writes 10 KiB records: after the first write of a block, appends
-    and overwrites inside it are patched in place (_write_in_place), with the
-    same content, sizes, page counts and buffer charges as the general path;
-    at the size= limit the general path takes over and writes what fits."""
+    """tar writes 10 KiB records: the first write of a block (from its
+    start) and the appends and overwrites inside it after that take the
+    in-place path (_write_in_place), with the same content, sizes, page
+    counts and buffer charges as the general path; a write across blocks
+    takes the general path, and at the size= limit the general path takes
+    over and writes what fits."""
     h = Harness("zstd", buffer_blocks=8, size_limit=2 * BS + BS // 2)
     general: list[int] = []
     apply = h.eng._apply_write
@@ -895,9 +897,8 @@ def test_small_appends_and_overwrites_take_the_in_place_path(monkeypatch) -> Non
     while off + piece <= 2 * BS:
         assert h.write(a, off, make_data(rng, piece, 1))
         off += piece
-    # One general write per block: the first, which creates the slot (the
-    # write that crosses into block 1 creates it).
-    assert general == [0, BS // piece * piece]
+    # The one general write: the one that crosses into block 1.
+    assert general == [BS // piece * piece]
     assert h.eng.buffer.dirty_bytes == sum(s.extent for s in h.fs.inodes[a].data.blocks.values())
     h.check()
     general.clear()
@@ -910,6 +911,13 @@ def test_small_appends_and_overwrites_take_the_in_place_path(monkeypatch) -> Non
     assert h.write(b, 0, b"\x05" * PAGE)
     assert h.write(b, PAGE, b"\x06" * (BS // 2))
     assert h.eng.alloc_bytes == h.eng.size_limit
+    # A new block's first write past the limit: refused whole, nothing stored.
+    c = h.create()
+    general.clear()
+    with pytest.raises(FsError) as e:
+        h.eng.write(h.fs.inodes[c].data, 0, b"\x07" * PAGE)
+    assert e.value.errno == errno.ENOSPC and general == []
+    assert h.fs.inodes[c].data.blocks == {} and h.eng.alloc_bytes == h.eng.size_limit
     assert h.read_all(a) == bytes(h.models[a]) and h.read_all(b) == bytes(h.models[b])
     h.eng.seal_everything()
     h.check()
