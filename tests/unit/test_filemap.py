@@ -1016,6 +1016,40 @@ def test_overwrite_while_a_read_decompresses() -> None:
     assert h.read_all(ino) == new
 
 
+def test_a_stream_reads_stored_blocks_without_buffering_them() -> None:
+    """A sequential reader of whole blocks gets each stored block decoded
+    and returned (read._stream_block), never charged to the hot buffer; a
+    random read still caches its block for the reads that follow."""
+    h = Harness("zstd")
+    ino = h.create()
+    h.write(ino, 0, text_data(3 * BS))
+    h.eng.make_room()
+    assert h.eng.buffer.total_bytes == 0
+    assert h.fs.read(ino, 0, BS) == bytes(h.models[ino][:BS])
+    assert h.fs.read(ino, BS, BS) == bytes(h.models[ino][BS:2 * BS])
+    assert h.eng.counters.loads == 2 and h.eng.counters.clean_drops == 0
+    assert h.eng.buffer.total_bytes == 0
+    f = h.fs.inodes[ino].data
+    assert {s.state for s in f.blocks.values()} == {BlockState.STORED}
+    assert h.fs.read(ino, 2 * BS + 100, 50) == bytes(h.models[ino][2 * BS + 100:2 * BS + 150])
+    assert f.blocks[2].state == BlockState.CACHED and h.eng.counters.loads == 3
+    h.check()
+
+
+def test_a_stream_read_sees_a_write_made_while_it_decodes() -> None:
+    lock = InterleavingLock()
+    h = Harness("zstd", lock=lock)
+    ino = h.create()
+    h.write(ino, 0, text_data(2 * BS))
+    h.eng.make_room()
+    assert h.fs.read(ino, 0, BS) == bytes(h.models[ino][:BS])
+    new = text_data(BS, 9)
+    lock.hooks.append(lambda: h.write(ino, BS, new))   # runs while block 1 is decoded
+    assert h.fs.read(ino, BS, BS) == new      # the decoded old block is not returned
+    assert lock.hooks == []
+    h.check()
+
+
 def test_truncate_while_it_loads_the_cut_block() -> None:
     lock = InterleavingLock()
     h = Harness("zstd", lock=lock)
