@@ -502,14 +502,14 @@ class DataEngine:
         Raises FsError(EFBIG) past the maximum file size and FsError(ENOSPC)
         when size= or the RAM budget would be exceeded; nothing is changed then.
         """
+        if self._write_in_place(f, off, data):
+            return len(data)
         n = len(data)
         if n == 0:
             return 0
         end = off + n
         if off < 0 or end > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG, "write past the maximum file size")
-        if self._write_in_place(f, off, data):
-            return n
         partial = self._partial_indexes(off, end)
         for attempt in range(2):
             self._load_partials(f, off, end, partial)
@@ -546,18 +546,20 @@ class DataEngine:
         functions per write; in the daemon, where every request runs after
         a context switch with cold caches, each call costs several times
         what it costs in a loop (docs/profiling.md, "The untar"). This one
-        touches the slot, the buffer and the counters only.
+        touches the slot, the buffer and the counters only. It runs first,
+        before write()'s own checks: a slot exists only inside the maximum
+        file size, and a new block is checked here.
         """
         bs = self.bs
         idx = off // bs
         boff = off - idx * bs
         end = boff + len(data)
-        if end > bs:
-            return False
+        if end > bs or end == boff:
+            return False       # across blocks, or empty
         slot = f.blocks.get(idx)
         if slot is None:
-            if boff:
-                return False   # a sparse start: the general path pads the block
+            if boff or off < 0 or off + end > MAX_FILE_SIZE:
+                return False   # a sparse start (the general path pads the block), or EFBIG
             extent = mask = 0
         elif slot.stored is not None or slot.raw is None or slot.sealing or boff > slot.extent:
             return False       # not dirty, being compressed, or a gap before the write
