@@ -12,9 +12,10 @@ It calls the handlers of `cctmpfs.fuseops.Operations` and of
 (counted on a real untar of the Python stdlib: per file 1.04 LOOKUP of a
 missing name, a CREATE, 5.12 GETXATTR, the first write of a block and 5.78
 appends of tar's 10 KiB records, 2 GETATTR, 3 SETATTR, FLUSH and RELEASE),
-and one READ of a stored 128 KiB block by a sequential reader.
+one READ of a stored 128 KiB block by a sequential reader, and one random 4 KiB
+READ of a block in RAM.
 
-    .venv/bin/python benchmarks/bytecodes.py [--pyfuse ../shared/bench/pyfuse_mem.py]
+    .venv/bin/python benchmarks/bytecodes.py [--pyfuse PATH]
 """
 
 from __future__ import annotations
@@ -109,9 +110,19 @@ def stream_read(ops: Any, seal: Callable[[], None]) -> int:
     return count(ops.read, fh, BLOCK, BLOCK)[1]
 
 
+def hot_read(ops: Any) -> int:
+    """Bytecodes of one random 4 KiB READ of a block an earlier read brought into RAM."""
+    fh, _ = ops.create(1, b"hot", 0o100644, os.O_RDWR, Ctx)
+    ops.write(fh, 0, os.urandom(BLOCK))
+    ops.read(fh, 40960, 4096)
+    return count(ops.read, fh, 8192, 4096)[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pyfuse", default=os.path.join(HERE, "..", "..", "shared", "bench", "pyfuse_mem.py"))
+    bench = os.environ.get("CCTMPFS_BENCH_DIR", os.path.join(HERE, "..", "..", "shared", "bench"))
+    ap.add_argument("--pyfuse", default=os.path.join(bench, "pyfuse_mem.py"),
+                    help="pyfuse_mem.py (default: $CCTMPFS_BENCH_DIR, else ../shared/bench)")
     a = ap.parse_args()
     spec = importlib.util.spec_from_file_location("pyfuse_mem", a.pyfuse)
     assert spec is not None and spec.loader is not None
@@ -135,6 +146,7 @@ def main() -> int:
     c = cct()
     read_mine = stream_read(c, lambda: (c.fs.engine.seal_everything(), c.fs.engine.make_room()))
     print(f"{'READ 128 KiB, cold':20} {read_mine:8d} {stream_read(pyfuse(), lambda: None):13d}")
+    print(f"{'READ 4 KiB, hot':20} {hot_read(cct()):8d} {hot_read(pyfuse()):13d}")
     return 0
 
 

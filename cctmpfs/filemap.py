@@ -372,10 +372,22 @@ class DataEngine:
         bs = self.bs
         sequential = off == f.read_end or off == 0
         f.read_end = end
-        if sequential and end - off == bs and off % bs == 0:
-            raw = self._stream_block(f, off // bs)
-            if raw is not None:
-                return raw
+        # The fast paths of a read inside one block: a slice of a buffered
+        # block, or a whole stored block for a stream. They return None when
+        # they do not apply; the general path below handles every case.
+        idx = off // bs
+        boff = off - idx * bs
+        if boff + end - off <= bs:
+            slot = f.blocks.get(idx)
+            if slot is not None:
+                if slot.raw is not None:
+                    out = self._slice_buffered(slot, boff, end - off, sequential)
+                elif sequential and end - off == bs:
+                    out = self._stream_block(f, idx)
+                else:
+                    out = None
+                if out is not None:
+                    return out
         pieces: list[bytes | memoryview] = []
         pos = off
         while pos < end:
@@ -405,6 +417,20 @@ class DataEngine:
         if len(pieces) == 1 and isinstance(pieces[0], bytes):
             return pieces[0]
         return b"".join(pieces)
+
+    def _slice_buffered(self, slot: Slot, boff: int, n: int, sequential: bool) -> Optional[bytes]:
+        """n bytes at boff of a buffered block (random 4 KiB reads of hot
+        data), or None if the read passes the block's extent (the general
+        path pads the zeros). Never releases the lock."""
+        raw = slot.raw
+        assert raw is not None
+        if boff + n > len(raw):
+            return None
+        self.buffer.touch(slot, self.clock())
+        piece = raw if n == len(raw) and type(raw) is bytes else bytes(raw[boff:boff + n])
+        if sequential and boff + n == self.bs and slot.stored is not None:
+            self._drop_clean(slot)   # as read() does: a stream is done with a clean copy
+        return piece
 
     def _stream_block(self, f: FileData, idx: int) -> Optional[bytes]:
         """A whole block read by a sequential reader, decoded and returned
@@ -596,7 +622,7 @@ class DataEngine:
                 buf.touch(slot, now)
             if new_pages:
                 slot.page_mask = mask | new_pages
-        if new_pages:
+        if new_pages:   # _account_pages(), inline on this path
             f.alloc_bytes += grown
             self.alloc_bytes += grown
         if end == bs and off == f.seq_end:
@@ -737,8 +763,7 @@ class DataEngine:
         for s in f.blocks.values():
             if s.stored is None and s.raw is not None and not s.sealing:   # dirty
                 queue.append(s)
-        if len(queue) >= SEAL_BATCH:
-            self.wake_sealer()   # _maybe_wake_sealer(), inline: once per closed file
+        self._maybe_wake_sealer()
 
     def _maybe_wake_sealer(self) -> None:
         """Wake the sealer once a batch is queued; smaller queues wait for its

@@ -278,7 +278,7 @@ class Filesystem:
         if node.entries is not None:   # a directory
             node.parent = d.ino
             d.nlink += 1
-        d.mtime_ns = d.ctime_ns = node.ctime_ns
+        self._touch_dir(d, node.ctime_ns)
         node.nlookup += 1
         return node
 

@@ -944,6 +944,17 @@ class InterleavingLock:
             self.hooks.pop(0)()
 
 
+def two_stored_blocks() -> tuple[InterleavingLock, Harness, int]:
+    """A file of two blocks of text, sealed and out of the buffer, under an
+    InterleavingLock: the next read or write of a block releases the lock."""
+    lock = InterleavingLock()
+    h = Harness("zstd", lock=lock)
+    ino = h.create()
+    h.write(ino, 0, text_data(2 * BS))
+    h.eng.make_room()
+    return lock, h, ino
+
+
 def test_write_during_sealing_discards_the_stale_result() -> None:
     lock = InterleavingLock()
     h = Harness("zstd", lock=lock)
@@ -988,11 +999,7 @@ def test_delete_during_sealing_leaks_nothing() -> None:
 
 
 def test_write_to_the_same_block_while_another_write_loads_it() -> None:
-    lock = InterleavingLock()
-    h = Harness("zstd", lock=lock)
-    ino = h.create()
-    h.write(ino, 0, text_data(2 * BS))
-    h.eng.make_room()                         # block 0 only compressed
+    lock, h, ino = two_stored_blocks()
     lock.hooks.append(lambda: h.write(ino, 5000, b"SECOND"))
     h.write(ino, 100, b"FIRST")               # loads block 0: the hook runs meanwhile
     h.check()
@@ -1036,12 +1043,30 @@ def test_a_stream_reads_stored_blocks_without_buffering_them() -> None:
     h.check()
 
 
-def test_a_stream_read_sees_a_write_made_while_it_decodes() -> None:
-    lock = InterleavingLock()
-    h = Harness("zstd", lock=lock)
+def test_reads_inside_a_buffered_block_are_slices_of_it() -> None:
+    """A read inside one buffered block (dirty, or a clean cached copy) is a
+    slice of it, with zeros past its extent, and loads nothing."""
+    h = Harness("zstd")
     ino = h.create()
-    h.write(ino, 0, text_data(2 * BS))
+    h.write(ino, 0, text_data(BS))            # block 0: the request kept as bytes
+    h.write(ino, BS, text_data(100, 1))
+    h.write(ino, BS + 100, text_data(50, 2))  # block 1: a bytearray, extent 150
+    h.truncate(ino, BS + 5000)                # zeros after block 1's extent
+    model = bytes(h.models[ino])
+    assert h.fs.read(ino, 10, 4096) == model[10:4106]
+    assert h.fs.read(ino, 0, BS) == model[:BS]
+    assert h.fs.read(ino, BS + 20, 100) == model[BS + 20:BS + 120]
+    assert h.fs.read(ino, BS + 50, 4096) == model[BS + 50:BS + 4146]   # past the extent
     h.eng.make_room()
+    assert h.fs.read(ino, 100, 10) == model[100:110]     # loads a clean copy of block 0
+    assert h.fs.read(ino, 3 * PAGE, PAGE) == model[3 * PAGE:4 * PAGE]
+    assert h.eng.counters.loads == 1
+    assert h.fs.inodes[ino].data.blocks[0].state == BlockState.CACHED
+    h.check()
+
+
+def test_a_stream_read_sees_a_write_made_while_it_decodes() -> None:
+    lock, h, ino = two_stored_blocks()
     assert h.fs.read(ino, 0, BS) == bytes(h.models[ino][:BS])
     new = text_data(BS, 9)
     lock.hooks.append(lambda: h.write(ino, BS, new))   # runs while block 1 is decoded
@@ -1051,11 +1076,7 @@ def test_a_stream_read_sees_a_write_made_while_it_decodes() -> None:
 
 
 def test_truncate_while_it_loads_the_cut_block() -> None:
-    lock = InterleavingLock()
-    h = Harness("zstd", lock=lock)
-    ino = h.create()
-    h.write(ino, 0, text_data(2 * BS))
-    h.eng.make_room()
+    lock, h, ino = two_stored_blocks()
     lock.hooks.append(lambda: h.write(ino, BS + 20, b"late"))
     h.truncate(ino, BS + 100)                 # loads block 1; a write lands meanwhile
     h.check()
