@@ -88,18 +88,24 @@ WHY = {
                      "mount without xattrs.",
     "untar-s": "tar writes in 10 KiB pieces: every write(2) also costs the GETXATTR round trip "
                "(see random writes), about 52k extra requests for this tree; compare with "
-               "pyfuse-xattr. Compression is not the rest (compress=none is no faster; the "
-               "sealer compresses at SCHED_IDLE, seal_priority=idle); the worker's own CPU per "
-               "request is: creating a file and writing a new block cost it 2-3x what they "
-               "cost pyfuse_mem.py (benchmarks/opcost.py). Closing it needs the GETXATTR gone "
-               "(above) and leaner create and write paths (docs/profiling.md, \"The untar\").",
+               "pyfuse-xattr, which pays it too. The rest is the worker's Python per request: "
+               "3817 bytecodes per untarred file against 1882 for pyfuse_mem.py "
+               "(benchmarks/bytecodes.py), mostly the write path's bookkeeping (page mask, hot "
+               "buffer, size= and ram=), 344 bytecodes per 10 KiB append against 99. Closing "
+               "it needs the GETXATTR gone and a cheaper append (docs/profiling.md, \"Bytecodes "
+               "per request\").",
     "seq-read-1m-cold": "A cold read decodes every 128 KiB block in the worker (zstd ~1.7 GB/s on this "
                         "data), where pyfuse_mem.py only copies; with compress=lz4 (cct-lz4 column) "
                         "decoding costs about half.",
-    "seq-read-128k-cold": "As for 1 MiB, zstd decoding in the worker, and more of it shows: a "
-                          "128 KiB read(2) keeps fewer READs queued than a 1 MiB one, so less of "
-                          "the decoding overlaps with the kernel's copying. A read-ahead thread "
-                          "was measured slower (docs/profiling.md).",
+    "seq-read-128k-cold": "Each 128 KiB READ decodes one zstd block in the worker and runs 334 "
+                          "bytecodes of Python around it, against pyfuse_mem.py's 52 for a slice; "
+                          "a 128 KiB read(2) keeps fewer READs queued than a 1 MiB one, so less of "
+                          "that overlaps with the kernel's copying. A read-ahead thread was "
+                          "measured slower (docs/profiling.md).",
+    "seq-read-1m-cold-nj2": "Two readers and the one FUSE worker share two vCPUs, and each cold "
+                            "READ costs the worker a decode: the second reader takes CPU from "
+                            "the worker. Compare pyfuse_mem.py's own 2-jobs ratio in this run; "
+                            "docs/profiling.md has a separate interleaved measurement.",
 }
 
 
