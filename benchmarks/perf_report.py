@@ -89,15 +89,15 @@ WHY = {
     "untar-s": "tar writes in 10 KiB pieces: every write(2) also costs the GETXATTR round trip "
                "(see random writes), about 52k extra requests for this tree; compare with "
                "pyfuse-xattr, which pays it too. The rest is the worker's Python per request: "
-               "3817 bytecodes per untarred file against 1882 for pyfuse_mem.py "
+               "3870 bytecodes per untarred file against 1882 for pyfuse_mem.py "
                "(benchmarks/bytecodes.py), mostly the write path's bookkeeping (page mask, hot "
-               "buffer, size= and ram=), 344 bytecodes per 10 KiB append against 99. Closing "
+               "buffer, size= and ram=), 341 bytecodes per 10 KiB append against 99. Closing "
                "it needs the GETXATTR gone and a cheaper append (docs/profiling.md, \"Bytecodes "
                "per request\").",
     "seq-read-1m-cold": "A cold read decodes every 128 KiB block in the worker (zstd ~1.7 GB/s on this "
                         "data), where pyfuse_mem.py only copies; with compress=lz4 (cct-lz4 column) "
                         "decoding costs about half.",
-    "seq-read-128k-cold": "Each 128 KiB READ decodes one zstd block in the worker and runs 334 "
+    "seq-read-128k-cold": "Each 128 KiB READ decodes one zstd block in the worker and runs 323 "
                           "bytecodes of Python around it, against pyfuse_mem.py's 52 for a slice; "
                           "a 128 KiB read(2) keeps fewer READs queued than a 1 MiB one, so less of "
                           "that overlaps with the kernel's copying. A read-ahead thread was "

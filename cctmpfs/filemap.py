@@ -170,8 +170,9 @@ class HotBuffer:
     def add_dirty(self, slot: Slot, now: float) -> None:
         """charge() for a new dirty slot, without the state checks charge()
         needs: the in-place write path's accounting."""
-        self.dirty_bytes += len(slot.raw)  # type: ignore[arg-type]
-        slot.charged = len(slot.raw)  # type: ignore[arg-type]
+        n = len(slot.raw)  # type: ignore[arg-type]
+        self.dirty_bytes += n
+        slot.charged = n
         slot.touched = now
         self.slots[slot] = None   # a new key goes last: most recently used
 
@@ -383,7 +384,7 @@ class DataEngine:
                 if slot.raw is not None:
                     out = self._slice_buffered(slot, boff, end - off, sequential)
                 elif sequential and end - off == bs:
-                    out = self._stream_block(f, idx)
+                    out = self._stream_block(f, idx, slot)
                 else:
                     out = None
                 if out is not None:
@@ -432,19 +433,19 @@ class DataEngine:
             self._drop_clean(slot)   # as read() does: a stream is done with a clean copy
         return piece
 
-    def _stream_block(self, f: FileData, idx: int) -> Optional[bytes]:
-        """A whole block read by a sequential reader, decoded and returned
-        without entering the hot buffer, or None if this does not apply (the
-        block is a hole, buffered, evicted, shorter than a block, or changed
-        while it was decoded); read() then takes the general path.
+    def _stream_block(self, f: FileData, idx: int, slot: Slot) -> Optional[bytes]:
+        """Block idx (its slot, stored and not buffered) read whole by a
+        sequential reader, decoded and returned without entering the hot
+        buffer, or None if this does not apply (the block is evicted, shorter
+        than a block, or changed while it was decoded); read() then takes the
+        general path.
 
         The general path charges the decoded block to the buffer and drops it
         again at once, because a stream reads each block once and the page
         cache keeps it: 700 bytecodes per 128 KiB READ, against 52 for
         pyfuse_mem.py's slice. Releases the global lock.
         """
-        slot = f.blocks.get(idx)
-        if slot is None or slot.raw is not None or slot.extent != self.bs:
+        if slot.extent != self.bs:
             return None
         stored = slot.stored
         assert stored is not None
@@ -591,8 +592,7 @@ class DataEngine:
             return False       # not dirty, being compressed, or a gap before the write
         else:
             extent, mask = slot.extent, slot.page_mask
-        first = boff // PAGE   # page_span(boff, end), inline on this path
-        new_pages = (((1 << ((end - 1) // PAGE - first + 1)) - 1) << first) & ~mask
+        new_pages = page_span(boff, end) & ~mask
         if new_pages:
             grown = PAGE * new_pages.bit_count()
             if self.size_limit and self.alloc_bytes + grown > self.size_limit:
