@@ -15,13 +15,13 @@ from __future__ import annotations
 import errno
 import logging
 import stat as S
-import time
 from typing import Callable, Iterator, Optional
 
 import attrs
 
 from . import faults
 from .blockstore import BlockStore
+from .clock import TimestampClock
 from .codec import Codec
 from .errors import FsError
 from .filemap import DataEngine, FileData, HotBuffer, pages
@@ -114,11 +114,14 @@ class Filesystem:
                  size_limit: int = 0, nr_inodes: int = 0, ram_budget: int = 0,
                  buffer_bytes: int = 64 * 1024 * 1024, root_mode: int = 0o1777,
                  root_uid: int = 0, root_gid: int = 0, lock: Optional[GlobalLock] = None,
-                 dedup: bool = True, clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 dedup: bool = True, clock_ns: Optional[Callable[[], int]] = None) -> None:
         self.lock: GlobalLock = lock if lock is not None else NoLock()
         self.block_size = block_size
         self.nr_inodes = nr_inodes
-        self.clock_ns = clock_ns
+        #: Every timestamp set here comes from this clock (clock.py); tests
+        #: pass clock_ns, a fake clock that is both source and real time.
+        self.clock = TimestampClock() if clock_ns is None else TimestampClock(clock_ns, clock_ns)
+        self.now_ns = self.clock.now_ns
         self.store = BlockStore(dedup=dedup)
         self.engine = DataEngine(
             block_size=block_size, codec=codec or Codec("zstd", 3), store=self.store,
@@ -166,7 +169,7 @@ class Filesystem:
 
     def _new_inode(self, mode: int, uid: int, gid: int, rdev: int = 0) -> Inode:
         self._reserve_inode()
-        now = self.clock_ns()
+        now = self.now_ns()
         ino = self.next_ino
         self.next_ino += 1
         node = Inode(ino=ino, mode=mode, uid=uid, gid=gid, nlink=1, rdev=rdev,
@@ -211,7 +214,7 @@ class Filesystem:
 
     def _maybe_update_atime(self, node: Inode) -> None:
         """relatime: tmpfs's default atime policy."""
-        now = self.clock_ns()
+        now = self.now_ns()
         if (node.atime_ns <= node.mtime_ns or node.atime_ns <= node.ctime_ns
                 or now - node.atime_ns >= RELATIME_SECONDS * 10 ** 9):
             node.atime_ns = now
@@ -320,7 +323,7 @@ class Filesystem:
         d.entries[new_name] = ino  # type: ignore[index]
         node.nlink += 1
         self.extra_links += 1
-        now = self.clock_ns()
+        now = self.now_ns()
         node.ctime_ns = now
         self._touch_dir(d, now)
         node.nlookup += 1
@@ -353,7 +356,7 @@ class Filesystem:
         if node.is_dir:
             raise FsError(errno.EISDIR)
         faults.hit("unlink")
-        now = self.clock_ns()
+        now = self.now_ns()
         self._touch_dir(d, now)
         self._remove_entry(d, name, node, now)
 
@@ -368,7 +371,7 @@ class Filesystem:
             raise FsError(errno.ENOTDIR)
         if node.entries:
             raise FsError(errno.ENOTEMPTY)
-        now = self.clock_ns()
+        now = self.now_ns()
         self._touch_dir(d, now)
         self._remove_entry(d, name, node, now)
 
@@ -402,7 +405,7 @@ class Filesystem:
                     raise FsError(errno.ENOTEMPTY)
             elif src.is_dir:
                 raise FsError(errno.ENOTDIR)
-        now = self.clock_ns()
+        now = self.now_ns()
         if dst is not None:
             self._remove_entry(nd, new_name, dst, now)
         del od.entries[old_name]  # type: ignore[union-attr]
@@ -427,21 +430,25 @@ class Filesystem:
             if size != node.data.size:
                 self.engine.truncate(node.data, size)
             # tmpfs sets mtime even when the size does not change.
-            node.mtime_ns = self.clock_ns()
+            node.mtime_ns = self.now_ns()
         if mode is not None:
             node.mode = S.S_IFMT(node.mode) | (mode & 0o7777)
         if uid is not None:
             node.uid = uid
         if gid is not None:
             node.gid = gid
+        # A time may be the kernel's "now" (touch, UTIME_NOW): the clock
+        # takes it in, so no later stamp precedes it (clock.py).
         if atime_ns is not None:
             node.atime_ns = atime_ns
+            self.clock.observe(atime_ns)
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
+            self.clock.observe(mtime_ns)
         # Every SETATTR changes ctime, even one that changes nothing else:
         # chown(f, -1, -1) arrives as a SETATTR without fields, and tmpfs
         # updates ctime for it.
-        node.ctime_ns = self.clock_ns()
+        node.ctime_ns = self.now_ns()
         return node
 
     def readlink(self, ino: int) -> bytes:
@@ -485,7 +492,7 @@ class Filesystem:
         if off < 0:
             raise FsError(errno.EINVAL)
         n = self.engine.write(node.data, off, buf)  # type: ignore[arg-type]
-        node.mtime_ns = node.ctime_ns = self.clock_ns()
+        node.mtime_ns = node.ctime_ns = self.now_ns()
         return n
 
     # ---- directories ---------------------------------------------------
@@ -550,7 +557,7 @@ class Filesystem:
         if node.xattrs is None:
             node.xattrs = {}
         node.xattrs[name] = bytes(value)
-        node.ctime_ns = self.clock_ns()
+        node.ctime_ns = self.now_ns()
 
     def listxattr(self, ino: int) -> list[bytes]:
         node = self.get(ino)
@@ -564,7 +571,7 @@ class Filesystem:
         del node.xattrs[name]
         if not node.xattrs:
             node.xattrs = None
-        node.ctime_ns = self.clock_ns()
+        node.ctime_ns = self.now_ns()
 
     # ---- whole-filesystem figures ------------------------------------------
     def statfs(self) -> dict[str, int]:

@@ -679,6 +679,62 @@ def test_timestamps_follow_changes(both):
     same(both, scenario)
 
 
+def test_timestamps_never_go_backwards(both):
+    """Issue 14: `touch` right after a write set an mtime 4 ms before the
+    write's, because the kernel's "now" is its coarse clock. Back-to-back
+    creates, writes, touches, renames, chmods, truncates and links, with no
+    pause: on tmpfs and on cctmpfs no mtime or ctime of the file or of its
+    directory ever decreases, and ctime is never before mtime."""
+
+    def scenario(root):
+        d = os.path.join(root, "d")
+        os.mkdir(d)
+        seen = {}      # path -> (mtime, ctime) last seen
+        obs = []
+
+        def look(op, path):
+            st = os.lstat(path)
+            m0, c0 = seen.get(path, (0, 0))
+            obs.append((op, st.st_mtime_ns < m0, st.st_ctime_ns < c0,
+                        st.st_ctime_ns < st.st_mtime_ns))
+            seen[path] = (st.st_mtime_ns, st.st_ctime_ns)
+
+        for i in range(40):
+            p = os.path.join(d, "f%d" % (i % 3))
+            with open(p, "a") as f:
+                f.write("x" * (i + 1))
+            look("write", p)
+            look("dir-after-create", d)
+            os.utime(p)                        # UTIME_NOW: the kernel's clock
+            look("utime-now", p)
+            with open(p, "a") as f:
+                f.write("y")
+            look("write-after-utime", p)
+            subprocess.run(["touch", p], check=True) if i % 10 == 0 else os.utime(p, None)
+            look("touch", p)
+            os.chmod(p, 0o600 if i % 2 else 0o644)
+            look("chmod", p)
+            os.truncate(p, i)
+            look("truncate", p)
+            q = os.path.join(d, "renamed")
+            os.rename(p, q)
+            look("rename", q)
+            look("dir-after-rename", d)
+            os.link(q, p)
+            look("link", p)
+            os.unlink(q)
+            seen.pop(q)
+            look("unlink-other-name", p)
+            os.setxattr(p, "user.n", b"%d" % i)
+            look("setxattr", p)
+            os.utime(d)
+            look("dir-utime-now", d)
+        return obs
+
+    obs = same(both, scenario)
+    assert not [o for o in obs if any(o[1:])]
+
+
 def test_setgid_directories(both):
     def scenario(root):
         obs = []
