@@ -38,6 +38,11 @@ XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
 #: POSIX ACLs are refused: FUSE on libfuse 2 cannot make the kernel enforce
 #: them, and storing them as plain xattrs would pretend to protect files.
 ACL_PREFIX = b"system.posix_acl_"
+#: renameat2(2) flags (linux/fs.h); llfuse never passes them, the native transport does.
+RENAME_NOREPLACE = 1 << 0   # fail with EEXIST if the new name exists
+RENAME_EXCHANGE = 1 << 1    # swap the two names, both must exist
+RENAME_WHITEOUT = 1 << 2    # leave a whiteout (char device 0/0) at the old name
+RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT
 
 
 @attrs.define(slots=True)
@@ -384,7 +389,12 @@ class Filesystem:
                 return False
             cur = self.inodes[cur.parent]
 
-    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes) -> None:
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+               flags: int = 0, caller: Optional[Caller] = None) -> None:
+        """rename(2) and renameat2(2)'s flags (RENAME_NOREPLACE, RENAME_EXCHANGE,
+        RENAME_WHITEOUT), as tmpfs has them. caller owns a whiteout."""
+        if flags & ~RENAME_FLAGS or (flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT)):
+            raise FsError(errno.EINVAL, "invalid rename flags")
         self._check_name(new_name)
         od = self._dir(old_parent)
         nd = self._dir(new_parent)
@@ -392,6 +402,12 @@ class Filesystem:
         if nd.nlink == 0:
             raise FsError(errno.ENOENT, "directory was removed")
         dst_ino = nd.entries.get(new_name)  # type: ignore[union-attr]
+        if flags & RENAME_EXCHANGE:
+            if dst_ino is None:
+                raise FsError(errno.ENOENT)
+            return self._exchange(od, old_name, src, nd, new_name, self.inodes[dst_ino])
+        if flags & RENAME_NOREPLACE and dst_ino is not None:
+            raise FsError(errno.EEXIST)
         if dst_ino == src.ino:
             return  # same inode (hard links or the same entry): POSIX says do nothing
         if src.is_dir and self._is_ancestor(src, nd):
@@ -405,6 +421,9 @@ class Filesystem:
                     raise FsError(errno.ENOTEMPTY)
             elif src.is_dir:
                 raise FsError(errno.ENOTDIR)
+        if flags & RENAME_WHITEOUT:
+            # The whiteout takes the old name's place: an inode like mknod's.
+            self._reserve_inode()
         now = self.now_ns()
         if dst is not None:
             self._remove_entry(nd, new_name, dst, now)
@@ -415,6 +434,34 @@ class Filesystem:
             nd.nlink += 1
             src.parent = nd.ino
         src.ctime_ns = now
+        self._touch_dir(od, now)
+        self._touch_dir(nd, now)
+        if flags & RENAME_WHITEOUT:
+            # overlayfs's whiteout: a character device 0/0 (tmpfs: shmem_whiteout).
+            who = caller or Caller()
+            wh = self._new_inode(S.S_IFCHR, who.uid, who.gid, 0)
+            od.entries[old_name] = wh.ino  # type: ignore[index]
+
+    def _exchange(self, od: Inode, old_name: bytes, a: Inode, nd: Inode, new_name: bytes,
+                  b: Inode) -> None:
+        """RENAME_EXCHANGE: swap two existing entries atomically."""
+        if a is b:
+            return
+        if (a.is_dir and self._is_ancestor(a, nd)) or (b.is_dir and self._is_ancestor(b, od)):
+            raise FsError(errno.EINVAL, "directory exchanged into itself")
+        od.entries[old_name] = b.ino  # type: ignore[index]
+        nd.entries[new_name] = a.ino  # type: ignore[index]
+        if od is not nd:
+            if a.is_dir:
+                a.parent = nd.ino
+                od.nlink -= 1
+                nd.nlink += 1
+            if b.is_dir:
+                b.parent = od.ino
+                nd.nlink -= 1
+                od.nlink += 1
+        now = self.now_ns()
+        a.ctime_ns = b.ctime_ns = now
         self._touch_dir(od, now)
         self._touch_dir(nd, now)
 

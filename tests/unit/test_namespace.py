@@ -14,7 +14,8 @@ import pytest
 from cctmpfs.blockstore import StoreCounters
 from cctmpfs.check import check_all
 from cctmpfs.errors import FsError
-from cctmpfs.namespace import NAME_MAX, ROOT_INO, Caller, Filesystem
+from cctmpfs.namespace import (NAME_MAX, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, ROOT_INO,
+                                Caller, Filesystem)
 
 from .conftest import FakeClock
 
@@ -855,3 +856,60 @@ def test_xattr_name_too_long(fs: Filesystem) -> None:
     fs.setxattr(f.ino, b"user." + b"n" * 250, b"ok")          # 255 bytes
     fails(errno.ERANGE, fs.setxattr, f.ino, b"user." + b"n" * 251, b"v")
     assert len(fs.listxattr(f.ino)) == 1
+
+
+# ---- renameat2 flags ---------------------------------------------------------------------
+
+def test_rename_noreplace(fs: Filesystem) -> None:
+    a = fs.create(ROOT_INO, b"a", 0o644, ME)
+    b = fs.create(ROOT_INO, b"b", 0o644, ME)
+    with pytest.raises(FsError) as e:
+        fs.rename(ROOT_INO, b"a", ROOT_INO, b"b", RENAME_NOREPLACE)
+    assert e.value.errno == errno.EEXIST
+    assert fs.find(ROOT_INO, b"a") is a and fs.find(ROOT_INO, b"b") is b
+    fs.rename(ROOT_INO, b"a", ROOT_INO, b"c", RENAME_NOREPLACE)
+    assert fs.find(ROOT_INO, b"c") is a and fs.find(ROOT_INO, b"a") is None
+
+
+def test_rename_exchange_swaps_files_and_directories(fs: Filesystem, clock) -> None:
+    d1 = fs.mkdir(ROOT_INO, b"d1", 0o755, ME)
+    d2 = fs.mkdir(ROOT_INO, b"d2", 0o755, ME)
+    sub = fs.mkdir(d1.ino, b"x", 0o755, ME)
+    f = fs.create(d2.ino, b"y", 0o644, ME)
+    links = (d1.nlink, d2.nlink)
+    c0 = (sub.ctime_ns, f.ctime_ns, d1.mtime_ns, d2.mtime_ns)
+    fs.rename(d1.ino, b"x", d2.ino, b"y", RENAME_EXCHANGE)
+    assert fs.find(d1.ino, b"x") is f and fs.find(d2.ino, b"y") is sub
+    assert sub.parent == d2.ino
+    # The directory moved from d1 to d2: one ".." link moves with it.
+    assert (d1.nlink, d2.nlink) == (links[0] - 1, links[1] + 1)
+    assert all(new > old for new, old in zip((sub.ctime_ns, f.ctime_ns, d1.mtime_ns, d2.mtime_ns), c0))
+    fs.rename(d2.ino, b"y", d1.ino, b"x", RENAME_EXCHANGE)   # and back
+    assert fs.find(d1.ino, b"x") is sub and sub.parent == d1.ino
+    assert (d1.nlink, d2.nlink) == links
+
+
+def test_rename_exchange_errors(fs: Filesystem) -> None:
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    inner = fs.mkdir(d.ino, b"inner", 0o755, ME)
+    fs.create(ROOT_INO, b"f", 0o644, ME)
+    for args, flags, err in [
+        ((ROOT_INO, b"f", ROOT_INO, b"missing"), RENAME_EXCHANGE, errno.ENOENT),
+        ((ROOT_INO, b"d", d.ino, b"inner"), RENAME_EXCHANGE, errno.EINVAL),   # into itself
+        ((ROOT_INO, b"f", ROOT_INO, b"d"), RENAME_EXCHANGE | RENAME_NOREPLACE, errno.EINVAL),
+        ((ROOT_INO, b"f", ROOT_INO, b"g"), 1 << 7, errno.EINVAL),
+    ]:
+        with pytest.raises(FsError) as e:
+            fs.rename(*args, flags)
+        assert e.value.errno == err, (args, flags)
+    assert fs.find(d.ino, b"inner") is inner and inner.parent == d.ino
+
+
+def test_rename_whiteout_leaves_a_char_device_owned_by_the_caller(fs: Filesystem) -> None:
+    f = fs.create(ROOT_INO, b"f", 0o644, ME)
+    used = fs.inodes_used
+    fs.rename(ROOT_INO, b"f", ROOT_INO, b"g", RENAME_WHITEOUT, Caller(uid=7, gid=8))
+    wh = fs.find(ROOT_INO, b"f")
+    assert fs.find(ROOT_INO, b"g") is f
+    assert wh is not None and wh.mode == S.S_IFCHR and wh.rdev == 0
+    assert (wh.uid, wh.gid) == (7, 8) and fs.inodes_used == used + 1
