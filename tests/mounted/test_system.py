@@ -147,6 +147,50 @@ def test_readme_first_command_installs_what_mount8_runs(tmp_path):
     assert r.stdout.split() == ["hello", "cctmpfs", "fuse.cctmpfs", "mytmp", "fuse.cctmpfs"]
 
 
+def test_sources_named_stats_and_check_mount_and_the_subcommands_still_work(tmp_path):
+    """`mount -t fuse.cctmpfs stats DIR` and the fstab line `check DIR fuse.cctmpfs
+    ...` make /sbin/mount.fuse run `cctmpfs stats DIR -o ...` and `cctmpfs check
+    DIR -o ...`: mounts, because only the mount form takes -o (cli.command()).
+    `cctmpfs stats` and `cctmpfs check` without mount flags still report, and
+    never mount a plain directory."""
+    s, c, plain = tmp_path / "s", tmp_path / "c", tmp_path / "plain"
+    for d in (s, c, plain):
+        d.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"check {c} fuse.cctmpfs size=16m,nosuid,nodev 0 0\n")
+    r = in_namespace(f"""
+        mount -t fuse.cctmpfs -o size=16m,mode=1777 stats {s}
+        mount -T {fstab} {c}
+        findmnt -J -o SOURCE,FSTYPE {s} > {tmp_path}/s.findmnt
+        findmnt -J -o SOURCE,FSTYPE {c} > {tmp_path}/c.findmnt
+        printf 12345 > {s}/f
+        cctmpfs stats {s} {c} --json --settle > {tmp_path}/stats.json
+        cctmpfs stats {c} > {tmp_path}/stats.table
+        cctmpfs check {s} {c} > {tmp_path}/check.out
+        if cctmpfs stats {plain} 2> {tmp_path}/plain.err; then echo "stats of a directory"; exit 1; fi
+        if cctmpfs check {plain} 2>/dev/null; then echo "check of a directory"; exit 1; fi
+        if mountpoint -q {plain}; then echo "stats mounted {plain}"; exit 1; fi
+        # By hand, any mount option makes it a mount (the error's own advice).
+        cctmpfs stats {plain} -o defaults
+        findmnt -n -o SOURCE,FSTYPE {plain}
+        umount {plain}
+        umount {s}
+        umount {c}
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert findmnt((tmp_path / "s.findmnt").read_text()) == {"source": "stats", "fstype": "fuse.cctmpfs"}
+    assert findmnt((tmp_path / "c.findmnt").read_text()) == {"source": "check", "fstype": "fuse.cctmpfs"}
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert set(stats) == {str(s), str(c)}
+    assert stats[str(s)]["files_bytes"] == 5 and stats[str(c)]["files_bytes"] == 0
+    table = (tmp_path / "stats.table").read_text().splitlines()
+    assert table[0].split()[0] == "MOUNTPOINT" and table[1].split()[0] == str(c)
+    assert (tmp_path / "check.out").read_text() == f"{s}: consistent\n{c}: consistent\n"
+    err = (tmp_path / "plain.err").read_text()
+    assert "not a cctmpfs mount point" in err and f"cctmpfs stats {plain} -o defaults" in err, err
+    assert r.stdout.split() == ["stats", "fuse.cctmpfs"]
+
+
 def test_fstab_ro_and_bad_options_are_refused_clearly(tmp_path):
     mp = tmp_path / "tmp"
     mp.mkdir()
