@@ -187,6 +187,12 @@ def check_main(argv: list[str]) -> int:
     return status
 
 
+def one_line(text: str) -> str:
+    """text with its control characters escaped (a CR or newline in an option
+    value as \\r, \\n), so that the message it goes into stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def mount_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="cctmpfs",
@@ -207,7 +213,7 @@ def mount_main(argv: list[str]) -> int:
     try:
         opts = parse_options(args.options, source=args.source)
     except OptionError as e:
-        print(f"cctmpfs: bad mount option {e}", file=sys.stderr)
+        print(f"cctmpfs: bad mount option {one_line(str(e))}", file=sys.stderr)
         return 1
     from .daemon import run  # llfuse is imported only when mounting
     return run(args.source, args.mountpoint, opts, foreground=args.foreground or args.debug,
@@ -240,7 +246,7 @@ def mount_helper_main(argv: Optional[list[str]] = None) -> int:
     try:
         opts = parse_options(args.options, source=args.source)
     except OptionError as e:
-        print(f"mount.cctmpfs: bad mount option {e}", file=sys.stderr)
+        print(f"mount.cctmpfs: bad mount option {one_line(str(e))}", file=sys.stderr)
         return 1
     if args.f:
         return 0

@@ -407,7 +407,7 @@ def test_stats_xattrs_are_read_only_and_unlisted(mount_cct):
 
 # ---- fuzzed mount options through the real command --------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _FUZZ_KEYS = ["size", "nr_inodes", "mode", "uid", "compress", "block_size", "ram", "buffer",
@@ -422,6 +422,8 @@ _FUZZ_OPTION = st.one_of(st.builds(lambda k, v: f"{k}={v}", st.sampled_from(_FUZ
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_FUZZ_OPTION, min_size=1, max_size=4))
+@example(["size=\r"])          # found by hypothesis: a CR in the value split the message
+@example(["mode=\n", "bogus"])
 def test_fuzzed_options_get_one_clear_message_and_a_status(tmp_path_factory, opts):
     """mount.cctmpfs -f (mount(8)'s "fake": check the options, mount nothing)
     with fuzzed options: exit 0 for what parse_options accepts, else exit 1
