@@ -92,15 +92,40 @@ def add_target_options(ap) -> None:  # type: ignore[no-untyped-def]
     ap.add_argument("--pid", action="append", default=[], metavar="NAME=PIDFILE")
 
 
+#: The zram device benchmarks/run (and targets.sh) bring up as the zram target.
+ZRAM_SYSFS = "/sys/block/zram0"
+
+
+def zram_stats(sysfs: str = ZRAM_SYSFS) -> dict:
+    """The zram target's mm_stat, under the names of targets.sh's stats hook,
+    read here as Python ints.
+
+    targets.sh prints them with awk's printf %d, and mawk (Debian's awk)
+    clamps %d at 2**31 - 1: every figure above 2 GiB came out as 2147483647
+    (10 copies of the stdlib are 2.4 GiB of orig_data_size). benchmarks/run
+    gives the zram target benchmarks/zram-stats, which prints this, instead.
+    Fields (Documentation/admin-guide/blockdev/zram.rst): orig_data_size
+    compr_data_size mem_used_total mem_limit mem_used_max same_pages
+    pages_compacted huge_pages [huge_pages_since].
+    """
+    with open(sysfs + "/mm_stat") as f:
+        orig, compr, used, _limit, _max_used, same, _compacted, huge = \
+            (int(v) for v in f.read().split()[:8])
+    return {"orig_bytes": orig, "compr_bytes": compr, "mem_used_bytes": used,
+            "same_pages": same, "huge_pages": huge,
+            "ratio": round(orig / compr, 3) if compr else 0.0,
+            "ratio_mem": round(orig / used, 3) if used else 0.0}
+
+
 def ram_held(t: Target, st: dict) -> tuple[int | None, str]:
     """(bytes of RAM a target holds for its data, where the figure comes from).
 
     zram's and tmpfs's figures are read here, not taken from the stats hook:
-    targets.sh prints them with awk's %d, which mawk clamps at 2**31 - 1.
+    targets.sh's hook prints them with awk's %d, which mawk clamps at 2**31 - 1
+    (see zram_stats()).
     """
     if "mem_used_bytes" in st:                       # zram: mm_stat mem_used_total
-        with open("/sys/block/zram0/mm_stat") as f:
-            return int(f.read().split()[2]), "zram mm_stat mem_used_total"
+        return zram_stats()["mem_used_bytes"], "zram mm_stat mem_used_total"
     if "ram_used_bytes" in st:                       # cctmpfs stats
         return st["ram_used_bytes"] + st.get("dedup", {}).get("index_bytes", 0), \
             "cctmpfs ram_used + index"

@@ -5,6 +5,9 @@ The mount form is the argv mount(8)'s FUSE helper uses for an fstab line of
 type fuse.cctmpfs. Stats are read through a read-only xattr on the mount's
 root (trusted.cctmpfs.stats), so they need root, as the kernel allows
 trusted.* to CAP_SYS_ADMIN only.
+
+A SOURCE may be any word, `stats` and `check` included, so the first word
+alone cannot tell a subcommand from a mount: command() decides by the flags.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class StatsError(Exception):
     pass
 
 
+class NotCctmpfsError(StatsError):
+    """The path is not a cctmpfs mount point."""
+
+
 def read_stats(mountpoint: str, settle: bool = False) -> dict[str, Any]:
     return read_control(mountpoint, XATTR_STATS_SETTLED if settle else XATTR_STATS)
 
@@ -57,7 +64,7 @@ def read_control(mountpoint: str, name: str) -> dict[str, Any]:
             raise StatsError(f"{mountpoint}: daemon is gone (ENOTCONN); remount it") from None
         if e.errno in (errno.ENODATA, errno.EOPNOTSUPP, errno.EPERM):
             if mountpoint not in mounted_cctmpfs():
-                raise StatsError(f"{mountpoint}: not a cctmpfs mount point") from None
+                raise NotCctmpfsError(f"{mountpoint}: not a cctmpfs mount point") from None
             raise StatsError(f"{mountpoint}: reading {name} needs root") from None
         raise StatsError(f"{mountpoint}: {e.strerror}") from None
     return json.loads(raw)
@@ -131,7 +138,8 @@ def stats_main(argv: list[str]) -> int:
         try:
             rows.append((mp, read_stats(mp, settle=args.settle)))
         except StatsError as e:
-            print(f"cctmpfs stats: {e}", file=sys.stderr)
+            print(f"cctmpfs stats: {e}{mount_hint('stats', args.mountpoints, e)}",
+                  file=sys.stderr)
             status = 1
     if args.json:
         if args.mountpoints and len(args.mountpoints) == 1:
@@ -141,6 +149,16 @@ def stats_main(argv: list[str]) -> int:
     elif rows:
         print(format_table(rows))
     return status
+
+
+def mount_hint(word: str, mountpoints: list[str], error: StatsError) -> str:
+    """What to add to the error of `cctmpfs stats DIR` (or check) when DIR is a
+    plain directory: the user may have meant to mount a source named `word`."""
+    if (isinstance(error, NotCctmpfsError) and len(mountpoints) == 1
+            and os.path.isdir(mountpoints[0])):
+        return (f" (to mount a source named {word} there, give mount options: "
+                f"cctmpfs {word} {mountpoints[0]} -o defaults)")
+    return ""
 
 
 def check_main(argv: list[str]) -> int:
@@ -155,7 +173,8 @@ def check_main(argv: list[str]) -> int:
         try:
             report = read_control(mp, XATTR_CHECK)
         except StatsError as e:
-            print(f"cctmpfs check: {e}", file=sys.stderr)
+            print(f"cctmpfs check: {e}{mount_hint('check', args.mountpoints, e)}",
+                  file=sys.stderr)
             status = 2
             continue
         if report["count"] == 0:
@@ -168,10 +187,21 @@ def check_main(argv: list[str]) -> int:
     return status
 
 
+def one_line(text: str) -> str:
+    """text with its control characters escaped (a CR or newline in an option
+    value as \\r, \\n), so that the message it goes into stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def mount_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
-        prog="cctmpfs", usage="cctmpfs SOURCE MOUNTPOINT [-o OPTIONS] [-f]\n       cctmpfs stats [MOUNTPOINT ...] [--json]\n       cctmpfs check [MOUNTPOINT ...]",
-        description="Mount a compressed tmpfs-compatible filesystem.")
+        prog="cctmpfs",
+        usage="cctmpfs SOURCE MOUNTPOINT [-o OPTIONS] [-f]\n"
+              "       cctmpfs stats [MOUNTPOINT ...] [--json] [--settle]\n"
+              "       cctmpfs check [MOUNTPOINT ...]",
+        description="Mount a compressed tmpfs-compatible filesystem.",
+        epilog="A SOURCE named stats or check mounts when -o, -f or -d is given "
+               "(mount(8) always gives -o); without them, those words are the subcommands.")
     ap.add_argument("source", help="any name; shown as the filesystem name (as tmpfs's)")
     ap.add_argument("mountpoint")
     ap.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
@@ -183,7 +213,7 @@ def mount_main(argv: list[str]) -> int:
     try:
         opts = parse_options(args.options, source=args.source)
     except OptionError as e:
-        print(f"cctmpfs: bad mount option {e}", file=sys.stderr)
+        print(f"cctmpfs: bad mount option {one_line(str(e))}", file=sys.stderr)
         return 1
     from .daemon import run  # llfuse is imported only when mounting
     return run(args.source, args.mountpoint, opts, foreground=args.foreground or args.debug,
@@ -216,7 +246,7 @@ def mount_helper_main(argv: Optional[list[str]] = None) -> int:
     try:
         opts = parse_options(args.options, source=args.source)
     except OptionError as e:
-        print(f"mount.cctmpfs: bad mount option {e}", file=sys.stderr)
+        print(f"mount.cctmpfs: bad mount option {one_line(str(e))}", file=sys.stderr)
         return 1
     if args.f:
         return 0
@@ -224,13 +254,42 @@ def mount_helper_main(argv: Optional[list[str]] = None) -> int:
     return run(args.source, args.mountpoint, opts, foreground=False)
 
 
+#: The subcommands. Each takes long options only (--json, --settle), never a
+#: flag of the mount form: that is what keeps the two apart (command()).
+SUBCOMMANDS = {"stats": stats_main, "check": check_main}
+#: The short options of the mount form: -o OPTIONS, -f (foreground), -d (debug).
+MOUNT_FLAGS = "ofd"
+
+
+def command(argv: list[str]) -> str:
+    """Which command argv is: a key of SUBCOMMANDS, or "mount".
+
+    `stats` and `check` are also valid mount sources: an fstab line
+    `stats /tmp fuse.cctmpfs size=8G` makes /sbin/mount.fuse run
+    `cctmpfs stats /tmp -o rw,size=8G,dev,suid`. The rule: a first word that
+    names a subcommand is that subcommand unless the arguments hold -o, -f or
+    -d (in any spelling argparse takes: `-o X`, `-oX`, `-fo X`), which only
+    the mount form has; then it is the mount's SOURCE. mount.fuse always
+    passes -o (it adds dev or nodev, suid or nosuid), so every fstab or
+    systemd mount mounts, and `cctmpfs stats [MOUNTPOINT...] [--json]` never
+    does. Arguments after `--` are positional and never count as flags.
+    """
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return "mount"
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if len(arg) > 1 and arg[0] == "-" and arg[1] in MOUNT_FLAGS:
+            return "mount"
+    return argv[0]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "stats":
-        return stats_main(argv[1:])
-    if argv and argv[0] == "check":
-        return check_main(argv[1:])
-    return mount_main(argv)
+    which = command(argv)
+    if which == "mount":
+        return mount_main(argv)
+    return SUBCOMMANDS[which](argv[1:])
 
 
 if __name__ == "__main__":

@@ -372,16 +372,28 @@ def test_stats_table(mount_cct):
     assert cells["ERRORS"] == "0"
 
 
+def assert_failed_only_on_others(r: subprocess.CompletedProcess, ours: list[str]) -> None:
+    """`cctmpfs stats` without arguments reads every cctmpfs mount of the machine,
+    and exits 1 if one fails. Mounts of other runs on a shared machine may be
+    dead (ENOTCONN): accept errors about those, never about ours."""
+    if r.returncode == 0:
+        return
+    assert r.returncode == 1, r.stderr
+    for line in r.stderr.splitlines():
+        assert line.startswith("cctmpfs stats: /"), r.stderr
+        assert line.split()[2].rstrip(":") not in ours, r.stderr
+
+
 def test_stats_without_argument_lists_every_mount(mount_cct):
     a = mount_cct("size=8m")
     b = mount_cct("size=8m,compress=none")
     Path(a, "f").write_text("a" * 10_000)
     r = run_cli("stats")
-    assert r.returncode == 0, r.stderr
+    assert_failed_only_on_others(r, [a, b])
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
     assert a in rows and b in rows, r.stdout
     r = run_cli("stats", "--json")
-    assert r.returncode == 0, r.stderr
+    assert_failed_only_on_others(r, [a, b])
     data = json.loads(r.stdout)
     assert data[a]["version"] == 1 and data[b]["codec"] == "none"
     assert data[a]["files_bytes"] == 10_000
@@ -407,7 +419,7 @@ def test_stats_xattrs_are_read_only_and_unlisted(mount_cct):
 
 # ---- fuzzed mount options through the real command --------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _FUZZ_KEYS = ["size", "nr_inodes", "mode", "uid", "compress", "block_size", "ram", "buffer",
@@ -422,6 +434,8 @@ _FUZZ_OPTION = st.one_of(st.builds(lambda k, v: f"{k}={v}", st.sampled_from(_FUZ
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_FUZZ_OPTION, min_size=1, max_size=4))
+@example(["size=\r"])          # found by hypothesis: a CR in the value split the message
+@example(["mode=\n", "bogus"])
 def test_fuzzed_options_get_one_clear_message_and_a_status(tmp_path_factory, opts):
     """mount.cctmpfs -f (mount(8)'s "fake": check the options, mount nothing)
     with fuzzed options: exit 0 for what parse_options accepts, else exit 1

@@ -26,31 +26,43 @@ from test_cli import cctmpfs_command, mounted_at  # tests/mounted is on sys.path
 
 pytestmark = pytest.mark.mounted
 
+REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = str(Path(cctmpfs_command()[0]).parent) if len(cctmpfs_command()) == 1 else None
 
 
-def in_namespace(script: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run a bash script in a private mount + PID namespace, with cctmpfs
-    installed as examples/install-helpers.sh installs it.
+#: What a root shell on a fresh Debian machine has: the scripts find `cctmpfs`
+#: and `mount.cctmpfs` where examples/install-helpers.sh put them, not in the venv.
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-    mount(8) runs its helpers with a fixed PATH (/usr/local/sbin, /usr/sbin,
-    ...), so /sbin/mount.fuse finds `cctmpfs` only there. Inside the namespace
-    a directory holding the cctmpfs command is bound over /usr/local/sbin,
-    which leaves the machine's own unchanged. The venv's bin is also first on
-    the script's PATH. The script starts in / (mount(8) turns a relative
-    source such as `cctmpfs` into a path if the current directory has it)."""
+
+def in_namespace(script: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a bash script in a private mount + PID namespace, after the README's
+    step `examples/install-helpers.sh` (its first command ends with it).
+
+    The step writes /usr/local/sbin/cctmpfs and /sbin/mount.cctmpfs (symlinks
+    to this environment's console scripts). Inside the namespace both
+    directories are overlays whose writes go to a temporary directory, so the
+    machine's own are never changed. The script runs with a root shell's PATH
+    (ROOT_PATH, no venv) and starts in / (mount(8) turns a relative source
+    such as `cctmpfs` into a path if the current directory has it)."""
     assert BIN_DIR, "the cctmpfs console script is not installed beside this Python"
-    helpers = tempfile.mkdtemp(prefix="cct-sbin.", dir="/var/tmp")
-    os.symlink(Path(BIN_DIR, "cctmpfs"), Path(helpers, "cctmpfs"))
-    os.chmod(helpers, 0o755)
-    env = dict(os.environ, PATH=f"{BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    scratch = tempfile.mkdtemp(prefix="cct-sbin.", dir="/var/tmp")
+    overlays = []
+    for i, d in enumerate(("/usr/local/sbin", "/usr/sbin")):
+        upper, work = f"{scratch}/upper{i}", f"{scratch}/work{i}"
+        os.mkdir(upper)
+        os.mkdir(work)
+        overlays.append(f"mount -t overlay -o lowerdir={d},upperdir={upper},workdir={work} "
+                        f"overlay {d}")
+    install = f"{REPO}/examples/install-helpers.sh {BIN_DIR} >/dev/null"
+    env = dict(os.environ, PATH=ROOT_PATH)
     try:
         return subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
-             "bash", "-euo", "pipefail", "-c", f"mount --bind {helpers} /usr/local/sbin\ncd /\n{script}"],
+             "bash", "-euo", "pipefail", "-c", "\n".join(overlays + [install, "cd /", script])],
             capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     finally:
-        shutil.rmtree(helpers)
+        shutil.rmtree(scratch)
 
 
 def findmnt(output: str) -> dict:
@@ -92,6 +104,93 @@ def test_fstab_line_mounts_with_mount8_and_unmounts(tmp_path):
     assert (tmp_path / "content").read_text() == "hello\n"
 
 
+def readme_commands() -> list[str]:
+    """The README's first two ```sh blocks: the setup line, then the test command."""
+    text = (REPO / "README.md").read_text()
+    blocks = text.split("```sh\n")[1:3]
+    return [b.split("```", 1)[0].strip() for b in blocks]
+
+
+def test_readme_first_command_installs_what_mount8_runs(tmp_path):
+    """After the README's first command, whose last steps are
+    `... && .venv/bin/pip install -e '.[test]' && examples/install-helpers.sh && examples/demo.sh`,
+    `mount -t fuse.cctmpfs` and an fstab line work with no manual step.
+
+    mount(8) starts /sbin/mount.fuse without PATH (measured: util-linux 2.38,
+    fuse 2.9.9), and mount.fuse runs `cctmpfs ...` through /bin/sh, whose
+    built-in PATH is ROOT_PATH: the venv is never searched, so the command
+    must be in one of those directories. Here mount(8) runs from an empty
+    environment, as systemd's mount units and boot scripts would."""
+    setup = [step.strip() for step in readme_commands()[0].split("&&")]
+    install = "examples/install-helpers.sh"
+    assert install in setup, f"the README's first command does not run {install}: {setup}"
+    pip = next(i for i, step in enumerate(setup) if step.startswith(".venv/bin/pip install"))
+    assert pip < setup.index(install) < setup.index("examples/demo.sh"), setup
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"mytmp {b} fuse.cctmpfs size=16m,mode=1777,nosuid,nodev 0 0\n")
+    r = in_namespace(f"""
+        test "$(readlink /usr/local/sbin/cctmpfs)" = {BIN_DIR}/cctmpfs
+        env -i /usr/bin/mount -t fuse.cctmpfs -o size=16m cctmpfs {a}
+        env -i /usr/bin/mount -T {fstab} {b}
+        echo hello > {a}/f
+        cat {a}/f
+        findmnt -n -o SOURCE,FSTYPE {a}
+        findmnt -n -o SOURCE,FSTYPE {b}
+        umount {a}
+        umount {b}
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split() == ["hello", "cctmpfs", "fuse.cctmpfs", "mytmp", "fuse.cctmpfs"]
+
+
+def test_sources_named_stats_and_check_mount_and_the_subcommands_still_work(tmp_path):
+    """`mount -t fuse.cctmpfs stats DIR` and the fstab line `check DIR fuse.cctmpfs
+    ...` make /sbin/mount.fuse run `cctmpfs stats DIR -o ...` and `cctmpfs check
+    DIR -o ...`: mounts, because only the mount form takes -o (cli.command()).
+    `cctmpfs stats` and `cctmpfs check` without mount flags still report, and
+    never mount a plain directory."""
+    s, c, plain = tmp_path / "s", tmp_path / "c", tmp_path / "plain"
+    for d in (s, c, plain):
+        d.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"check {c} fuse.cctmpfs size=16m,nosuid,nodev 0 0\n")
+    r = in_namespace(f"""
+        mount -t fuse.cctmpfs -o size=16m,mode=1777 stats {s}
+        mount -T {fstab} {c}
+        findmnt -J -o SOURCE,FSTYPE {s} > {tmp_path}/s.findmnt
+        findmnt -J -o SOURCE,FSTYPE {c} > {tmp_path}/c.findmnt
+        printf 12345 > {s}/f
+        cctmpfs stats {s} {c} --json --settle > {tmp_path}/stats.json
+        cctmpfs stats {c} > {tmp_path}/stats.table
+        cctmpfs check {s} {c} > {tmp_path}/check.out
+        if cctmpfs stats {plain} 2> {tmp_path}/plain.err; then echo "stats of a directory"; exit 1; fi
+        if cctmpfs check {plain} 2>/dev/null; then echo "check of a directory"; exit 1; fi
+        if mountpoint -q {plain}; then echo "stats mounted {plain}"; exit 1; fi
+        # By hand, any mount option makes it a mount (the error's own advice).
+        cctmpfs stats {plain} -o defaults
+        findmnt -n -o SOURCE,FSTYPE {plain}
+        umount {plain}
+        umount {s}
+        umount {c}
+        """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert findmnt((tmp_path / "s.findmnt").read_text()) == {"source": "stats", "fstype": "fuse.cctmpfs"}
+    assert findmnt((tmp_path / "c.findmnt").read_text()) == {"source": "check", "fstype": "fuse.cctmpfs"}
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert set(stats) == {str(s), str(c)}
+    assert stats[str(s)]["files_bytes"] == 5 and stats[str(c)]["files_bytes"] == 0
+    table = (tmp_path / "stats.table").read_text().splitlines()
+    assert table[0].split()[0] == "MOUNTPOINT" and table[1].split()[0] == str(c)
+    assert (tmp_path / "check.out").read_text() == f"{s}: consistent\n{c}: consistent\n"
+    err = (tmp_path / "plain.err").read_text()
+    assert "not a cctmpfs mount point" in err and f"cctmpfs stats {plain} -o defaults" in err, err
+    assert r.stdout.split() == ["stats", "fuse.cctmpfs"]
+
+
 def test_fstab_ro_and_bad_options_are_refused_clearly(tmp_path):
     mp = tmp_path / "tmp"
     mp.mkdir()
@@ -113,18 +212,14 @@ def test_fstab_ro_and_bad_options_are_refused_clearly(tmp_path):
 
 
 def test_type_cctmpfs_uses_the_mount_cctmpfs_helper(tmp_path):
-    """`type cctmpfs` (no fuse. prefix): mount(8) runs /sbin/mount.cctmpfs. Inside
-    the namespace, a directory holding only that helper is bound over /usr/sbin,
-    so the machine's /sbin is not changed."""
-    sbin = tmp_path / "sbin"
-    sbin.mkdir()
-    (sbin / "mount.cctmpfs").symlink_to(Path(BIN_DIR, "mount.cctmpfs"))
+    """`type cctmpfs` (no fuse. prefix): mount(8) runs /sbin/mount.cctmpfs, which
+    examples/install-helpers.sh installed (in_namespace runs it)."""
     mp = tmp_path / "tmp"
     mp.mkdir()
     fstab = tmp_path / "fstab"
     fstab.write_text(f"mytmp {mp} cctmpfs size=16m,mode=1777,nodev,nosuid 0 0\n")
     r = in_namespace(f"""
-        mount --bind {sbin} /usr/sbin
+        test "$(readlink /sbin/mount.cctmpfs)" = {BIN_DIR}/mount.cctmpfs
         mount -T {fstab} {mp}
         findmnt -J -o SOURCE,FSTYPE {mp} > {tmp_path}/findmnt.json
         # -f (fake) checks the options and mounts nothing
@@ -290,7 +385,6 @@ def test_users_share_a_sticky_root_as_on_tmpfs(two_users, mount_cct, tmpfs_mount
 
 # ---- programs that live in /tmp -------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
 PROGRAMS = REPO / "tests" / "mounted" / "tmp_programs.py"
 
 
