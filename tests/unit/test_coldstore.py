@@ -211,3 +211,80 @@ def test_a_block_freed_while_its_segment_is_cleaned(cold: ColdStore) -> None:
     assert cold.counters.records_moved == len(in_seg) - 1
     total_live = sum(o.payload.length for o in owners if o.refs)
     assert cold.log.live_bytes == total_live
+
+
+class Watched(Owner):
+    """An Owner that counts how often anything looks at where it is."""
+
+    looks: int = 0
+
+    def __getattribute__(self, name: str) -> object:
+        if name == "payload":
+            object.__setattr__(self, "looks", object.__getattribute__(self, "looks") + 1)
+        return object.__getattribute__(self, name)
+
+
+def test_cleaning_visits_only_the_victim_segments_records(cold: ColdStore) -> None:
+    """Cleaning costs what the cleaned segment holds: with some 1,300 evicted
+    blocks in 12 other segments, planning the clean of one segment looks at
+    its 3 live records and at no other block (issue 14: it used to scan
+    every evicted block)."""
+    victims = [Watched(p) for p in payloads(120, size=500, seed=1)]
+    evict(cold, victims)
+    seg = victims[0].payload.segment
+    in_seg = [o for o in victims if o.payload.segment == seg]
+    assert len(in_seg) > 100                              # 500-byte records: ~120 per segment
+    others = [Watched(p) for p in payloads(1300, size=500, seed=2)]
+    evict(cold, others)
+    assert len({o.payload.segment for o in others}) >= 10
+    assert seg not in {o.payload.segment for o in others}
+    for o in in_seg[3:]:
+        cold.free(o.payload)
+        o.refs = 0
+    keep = in_seg[:3]
+    for o in victims + others:
+        o.looks = 0
+    scanned = cold.counters.records_scanned
+    batch = cold.plan([], [(seg, cold.read_segment(seg))])
+    assert cold.counters.records_scanned - scanned == 3
+    assert sum(o.looks for o in others) == 0, "the cleaner looked at blocks of other segments"
+    cold.write_batch(batch)
+    cold.publish(batch)
+    assert [o.payload.segment for o in keep] == [batch.segment] * 3
+    assert set(cold.segment_records[batch.segment].values()) == set(keep)
+    assert seg not in cold.segment_records
+    for o, p in zip(victims[:3], payloads(3, size=500, seed=1)):
+        assert cold.read(o.payload) == (1, p)
+
+
+def test_the_per_segment_records_follow_evictions_moves_and_frees(cold: ColdStore) -> None:
+    owners = [Owner(p) for p in payloads(12)]
+    evict(cold, owners)
+
+    def by_segment() -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {}
+        for o in owners:
+            if o.refs and isinstance(o.payload, Location):
+                out.setdefault(o.payload.segment, set()).add(id(o))
+        return out
+
+    def recorded() -> dict[int, set[int]]:
+        return {seg: {id(o) for o in recs.values()} for seg, recs in cold.segment_records.items()}
+
+    assert recorded() == by_segment() and len(recorded()) >= 2
+    seg = owners[0].payload.segment
+    for o in [o for o in owners if o.payload.segment == seg][1:]:
+        cold.free(o.payload)
+        o.refs = 0
+    assert recorded() == by_segment()
+    batch = cold.plan([], [(seg, cold.read_segment(seg))])
+    assert recorded() == by_segment()                     # nothing moves before the publish
+    cold.write_batch(batch)
+    cold.publish(batch)
+    assert owners[0].payload.segment == batch.segment
+    assert recorded() == by_segment()
+    for o in owners:
+        if o.refs:
+            cold.free(o.payload)
+            o.refs = 0
+    assert cold.segment_records == {}

@@ -64,7 +64,7 @@ def test_four_times_the_ram_budget_fits_and_reads_back(tmp_path, encrypt: bool) 
     h.delete_all()
     h.eng.background_pass()
     assert h.fs.store.counters == StoreCounters()
-    assert cold.log.live_bytes == 0 and cold.owners == {}
+    assert cold.log.live_bytes == 0 and cold.segment_records == {}
     assert all(u.state in ("free", "open") for u in cold.log.usage)
     assert h.fs.store.ram_order == {}
 
@@ -289,3 +289,29 @@ def test_statfs_counts_the_device(tmp_path) -> None:
     room = (64 - 1) * SEG            # less the cleaner's reserve
     assert after["f_blocks"] * 4096 >= before * 4096 + room * 0.99
     assert after["f_bfree"] == after["f_blocks"]
+
+
+def test_the_checker_names_damage_to_the_per_segment_records(tmp_path) -> None:
+    h = Harness("none", buffer_blocks=2, ram_budget=16 * BS)
+    cold = with_device(h, str(tmp_path / "back"))
+    fill(h, 4, 4)
+    h.eng.seal_everything()
+    h.eng.evict(0)
+    assert len(cold.segment_records) >= 2
+    assert check_data(h.fs) == []
+    a, b = sorted(cold.segment_records)[:2]
+    seq, owner = next(iter(cold.segment_records[a].items()))
+
+    cold.segment_records[b][seq] = cold.segment_records[a].pop(seq)    # listed in the wrong segment
+    assert any(f"segment {b}: record {seq} names" in line for line in check_data(h.fs))
+    cold.segment_records[a][seq] = cold.segment_records[b].pop(seq)
+    assert check_data(h.fs) == []
+
+    del cold.segment_records[a][seq]                                   # not listed at all
+    assert any("lists" in line and "evicted blocks by segment" in line for line in check_data(h.fs))
+    cold.segment_records[a][seq] = owner
+
+    cold.segment_records[999] = {}                                     # an empty table kept
+    assert any("segment 999: an empty record table" in line for line in check_data(h.fs))
+    del cold.segment_records[999]
+    assert check_data(h.fs) == []
