@@ -13,6 +13,13 @@ still holds what was planned (`owner.payload is` the planned payload or
 location); anything that changed meanwhile is dropped and its space marked
 dead.
 
+Counters: every shared counter (ColdStore.counters, Device.counters) is
+protected by the global lock. The unlocked phases count into a Tally that
+their caller owns (a Batch carries its own), and the caller adds it to the
+shared counters with apply() once it holds the lock again; publish() applies
+its batch's. So two threads reading the device at once never lose a count,
+and the stats never see half an update.
+
 An owner is any object with a mutable `payload` attribute (bytes in RAM, or
 the devlog.Location of its record once evicted) and a `refs` count:
 blockstore.StoredBlock.
@@ -28,7 +35,7 @@ import attrs
 
 from . import faults
 from .cipher import TAG_BYTES, DecryptError, RecordCipher
-from .device import ALIGN, Device
+from .device import ALIGN, Device, DeviceCounters, add_counts
 from .devlog import RECORD_ENCRYPTED, Location, RecordError, SegmentLog, decode_record, encode_record
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,9 @@ class ColdReadError(Exception):
 
 @attrs.define(slots=True)
 class ColdCounters:
-    """Cumulative counters of the cold store (since mount), one comment each."""
+    """Counters of the cold store, one comment each. ColdStore.counters is
+    cumulative since mount and protected by the global lock; a Tally's
+    counts one unlocked phase, owned by the thread that runs it."""
 
     evictions: int = 0          # payloads moved to the device
     bytes_evicted: int = 0      # their payload bytes (what write amplification divides by)
@@ -55,6 +64,16 @@ class ColdCounters:
     #: with the blocks evicted (tests/unit/test_coldstore.py)
     records_scanned: int = 0
     segments_cleaned: int = 0   # segments the cleaner emptied
+
+
+@attrs.define(slots=True)
+class Tally:
+    """The counts of one phase that runs with the global lock released, owned
+    by the thread that runs it: ColdStore.apply() adds them to the shared
+    counters once that thread holds the lock again."""
+
+    device: DeviceCounters = attrs.Factory(DeviceCounters)   # -> Device.counters
+    cold: ColdCounters = attrs.Factory(ColdCounters)         # -> ColdStore.counters
 
 
 @attrs.define(slots=True)
@@ -77,6 +96,8 @@ class Batch:
     segment: int
     entries: list[Planned]
     error: Optional[BaseException] = None
+    #: what write_batch() counted; publish() applies it
+    tally: Tally = attrs.Factory(Tally)
 
 
 class ColdStore:
@@ -109,6 +130,11 @@ class ColdStore:
 
     def _segment_offset(self, segment: int) -> int:
         return segment * self.log.segment_size
+
+    def apply(self, tally: Tally) -> None:
+        """Add what an unlocked phase counted to the shared counters. Holds the lock."""
+        add_counts(self.device.counters, tally.device)
+        add_counts(self.counters, tally.cold)
 
     # ---- building segments ------------------------------------------------------
     def plan(self, candidates: list[tuple[Any, int, bytes]],
@@ -157,7 +183,8 @@ class ColdStore:
     def write_batch(self, batch: Batch) -> None:
         """Build the segment and write it in one call. Lock RELEASED.
         Evicted payloads are sealed (encrypted) and encoded here; moved
-        records are copied as they are (same serial, same nonce)."""
+        records are copied as they are (same serial, same nonce). Counts
+        into batch.tally, which publish() applies."""
         try:
             faults.hit("device.write")
             fill = max(p.loc.offset + p.loc.length for p in batch.entries)
@@ -171,7 +198,7 @@ class ColdStore:
                 else:
                     rec = encode_record(p.codec, 0, p.loc.seq, p.loc.seq, p.payload)
                 buf[p.loc.offset:p.loc.offset + len(rec)] = rec
-            self.device.write(self._segment_offset(batch.segment), buf)
+            self.device.write(self._segment_offset(batch.segment), buf, batch.tally.device)
         except Exception as e:  # noqa: BLE001 - the batch fails as a whole; publish() undoes it
             log.error("backing device: writing segment %d failed: %r", batch.segment, e)
             batch.error = e
@@ -180,6 +207,7 @@ class ColdStore:
         """Point each owner that still holds what was planned at its new
         record; drop the rest. Holds the lock. Returns the evictions done
         (the caller moves their bytes out of its RAM accounting)."""
+        self.apply(batch.tally)
         self.in_flight.discard(batch.segment)
         if self.log.mark_written(batch.segment, self.clock()):
             self.to_discard.append(batch.segment)
@@ -211,13 +239,15 @@ class ColdStore:
         return evicted
 
     # ---- reading -----------------------------------------------------------
-    def read(self, loc: Location) -> tuple[int, bytes]:
-        """(codec, payload) of an evicted record, checked. Lock RELEASED.
-        Raises ColdReadError on an I/O error or a failed check."""
+    def read(self, loc: Location, tally: Tally) -> tuple[int, bytes]:
+        """(codec, payload) of an evicted record, checked. Lock RELEASED;
+        counts into tally, which the caller applies. Raises ColdReadError
+        on an I/O error or a failed check."""
         try:
-            data = self.device.read(self._segment_offset(loc.segment) + loc.offset, loc.length)
+            data = self.device.read(self._segment_offset(loc.segment) + loc.offset, loc.length,
+                                    tally.device)
         except OSError as e:
-            self.counters.io_errors += 1
+            tally.cold.io_errors += 1
             raise ColdReadError(f"segment {loc.segment}: read failed: {e}") from None
         try:
             rec = decode_record(data, block_id=loc.seq)
@@ -227,9 +257,9 @@ class ColdStore:
                     raise RecordError("encrypted record without a key")
                 payload = self.cipher.open(rec.seq, payload)
         except (RecordError, DecryptError) as e:
-            self.counters.checksum_errors += 1
+            tally.cold.checksum_errors += 1
             raise ColdReadError(f"segment {loc.segment} offset {loc.offset}: {e}") from None
-        self.counters.cold_reads += 1
+        tally.cold.cold_reads += 1
         return rec.codec, payload
 
     # ---- freeing -----------------------------------------------------------
@@ -267,11 +297,12 @@ class ColdStore:
         out, self.to_discard = self.to_discard, []
         return out
 
-    def discard(self, segments: list[int]) -> None:
-        """Lock RELEASED. The segments stay out of use (state "emptied")
-        until finish_discards() frees them, so none is rewritten meanwhile."""
+    def discard(self, segments: list[int], tally: Tally) -> None:
+        """Lock RELEASED; counts into tally, which the caller applies. The
+        segments stay out of use (state "emptied") until finish_discards()
+        frees them, so none is rewritten meanwhile."""
         for seg in segments:
-            self.device.discard(self._segment_offset(seg), self.log.segment_size)
+            self.device.discard(self._segment_offset(seg), self.log.segment_size, tally.device)
 
     def finish_discards(self, segments: list[int]) -> None:
         """Holds the lock."""
@@ -282,12 +313,14 @@ class ColdStore:
         """The best segments by cost-benefit. Holds the lock."""
         return self.log.cleaning_candidates(self.clock(), limit=limit)
 
-    def read_segment(self, segment: int) -> Optional[bytes]:
-        """Lock RELEASED."""
+    def read_segment(self, segment: int, tally: Tally) -> Optional[bytes]:
+        """A whole segment, or None if reading it failed (logged). Lock
+        RELEASED; counts into tally, which the caller applies."""
         try:
-            return self.device.read(self._segment_offset(segment), self.log.segment_size)
+            return self.device.read(self._segment_offset(segment), self.log.segment_size,
+                                    tally.device)
         except OSError as e:
-            self.counters.io_errors += 1
+            tally.cold.io_errors += 1
             log.error("backing device: reading segment %d to clean it failed: %s", segment, e)
             return None
 

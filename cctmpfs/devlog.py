@@ -141,7 +141,8 @@ class SegmentUsage:
 
 @attrs.define(slots=True)
 class LogCounters:
-    """Cumulative log counters (since mount), one comment each."""
+    """Cumulative log counters (since mount), one comment each.
+    Protected by the global lock, as the whole SegmentLog."""
 
     records_appended: int = 0   # records placed in segments
     bytes_appended: int = 0     # their bytes, headers and alignment included

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cctmpfs.device import ALIGN, Device, DeviceError
+from cctmpfs.device import ALIGN, Device, DeviceCounters, DeviceError
 from cctmpfs.devlog import (RECORD_HEADER, Location, NoSpace, RecordError, SegmentLog,
                             decode_record, encode_record, record_size)
 
@@ -162,17 +162,18 @@ def test_write_read_and_discard(tmp_path) -> None:
     dev = Device.open(path, create_size=8 * SEG)
     try:
         seg = random.Random(3).randbytes(SEG)
-        dev.write(SEG, seg)
+        c = DeviceCounters()                      # the caller's tally
+        dev.write(SEG, seg, c)
         assert os.stat(path).st_blocks * 512 >= SEG
-        assert dev.read(SEG + 1000, 5000) == seg[1000:6000]
-        assert dev.read(SEG, SEG) == seg
+        assert dev.read(SEG + 1000, 5000, c) == seg[1000:6000]
+        assert dev.read(SEG, SEG, c) == seg
         with pytest.raises(ValueError):
-            dev.write(100, b"x" * ALIGN)
-        dev.discard(SEG, SEG)
+            dev.write(100, b"x" * ALIGN, c)
+        dev.discard(SEG, SEG, c)
         assert os.stat(path).st_blocks == 0
-        assert dev.read(SEG, 100) == bytes(100)
-        c = dev.counters
-        assert (c.writes, c.bytes_written, c.discards, c.io_errors) == (1, SEG, 1, 0)
+        assert dev.read(SEG, 100, c) == bytes(100)
+        assert (c.writes, c.bytes_written, c.reads, c.discards, c.io_errors) == (1, SEG, 3, 1, 0)
+        assert dev.counters == DeviceCounters(), "the I/O methods touched the shared counters"
     finally:
         dev.close()
 
@@ -212,10 +213,11 @@ def test_io_errors_are_counted_and_raised(tmp_path) -> None:
     os.close(dev.fd)
     dev.fd = os.open("/dev/null", os.O_RDONLY)   # reads give nothing, writes fail
     try:
+        c = DeviceCounters()
         with pytest.raises(OSError):
-            dev.write(0, bytes(ALIGN))
+            dev.write(0, bytes(ALIGN), c)
         with pytest.raises(OSError):
-            dev.read(0, 100)
-        assert dev.counters.io_errors == 2
+            dev.read(0, 100, c)
+        assert c.io_errors == 2
     finally:
         dev.close()
