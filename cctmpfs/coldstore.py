@@ -304,6 +304,23 @@ class ColdStore:
         for seg in segments:
             self.device.discard(self._segment_offset(seg), self.log.segment_size, tally.device)
 
+    def discard_used_area(self, tally: Tally) -> int:
+        """Discard every segment ever written, at unmount: the contents are
+        volatile, as a tmpfs's, so nothing on the device is needed any more,
+        and a discarded SSD range, a thin volume or a backing file's holes
+        give the space back (and unencrypted data is not left readable).
+        Returns the bytes discarded: 0 if nothing was written or the device
+        cannot discard. Lock RELEASED; counts into tally, which the caller
+        applies.
+
+        Evicted blocks read afterwards fail their checks: call it last."""
+        length = self.log.used_area
+        if not length or not self.device.discard(0, length, tally.device):
+            return 0
+        log.info("backing device %s: discarded its used area (%d MiB) at unmount",
+                 self.device.path, length >> 20)
+        return length
+
     def finish_discards(self, segments: list[int]) -> None:
         """Holds the lock."""
         self.log.discarded(segments)

@@ -7,7 +7,7 @@ I/O and are called with the global lock RELEASED (docs/locking.md). So they
 never touch the shared counters (Device.counters): each counts into the
 tally its caller passes, a DeviceCounters of the caller's own, which the cold
 store adds to the shared counters once it holds the lock again
-(coldstore.Tally).
+(coldstore.Tally). Their one other write is `discard_supported`, see there.
 
 Why O_DIRECT: evicted data must leave RAM. Buffered writes to a block device
 would keep a copy in the page cache until the kernel writes it back and
@@ -63,7 +63,7 @@ class DeviceCounters:
     bytes_written: int = 0   # bytes written to the device
     reads: int = 0           # record reads
     bytes_read: int = 0      # bytes read from the device (aligned ranges)
-    discards: int = 0        # segments discarded (BLKDISCARD or hole punching)
+    discards: int = 0        # discards done (BLKDISCARD or hole punching): one per segment, one at unmount
     io_errors: int = 0       # reads, writes or discards that failed with OSError
 
 
@@ -90,6 +90,10 @@ class Device:
         #: Cumulative since mount. Protected by the global lock: the I/O
         #: methods below never touch it (see the module docstring).
         self.counters = DeviceCounters()
+        #: False once the device refused a discard as unsupported (logged
+        #: once): later discards are skipped. Written only by discard(), which
+        #: one thread at a time runs (DataEngine._device_turn).
+        self.discard_supported = True
 
     # ---- opening ------------------------------------------------------
     @classmethod
@@ -229,20 +233,30 @@ class Device:
         tally.bytes_read += span
         return out
 
-    def discard(self, offset: int, length: int, tally: DeviceCounters) -> None:
+    def discard(self, offset: int, length: int, tally: DeviceCounters) -> bool:
         """Tell the device a range holds nothing: BLKDISCARD on a block device,
-        a punched hole in a file. Errors are counted into tally (the caller's
-        own), not raised: a device that cannot discard still works."""
+        a punched hole in a file. Returns whether it did. Errors are counted
+        into tally (the caller's own), not raised: a device that cannot
+        discard still works. One that does not support discard at all
+        (EOPNOTSUPP; ENOTTY from a driver without the ioctl) is logged once
+        and not asked again."""
+        if not self.discard_supported:
+            return False
         try:
             if self.is_block:
                 fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("<QQ", offset, length))
             else:
                 _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
         except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY):
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY):
+                self.discard_supported = False
+                log.info("backing device %s does not support discard (%s): freed space "
+                         "stays allocated on it", self.path, os.strerror(e.errno))
+            else:
                 tally.io_errors += 1
-            return
+            return False
         tally.discards += 1
+        return True
 
 
 def _try_direct(fd: int) -> bool:

@@ -1066,6 +1066,21 @@ class DataEngine:
             cold.apply(tally)
             cold.finish_discards(segs)
 
+    def discard_device(self) -> int:
+        """At unmount: discard the backing device's whole used area
+        (ColdStore.discard_used_area). Call it last, once no other thread
+        uses the filesystem: evicted blocks cannot be read back after it.
+        Releases the global lock. Returns the bytes discarded."""
+        cold = self.cold
+        if cold is None:
+            return 0
+        with self._device_turn():
+            tally = Tally()
+            with released(self.lock):
+                done = cold.discard_used_area(tally)
+            cold.apply(tally)
+        return done
+
     def queued_pass(self) -> int:
         """Seal the blocks queued for sealing. Releases the global lock.
 

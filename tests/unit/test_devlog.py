@@ -3,6 +3,8 @@ table; and the device layer on real files (no mount, no loop device)."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import random
 
@@ -94,6 +96,21 @@ def test_a_segment_is_freed_when_its_last_record_dies() -> None:
     assert 0 in log.free and log.usage[0].state == "free"
     assert log.mark_dead(c) is False     # the open segment stays open
     assert log.usage[1].state == "open"
+
+
+def test_the_used_area_covers_every_segment_ever_opened() -> None:
+    log = SegmentLog(8 * SEG, SEG)
+    assert log.used_area == 0
+    a, _ = log.place(SEG - RECORD_HEADER.size)
+    b, _ = log.place(SEG - RECORD_HEADER.size)          # segments 0 and 1
+    assert log.used_area == 2 * SEG
+    log.seal_open()
+    log.mark_written(0, now=1.0)
+    log.mark_written(1, now=1.0)
+    assert log.mark_dead(a) and log.mark_dead(b)
+    log.discarded([0, 1])
+    log.place(10)                                        # reuses segment 0, lowest first
+    assert log.open_segment == 0 and log.used_area == 2 * SEG
 
 
 def test_cleaner_prefers_emptier_and_older_segments() -> None:
@@ -219,5 +236,31 @@ def test_io_errors_are_counted_and_raised(tmp_path) -> None:
         with pytest.raises(OSError):
             dev.read(0, 100, c)
         assert c.io_errors == 2
+    finally:
+        dev.close()
+
+
+def test_a_device_without_discard_is_logged_once_and_not_asked_again(tmp_path, monkeypatch,
+                                                                     caplog) -> None:
+    import cctmpfs.device as device_mod
+
+    calls = []
+
+    def unsupported(fd: int, mode: int, offset: int, length: int) -> None:
+        calls.append((offset, length))
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(device_mod, "_fallocate", unsupported)
+    dev = Device.open(str(tmp_path / "back"), create_size=8 * SEG)
+    try:
+        c = DeviceCounters()
+        caplog.set_level(logging.INFO, logger="cctmpfs.device")
+        assert dev.discard(0, SEG, c) is False
+        assert dev.discard(SEG, SEG, c) is False
+        assert dev.discard(0, 8 * SEG, c) is False
+        assert calls == [(0, SEG)]                       # asked once, then remembered
+        assert (c.discards, c.io_errors) == (0, 0)       # not an error: the device still works
+        said = [r for r in caplog.records if "does not support discard" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == logging.INFO
     finally:
         dev.close()

@@ -376,3 +376,31 @@ def test_shared_counters_change_only_under_the_global_lock(tmp_path) -> None:
     assert c.cold_reads > 0 and c.checksum_errors == 1 and c.io_errors == 1
     assert d.writes > 0 and d.reads > c.cold_reads and d.discards > 0 and d.io_errors == 1
     assert violations == []
+
+
+def test_discard_device_punches_out_the_whole_used_area(tmp_path) -> None:
+    """What the daemon does at exit: the backing file, written by evictions,
+    holds no allocated block afterwards, and the discard is counted under
+    the lock."""
+    lock = OwnedLock()
+    h = Harness("none", buffer_blocks=2, ram_budget=8 * BS, lock=lock)
+    path = tmp_path / "back"
+    with lock:
+        cold = with_device(h, str(path), device_segments=64, encrypt=False)
+        violations = guard_counters(lock, shared_counters(h, cold))
+        fill(h, 4, 8)                                   # 32 blocks: 4x the budget
+        h.eng.seal_everything()
+        h.eng.background_pass()
+        assert cold.counters.evictions > 0
+        written = path.stat().st_blocks * 512
+        assert written >= 4 * SEG
+        discards = cold.device.counters.discards
+        assert h.eng.discard_device() == cold.log.used_area >= written
+    assert path.stat().st_blocks == 0
+    assert cold.device.counters.discards == discards + 1
+    assert violations == []
+
+
+def test_discard_device_without_a_device_does_nothing() -> None:
+    h = Harness("none", buffer_blocks=2)
+    assert h.eng.discard_device() == 0
