@@ -107,6 +107,8 @@ class ColdStore:
         self.log = log
         self.cipher = cipher
         self.clock = clock
+        #: Cumulative since mount. Protected by the global lock: the unlocked
+        #: phases count into a Tally instead (module docstring).
         self.counters = ColdCounters()
         #: segment -> {record serial: its owner}: the live records of each
         #: segment whose owner points at them (owner.payload is a Location in
