@@ -113,7 +113,8 @@ def new_block(codec: CodecId, payload: bytes, fingerprint: Optional[int] = None)
 
 @attrs.define(slots=True)
 class StoreCounters:
-    """Live totals of the store (not cumulative), one comment each."""
+    """Live totals of the store (not cumulative), one comment each.
+    Protected by the global lock."""
 
     blocks: int = 0              # distinct stored blocks
     stored_bytes: int = 0        # payload bytes held in RAM
@@ -128,7 +129,8 @@ class StoreCounters:
 
 @attrs.define(slots=True)
 class DedupCounters:
-    """Cumulative dedup counters (since mount), one comment each."""
+    """Cumulative dedup counters (since mount), one comment each.
+    Protected by the global lock."""
 
     shared: int = 0              # seals that took a reference instead of storing a copy
     verify_mismatches: int = 0   # fingerprint matched, bytes differed (a collision)

@@ -15,6 +15,7 @@ import stat
 
 from .blockstore import StoredBlock
 from .codec import CodecId
+from .devlog import Location
 from .filemap import PAGE, Slot
 from .namespace import NAME_MAX, ROOT_INO, Filesystem
 
@@ -214,15 +215,29 @@ def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int,
 
 
 def _check_device(fs: Filesystem, on_device: list[StoredBlock]) -> list[str]:
-    """Evicted blocks against the cold store's owners and segment usage."""
+    """Evicted blocks against the cold store's per-segment records and the
+    segment usage table."""
     cold = fs.engine.cold
     if cold is None:
         return [f"{len(on_device)} blocks evicted without a backing device"] if on_device else []
     bad = []
-    owners = cold.owners
+    # The per-segment records: each names a block that is at that very
+    # record, and together they are the evicted blocks the files reference.
+    owners: dict[int, StoredBlock] = {}
+    for seg, records in cold.segment_records.items():
+        if not records:
+            bad.append(f"segment {seg}: an empty record table is kept")
+        for seq, b in records.items():
+            loc = b.payload
+            if type(loc) is not Location or loc.segment != seg or loc.seq != seq:
+                bad.append(f"segment {seg}: record {seq} names {b!r}, which is at {loc!r}")
+            elif seq in owners:
+                bad.append(f"record {seq} is listed in two segments")
+            owners[seq] = b
     want = {b.payload.seq: b for b in on_device}  # type: ignore[union-attr]
     if set(owners) != set(want) or any(owners[s] is not want[s] for s in want):
-        bad.append(f"cold store knows {len(owners)} evicted blocks, the files reference {len(want)}")
+        bad.append(f"cold store lists {len(owners)} evicted blocks by segment, "
+                   f"the files reference {len(want)}")
     live = [0] * cold.log.nsegments
     spans: dict[int, list[tuple[int, int]]] = {}
     for b in on_device:

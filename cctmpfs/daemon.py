@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 MIN_BACKING_SEGMENTS = 8
 #: How long the parent waits for the daemon to mount and answer.
 MOUNT_WAIT_SECONDS = 30.0
+#: How long the exit waits for the global lock to discard the backing device.
+#: Every other thread has stopped by then, so only a thread stuck holding it
+#: (a bug) makes it wait; the exit then skips the discard rather than hang.
+EXIT_LOCK_SECONDS = 10.0
 
 
 class MountError(Exception):
@@ -157,9 +161,26 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
         sealer.stop()
         llfuse.close(unmount=True)
         if device is not None:
+            discard_backing(fs)
             device.close()
         log.info("unmounted %s", mountpoint)
     return code
+
+
+def discard_backing(fs: Filesystem) -> None:
+    """At exit, after the unmount: discard the backing device's used area,
+    whose contents nobody can ask for any more (DataEngine.discard_device).
+    Takes the global lock, which that releases around the I/O. Never raises:
+    the exit goes on whatever happens."""
+    if not llfuse.lock.acquire(timeout=EXIT_LOCK_SECONDS):
+        log.warning("the backing device was not discarded at exit: the global lock stayed busy")
+        return
+    try:
+        fs.engine.discard_device()
+    except Exception:  # noqa: BLE001 - the exit must finish; the data is volatile anyway
+        log.exception("discarding the backing device at exit failed")
+    finally:
+        llfuse.lock.release()
 
 
 def run(source: str, mountpoint: str, opts: MountOptions, *, foreground: bool,

@@ -141,7 +141,8 @@ class SegmentUsage:
 
 @attrs.define(slots=True)
 class LogCounters:
-    """Cumulative log counters (since mount), one comment each."""
+    """Cumulative log counters (since mount), one comment each.
+    Protected by the global lock, as the whole SegmentLog."""
 
     records_appended: int = 0   # records placed in segments
     bytes_appended: int = 0     # their bytes, headers and alignment included
@@ -169,6 +170,10 @@ class SegmentLog:
         self.reserve = 1
         self.open_segment: Optional[int] = None
         self.open_fill = 0            # bytes placed in the open segment
+        #: Segments [0, high_water) have been opened at least once; the
+        #: device past them was never written. Free segments are taken lowest
+        #: first, so this is the used area the unmount discards.
+        self.high_water = 0
         self.next_seq = 1
         self.counters = LogCounters()
 
@@ -179,6 +184,11 @@ class SegmentLog:
     @property
     def free_segments(self) -> int:
         return len(self.free)
+
+    @property
+    def used_area(self) -> int:
+        """Bytes from the start of the device that records were ever placed in."""
+        return self.high_water * self.segment_size
 
     def place(self, payload_len: int) -> tuple[Location, int]:
         """Reserve room for one record: (its location, its serial number,
@@ -208,6 +218,7 @@ class SegmentLog:
         if len(self.free) <= (0 if for_cleaning else self.reserve):
             raise NoSpace("no free segment on the backing device")
         seg = self.free.pop()
+        self.high_water = max(self.high_water, seg + 1)
         self.usage[seg].state = "open"
         self.open_segment = seg
         self.open_fill = 0

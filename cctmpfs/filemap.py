@@ -41,7 +41,7 @@ import attrs
 from . import faults
 from .blockstore import BlockStore, StoredBlock
 from .codec import Codec, CodecId
-from .coldstore import ColdReadError, ColdStore
+from .coldstore import ColdReadError, ColdStore, Tally
 from .devlog import Location, NoSpace
 from .errors import FsError
 from .locking import GlobalLock, released
@@ -205,7 +205,8 @@ class HotBuffer:
 
 @attrs.define(slots=True)
 class EngineCounters:
-    """Cumulative data-path counters (since mount), one comment each."""
+    """Cumulative data-path counters (since mount), one comment each.
+    Protected by the global lock."""
 
     seals: int = 0             # blocks compressed and published
     seals_discarded: int = 0   # compressions thrown away: the block changed meanwhile
@@ -318,16 +319,21 @@ class DataEngine:
             payload = stored.payload
             raw_len = stored.raw_len
             codec: int = stored.codec
+            # What reading an evicted record counts, unlocked: applied with the lock.
+            tally = Tally() if type(payload) is Location else None
             try:
                 with released(self.lock):
                     faults.hit("read.decode")
-                    if type(payload) is Location:
-                        codec, payload = self._read_evicted(payload)
+                    if tally is not None:
+                        codec, payload = self._read_evicted(payload, tally)  # type: ignore[arg-type]
                     raw = self.codec.decompress(codec, payload, raw_len, mutable)
             except FsError:
                 if f.blocks.get(idx) is slot and slot.stored is stored and stored.payload is payload:
                     raise
                 continue   # the block was moved or freed meanwhile: look again
+            finally:
+                if tally is not None:
+                    self.cold.apply(tally)  # type: ignore[union-attr]
             if f.blocks.get(idx) is slot and slot.raw is None and slot.stored is stored:
                 slot.raw = raw
                 self.buffer.charge(slot, self.clock())
@@ -336,11 +342,12 @@ class DataEngine:
                     self._promote_or_touch(stored, payload)
                 return raw
 
-    def _read_evicted(self, loc: Location) -> tuple[int, bytes]:
-        """An evicted payload, read back and checked. Runs UNLOCKED."""
+    def _read_evicted(self, loc: Location, tally: Tally) -> tuple[int, bytes]:
+        """An evicted payload, read back and checked. Runs UNLOCKED; counts
+        into tally, which the caller applies once it holds the lock."""
         assert self.cold is not None
         try:
-            return self.cold.read(loc)
+            return self.cold.read(loc, tally)
         except ColdReadError as e:
             log.error("reading an evicted block failed: %s", e)
             raise FsError(errno.EIO, str(e)) from None
@@ -775,13 +782,16 @@ class DataEngine:
 
     # ---- sealing -------------------------------------------------------
     def _encode(self, raw: bytes | bytearray,
-                batch: dict[int, tuple[bytes | bytearray, Encoded]]) -> Optional[Encoded]:
+                batch: dict[int, tuple[bytes | bytearray, Encoded]],
+                tally: Optional[Tally]) -> Optional[Encoded]:
         """Fingerprint and compress raw, or reuse the identical block stored
         or earlier in this batch; None if raw is all zeros. Runs unlocked.
 
         batch maps fingerprint -> (raw, encoding) of the blocks encoded so far
         in this batch, which are not published yet: copies of one file
-        sealed together compress once.
+        sealed together compress once. tally (None without a backing device)
+        counts the evicted records read back to verify a match; the caller
+        applies it once it holds the lock.
         """
         faults.hit("seal.encode")
         store = self.store
@@ -805,8 +815,9 @@ class DataEngine:
                 codec: int = have.codec
                 payload = have.payload
                 if type(payload) is Location:
+                    assert tally is not None
                     try:
-                        codec, payload = self.cold.read(payload)  # type: ignore[union-attr]
+                        codec, payload = self.cold.read(payload, tally)  # type: ignore[union-attr]
                     except ColdReadError:
                         payload = None
                 if payload is not None:
@@ -839,6 +850,7 @@ class DataEngine:
         if not jobs:
             return 0
         results: list[object] = []   # Encoded, None (all zeros) or SEAL_FAILED
+        tally = Tally() if self.cold is not None else None
         me = threading.get_ident()
         self.sealing_threads[me] = self.sealing_threads.get(me, 0) + 1
         try:
@@ -847,7 +859,7 @@ class DataEngine:
                 batch: dict[int, tuple[bytes | bytearray, Encoded]] = {}
                 for _s, _gen, raw in jobs:
                     try:
-                        results.append(self._encode(raw, batch))
+                        results.append(self._encode(raw, batch, tally))
                     except Exception as e:  # noqa: BLE001 - the block stays dirty, sealed later
                         log.error("sealing a block failed (it stays in the buffer): %r", e)
                         results.append(SEAL_FAILED)
@@ -857,6 +869,8 @@ class DataEngine:
             self.sealing_threads[me] -= 1
             if not self.sealing_threads[me]:
                 del self.sealing_threads[me]
+            if tally is not None:
+                self.cold.apply(tally)  # type: ignore[union-attr]
         published = 0
         for (s, gen, raw), res in zip(jobs, results):
             f = s.file
@@ -1019,11 +1033,13 @@ class DataEngine:
         assert cold is not None
         cleaning = []
         if clean:
+            tally = Tally()
             with released(self.lock):
                 for seg in clean:
-                    data = cold.read_segment(seg)
+                    data = cold.read_segment(seg, tally)
                     if data is not None:
                         cleaning.append((seg, data))
+            cold.apply(tally)
         batch = cold.plan(cands, cleaning)
         if batch is None:
             return 0, False
@@ -1044,9 +1060,26 @@ class DataEngine:
         assert cold is not None
         segs = cold.take_discards()
         if segs:
+            tally = Tally()
             with released(self.lock):
-                cold.discard(segs)
+                cold.discard(segs, tally)
+            cold.apply(tally)
             cold.finish_discards(segs)
+
+    def discard_device(self) -> int:
+        """At unmount: discard the backing device's whole used area
+        (ColdStore.discard_used_area). Call it last, once no other thread
+        uses the filesystem: evicted blocks cannot be read back after it.
+        Releases the global lock. Returns the bytes discarded."""
+        cold = self.cold
+        if cold is None:
+            return 0
+        with self._device_turn():
+            tally = Tally()
+            with released(self.lock):
+                done = cold.discard_used_area(tally)
+            cold.apply(tally)
+        return done
 
     def queued_pass(self) -> int:
         """Seal the blocks queued for sealing. Releases the global lock.

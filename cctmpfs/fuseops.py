@@ -90,6 +90,8 @@ class Operations(llfuse.Operations):
         super().__init__()
         self.fs = fs
         self.block_size = fs.block_size
+        # Both protected by the global lock: handlers run holding it, and the
+        # sealer calls count_internal_error() holding it.
         self.internal_errors = 0   # handler exceptions other than FsError, answered EIO
         self.requests: collections.Counter[str] = collections.Counter()  # FUSE requests by handler
         self.extra_stats: Callable[[], dict[str, Any]] = dict

@@ -55,7 +55,11 @@ def limit_arenas(n: int = 2) -> None:
 
 
 class Trimmer:
-    """Decides when to call malloc_trim; counts what it did."""
+    """Decides when to call malloc_trim; counts what it did.
+
+    Its fields are owned by the one thread that calls maybe_trim() (the
+    sealer), which writes them without the global lock; the stats read them
+    under it, a snapshot that may miss a trim in progress."""
 
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock

@@ -141,7 +141,7 @@ INODE_CLASSES: dict[int, type[Inode]] = {
 
 @attrs.define(slots=True)
 class NamespaceCounters:
-    """Cumulative namespace counters, one comment each."""
+    """Cumulative namespace counters, one comment each. Protected by the global lock."""
 
     inodes_created: int = 0   # inodes ever created
     inodes_freed: int = 0     # inodes freed (unlinked and forgotten and closed)

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import random
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -246,3 +247,57 @@ def test_sustained_overwrite_of_twice_the_device_never_runs_out(mount_cct, loop_
     for n in names:
         with open(n, "rb") as f:
             assert f.read() == bytes(model[n]), n
+
+
+def allocated(path) -> int:
+    """Bytes the file really holds on its filesystem (st_blocks), after a sync."""
+    os.sync()
+    return os.stat(path).st_blocks * 512
+
+
+@pytest.mark.parametrize("end", ["unmount", "sigterm"])
+def test_unmount_discards_a_backing_file(mount_cct, tmp_path, end):
+    """The contents are volatile, as on tmpfs: when the daemon ends (an
+    unmount, or SIGTERM) every segment ever written is punched out of the
+    backing file, which holds nothing then."""
+    path = tmp_path / "overflow.img"
+    mp = mount_cct(f"size=1g,ram=16m,backing={path},backing_size=256m,backing_encrypt=off")
+    write_files(mp, 8, 8 * MiB, seed=6)                   # 64 MiB: 4x ram=
+    s = mp.stats(settle=True)
+    assert s["device"]["blocks"] > 0
+    assert allocated(path) >= 16 * MiB
+    r = run_cli("check", mp)                              # the teardown cannot: it is unmounted
+    assert r.returncode == 0, r.stdout + r.stderr
+    if end == "unmount":
+        assert mp.unmount() == 0
+    else:
+        mp.proc.send_signal(signal.SIGTERM)
+        assert mp.proc.wait(timeout=15) == 0
+    assert allocated(path) == 0
+    assert path.stat().st_size == 256 * MiB               # holes punched, the size kept
+    assert "discarded its used area" in mp.log(), mp.log()
+
+
+def test_unmount_discards_a_loop_device(mount_cct, loop_device):
+    """BLKDISCARD of the used area at unmount: the loop device passes it on
+    as holes in its backing file, and the area reads back as zeros."""
+    dev = loop_device(256 * MiB)
+    name = os.path.basename(dev)
+    with open(f"/sys/block/{name}/loop/backing_file") as f:
+        backing = f.read().strip()
+    with open(f"/sys/block/{name}/queue/discard_max_bytes") as f:
+        assert int(f.read()) > 0, f"{dev} does not support discard here"
+    mp = mount_cct(f"size=1g,ram=16m,backing={dev},backing_encrypt=off")
+    write_files(mp, 8, 8 * MiB, seed=7)                   # 64 MiB: 4x ram=
+    s = mp.stats(settle=True)
+    assert s["device"]["blocks"] > 0
+    used = s["device"]["used_bytes"]
+    assert allocated(backing) >= 16 * MiB
+    r = run_cli("check", mp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert mp.unmount() == 0
+    assert allocated(backing) == 0
+    with open(dev, "rb") as d:
+        head = d.read(max(used, 16 * MiB))
+    assert head.count(0) == len(head), "the used area still holds data after the unmount"
+    assert "discarded its used area" in mp.log(), mp.log()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Any, Callable, Optional
 
+import attrs
 import pytest
 
 
@@ -47,3 +48,52 @@ def run_alongside(workers: list[threading.Thread], background: Callable[[threadi
         t.join()
     stop.set()
     bg.join()
+
+
+class OwnedLock:
+    """The global lock as a real threading.Lock that knows which thread holds
+    it, so a test can ask whether the running thread does (threading.Lock
+    only says whether some thread does)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holder: Optional[int] = None
+
+    def acquire(self) -> bool:
+        self._lock.acquire()
+        self.holder = threading.get_ident()
+        return True
+
+    def release(self) -> None:
+        self.holder = None
+        self._lock.release()
+
+    def held(self) -> bool:
+        return self.holder == threading.get_ident()
+
+    def __enter__(self) -> "OwnedLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def guard_counters(lock: OwnedLock, places: list[tuple[Any, str]]) -> list[str]:
+    """Replace each counters record getattr(obj, name) by an equal one that
+    notes every change made by a thread not holding lock. Returns the list
+    the notes go to. Call holding lock."""
+    violations: list[str] = []
+    for obj, name in places:
+        counters = getattr(obj, name)
+        cls = type(counters)
+
+        class Guarded(cls):  # type: ignore[misc, valid-type]
+            def __setattr__(self, field: str, value: Any, cls: type = cls) -> None:
+                if not lock.held():
+                    violations.append(f"{cls.__name__}.{field} changed by "
+                                      f"{threading.current_thread().name} without the lock")
+                super().__setattr__(field, value)
+
+        setattr(obj, name, Guarded(**attrs.asdict(counters)))
+    return violations

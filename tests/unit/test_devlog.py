@@ -3,6 +3,8 @@ table; and the device layer on real files (no mount, no loop device)."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import random
 
@@ -10,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cctmpfs.device import ALIGN, Device, DeviceError
+from cctmpfs.device import ALIGN, Device, DeviceCounters, DeviceError
 from cctmpfs.devlog import (RECORD_HEADER, Location, NoSpace, RecordError, SegmentLog,
                             decode_record, encode_record, record_size)
 
@@ -96,6 +98,21 @@ def test_a_segment_is_freed_when_its_last_record_dies() -> None:
     assert log.usage[1].state == "open"
 
 
+def test_the_used_area_covers_every_segment_ever_opened() -> None:
+    log = SegmentLog(8 * SEG, SEG)
+    assert log.used_area == 0
+    a, _ = log.place(SEG - RECORD_HEADER.size)
+    b, _ = log.place(SEG - RECORD_HEADER.size)          # segments 0 and 1
+    assert log.used_area == 2 * SEG
+    log.seal_open()
+    log.mark_written(0, now=1.0)
+    log.mark_written(1, now=1.0)
+    assert log.mark_dead(a) and log.mark_dead(b)
+    log.discarded([0, 1])
+    log.place(10)                                        # reuses segment 0, lowest first
+    assert log.open_segment == 0 and log.used_area == 2 * SEG
+
+
 def test_cleaner_prefers_emptier_and_older_segments() -> None:
     log = SegmentLog(8 * SEG, SEG)
     records = {seg: [] for seg in range(4)}
@@ -162,17 +179,18 @@ def test_write_read_and_discard(tmp_path) -> None:
     dev = Device.open(path, create_size=8 * SEG)
     try:
         seg = random.Random(3).randbytes(SEG)
-        dev.write(SEG, seg)
+        c = DeviceCounters()                      # the caller's tally
+        dev.write(SEG, seg, c)
         assert os.stat(path).st_blocks * 512 >= SEG
-        assert dev.read(SEG + 1000, 5000) == seg[1000:6000]
-        assert dev.read(SEG, SEG) == seg
+        assert dev.read(SEG + 1000, 5000, c) == seg[1000:6000]
+        assert dev.read(SEG, SEG, c) == seg
         with pytest.raises(ValueError):
-            dev.write(100, b"x" * ALIGN)
-        dev.discard(SEG, SEG)
+            dev.write(100, b"x" * ALIGN, c)
+        dev.discard(SEG, SEG, c)
         assert os.stat(path).st_blocks == 0
-        assert dev.read(SEG, 100) == bytes(100)
-        c = dev.counters
-        assert (c.writes, c.bytes_written, c.discards, c.io_errors) == (1, SEG, 1, 0)
+        assert dev.read(SEG, 100, c) == bytes(100)
+        assert (c.writes, c.bytes_written, c.reads, c.discards, c.io_errors) == (1, SEG, 3, 1, 0)
+        assert dev.counters == DeviceCounters(), "the I/O methods touched the shared counters"
     finally:
         dev.close()
 
@@ -212,10 +230,37 @@ def test_io_errors_are_counted_and_raised(tmp_path) -> None:
     os.close(dev.fd)
     dev.fd = os.open("/dev/null", os.O_RDONLY)   # reads give nothing, writes fail
     try:
+        c = DeviceCounters()
         with pytest.raises(OSError):
-            dev.write(0, bytes(ALIGN))
+            dev.write(0, bytes(ALIGN), c)
         with pytest.raises(OSError):
-            dev.read(0, 100)
-        assert dev.counters.io_errors == 2
+            dev.read(0, 100, c)
+        assert c.io_errors == 2
+    finally:
+        dev.close()
+
+
+def test_a_device_without_discard_is_logged_once_and_not_asked_again(tmp_path, monkeypatch,
+                                                                     caplog) -> None:
+    import cctmpfs.device as device_mod
+
+    calls = []
+
+    def unsupported(fd: int, mode: int, offset: int, length: int) -> None:
+        calls.append((offset, length))
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(device_mod, "_fallocate", unsupported)
+    dev = Device.open(str(tmp_path / "back"), create_size=8 * SEG)
+    try:
+        c = DeviceCounters()
+        caplog.set_level(logging.INFO, logger="cctmpfs.device")
+        assert dev.discard(0, SEG, c) is False
+        assert dev.discard(SEG, SEG, c) is False
+        assert dev.discard(0, 8 * SEG, c) is False
+        assert calls == [(0, SEG)]                       # asked once, then remembered
+        assert (c.discards, c.io_errors) == (0, 0)       # not an error: the device still works
+        said = [r for r in caplog.records if "does not support discard" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == logging.INFO
     finally:
         dev.close()

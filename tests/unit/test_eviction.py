@@ -5,6 +5,7 @@ corruption and a full device. No FUSE mount."""
 from __future__ import annotations
 
 import errno
+import os
 import random
 
 import pytest
@@ -18,7 +19,7 @@ from cctmpfs.devlog import SegmentLog
 from cctmpfs.errors import FsError
 from cctmpfs.filemap import EVICT_LOW
 
-from .conftest import run_alongside
+from .conftest import OwnedLock, guard_counters, run_alongside
 from .test_filemap import BS, POOL, Harness, make_data, random_ops, text_data
 
 SEG = 64 * 1024
@@ -45,6 +46,13 @@ def fill(h: Harness, n_files: int, blocks: int, seed: int = 0) -> list[int]:
     return inos
 
 
+def shared_counters(h: Harness, cold: ColdStore) -> list[tuple[object, str]]:
+    """Every counters record of the engine, the store and the backing device."""
+    return [(cold, "counters"), (cold.device, "counters"), (cold.log, "counters"),
+            (h.fs.store, "counters"), (h.fs.store, "dedup_counters"), (h.eng, "counters"),
+            (h.fs, "counters")]
+
+
 @pytest.mark.parametrize("encrypt", [True, False])
 def test_four_times_the_ram_budget_fits_and_reads_back(tmp_path, encrypt: bool) -> None:
     budget = 16 * BS
@@ -64,7 +72,7 @@ def test_four_times_the_ram_budget_fits_and_reads_back(tmp_path, encrypt: bool) 
     h.delete_all()
     h.eng.background_pass()
     assert h.fs.store.counters == StoreCounters()
-    assert cold.log.live_bytes == 0 and cold.owners == {}
+    assert cold.log.live_bytes == 0 and cold.segment_records == {}
     assert all(u.state in ("free", "open") for u in cold.log.usage)
     assert h.fs.store.ram_order == {}
 
@@ -208,13 +216,15 @@ def test_cleaning_keeps_overwrites_going_on_a_small_device(tmp_path) -> None:
 def test_threads_writing_reading_and_evicting_with_checks_in_flight(tmp_path) -> None:
     """Writers and readers in four threads, the sealer's passes (evicting and
     cleaning) in another, and the invariant checker run under the lock while
-    device batches are in flight: no violation, every file reads back."""
+    device batches are in flight: no violation, every file reads back, and
+    no shared counter changed without the lock."""
     import threading
 
-    lock = threading.Lock()
+    lock = OwnedLock()
     h = Harness("zstd", buffer_blocks=2, ram_budget=12 * BS, lock=lock)
     with lock:
         cold = with_device(h, str(tmp_path / "back"), device_segments=64, seg=4 * SEG)
+        violations = guard_counters(lock, shared_counters(h, cold))
     errors: list[BaseException] = []
     contents: dict[int, bytes] = {}
 
@@ -250,6 +260,7 @@ def test_threads_writing_reading_and_evicting_with_checks_in_flight(tmp_path) ->
     with lock:
         assert cold.counters.evictions > 0
         assert check_data(h.fs) == []
+        assert violations[:5] == []
         for ino, data in contents.items():
             assert h.fs.read(ino, 0, len(data) + 1) == data
 
@@ -289,3 +300,107 @@ def test_statfs_counts_the_device(tmp_path) -> None:
     room = (64 - 1) * SEG            # less the cleaner's reserve
     assert after["f_blocks"] * 4096 >= before * 4096 + room * 0.99
     assert after["f_bfree"] == after["f_blocks"]
+
+
+def test_the_checker_names_damage_to_the_per_segment_records(tmp_path) -> None:
+    h = Harness("none", buffer_blocks=2, ram_budget=16 * BS)
+    cold = with_device(h, str(tmp_path / "back"))
+    fill(h, 4, 4)
+    h.eng.seal_everything()
+    h.eng.evict(0)
+    assert len(cold.segment_records) >= 2
+    assert check_data(h.fs) == []
+    a, b = sorted(cold.segment_records)[:2]
+    seq, owner = next(iter(cold.segment_records[a].items()))
+
+    cold.segment_records[b][seq] = cold.segment_records[a].pop(seq)    # listed in the wrong segment
+    assert any(f"segment {b}: record {seq} names" in line for line in check_data(h.fs))
+    cold.segment_records[a][seq] = cold.segment_records[b].pop(seq)
+    assert check_data(h.fs) == []
+
+    del cold.segment_records[a][seq]                                   # not listed at all
+    assert any("lists" in line and "evicted blocks by segment" in line for line in check_data(h.fs))
+    cold.segment_records[a][seq] = owner
+
+    cold.segment_records[999] = {}                                     # an empty table kept
+    assert any("segment 999: an empty record table" in line for line in check_data(h.fs))
+    del cold.segment_records[999]
+    assert check_data(h.fs) == []
+
+
+def test_shared_counters_change_only_under_the_global_lock(tmp_path) -> None:
+    """With a real lock as the global lock, every path that does device I/O
+    unlocked (segment writes, record reads, cleaning reads, discards, a
+    dedup check against an evicted block, read and checksum errors) changes
+    the shared counters only while holding it (issue 14: the device I/O
+    methods and the cold store's unlocked phases counted unlocked)."""
+    lock = OwnedLock()
+    seg = 17 * BS                                       # 16 records of incompressible blocks
+    h = Harness("none", buffer_blocks=2, ram_budget=8 * BS, lock=lock)
+    with lock:
+        cold = with_device(h, str(tmp_path / "back"), device_segments=16, encrypt=False, seg=seg)
+        violations = guard_counters(lock, shared_counters(h, cold))
+        rng = random.Random(4)
+        files = [h.create() for _ in range(4)]
+        for _ in range(3 * 16 * 17):                    # 3x the device: evicts, cleans, discards
+            assert h.write(rng.choice(files), rng.randrange(8 * 16 // 4) * BS, rng.randbytes(BS))
+            if rng.random() < 0.1:
+                h.clock.advance(1.0)
+                h.eng.background_pass()
+        for ino in files:
+            assert h.read_all(ino) == bytes(h.models[ino])       # records read back
+        copy = h.create()
+        h.copy(files[0], copy)
+        h.eng.seal_everything()                         # verified against evicted records
+        assert h.eng.counters.compressions_skipped > 0
+        h.eng.make_room()
+        evicted = [(ino, i, s.stored.payload) for ino in files
+                   for i, s in h.fs.inodes[ino].data.blocks.items() if not s.stored.in_ram]
+        ino, idx, loc = evicted[0]
+        with open(tmp_path / "back", "r+b") as f:       # a corrupt record
+            f.seek(loc.segment * seg + loc.offset + 60)
+            f.write(b"\x00\xff" * 4)
+        with pytest.raises(FsError):
+            h.fs.read(ino, idx * BS, BS)
+        ino, idx, loc = evicted[-1]
+        good_fd = cold.device.fd                        # a failing read: the seam of test_devlog
+        cold.device.fd = os.open("/dev/null", os.O_WRONLY)
+        try:
+            with pytest.raises(FsError):
+                h.fs.read(ino, idx * BS, BS)
+        finally:
+            os.close(cold.device.fd)
+            cold.device.fd = good_fd
+    c, d = cold.counters, cold.device.counters
+    assert c.segments_cleaned > 0 and c.records_scanned > 0 and c.evictions > 0
+    assert c.cold_reads > 0 and c.checksum_errors == 1 and c.io_errors == 1
+    assert d.writes > 0 and d.reads > c.cold_reads and d.discards > 0 and d.io_errors == 1
+    assert violations == []
+
+
+def test_discard_device_punches_out_the_whole_used_area(tmp_path) -> None:
+    """What the daemon does at exit: the backing file, written by evictions,
+    holds no allocated block afterwards, and the discard is counted under
+    the lock."""
+    lock = OwnedLock()
+    h = Harness("none", buffer_blocks=2, ram_budget=8 * BS, lock=lock)
+    path = tmp_path / "back"
+    with lock:
+        cold = with_device(h, str(path), device_segments=64, encrypt=False)
+        violations = guard_counters(lock, shared_counters(h, cold))
+        fill(h, 4, 8)                                   # 32 blocks: 4x the budget
+        h.eng.seal_everything()
+        h.eng.background_pass()
+        assert cold.counters.evictions > 0
+        written = path.stat().st_blocks * 512
+        assert written >= 4 * SEG
+        discards = cold.device.counters.discards
+        assert h.eng.discard_device() == cold.log.used_area >= written
+    assert path.stat().st_blocks == 0
+    assert cold.device.counters.discards == discards + 1
+    assert violations == []
+
+
+def test_discard_device_without_a_device_does_nothing() -> None:
+    h = Harness("none", buffer_blocks=2)
+    assert h.eng.discard_device() == 0
