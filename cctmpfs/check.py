@@ -105,12 +105,13 @@ def check_namespace(fs: Filesystem) -> list[str]:
 
 def _check_census(fs: Filesystem) -> list[str]:
     """The live counts stats.py estimates RAM from, against the inodes."""
-    want = {"files": 0, "dirs": 0, "entries": 0, "name_bytes": 0}
+    want = {"files": 0, "dirs": 0, "empty_dirs": 0, "entries": 0, "name_bytes": 0}
     for node in fs.inodes.values():
         if node.data is not None:
             want["files"] += 1
         if node.entries is not None:
             want["dirs"] += 1
+            want["empty_dirs"] += not node.entries
             want["entries"] += len(node.entries)
             want["name_bytes"] += sum(len(name) for name in node.entries)
         if node.target is not None:

@@ -108,6 +108,7 @@ class NamespaceCensus:
 
     files: int = 0        # regular files (inodes with a FileData), freed ones excluded
     dirs: int = 0         # directories, the root included
+    empty_dirs: int = 0   # directories without entries (their dict is the 64-byte empty one)
     entries: int = 0      # directory entries (names), each hard link counted
     name_bytes: int = 0   # bytes of those names plus the targets of symlinks
 
@@ -190,6 +191,7 @@ class Filesystem:
             node.entries = {}
             node.nlink = 2
             self.census.dirs += 1
+            self.census.empty_dirs += 1
         elif kind == S.S_IFREG:
             node.data = FileData()
             self.census.files += 1
@@ -223,6 +225,7 @@ class Filesystem:
             census.files -= 1
         elif node.entries is not None:
             census.dirs -= 1
+            census.empty_dirs -= 1   # only an empty directory is removed
         elif node.target is not None:
             census.name_bytes -= len(node.target)
         del self.inodes[node.ino]
@@ -300,6 +303,8 @@ class Filesystem:
         census = self.census
         census.entries += 1
         census.name_bytes += len(name)
+        if len(d.entries) == 1:  # type: ignore[arg-type]
+            census.empty_dirs -= 1
         if node.entries is not None:   # a directory
             node.parent = d.ino
             d.nlink += 1
@@ -346,8 +351,11 @@ class Filesystem:
         d.entries[new_name] = ino  # type: ignore[index]
         node.nlink += 1
         self.extra_links += 1
-        self.census.entries += 1
-        self.census.name_bytes += len(new_name)
+        census = self.census
+        census.entries += 1
+        census.name_bytes += len(new_name)
+        if len(d.entries) == 1:  # type: ignore[arg-type]
+            census.empty_dirs -= 1
         now = self.clock_ns()
         node.ctime_ns = now
         self._touch_dir(d, now)
@@ -357,8 +365,11 @@ class Filesystem:
     # ---- removing and renaming -----------------------------------------
     def _remove_entry(self, d: Inode, name: bytes, node: Inode, now: int) -> None:
         del d.entries[name]  # type: ignore[union-attr]
-        self.census.entries -= 1
-        self.census.name_bytes -= len(name)
+        census = self.census
+        census.entries -= 1
+        census.name_bytes -= len(name)
+        if not d.entries:
+            census.empty_dirs += 1
         if node.is_dir:
             d.nlink -= 1
             node.nlink = 0
@@ -436,8 +447,13 @@ class Filesystem:
         if dst is not None:
             self._remove_entry(nd, new_name, dst, now)
         del od.entries[old_name]  # type: ignore[union-attr]
+        census = self.census
+        if not od.entries:
+            census.empty_dirs += 1
         nd.entries[new_name] = src.ino  # type: ignore[index]
-        self.census.name_bytes += len(new_name) - len(old_name)
+        if len(nd.entries) == 1:  # type: ignore[arg-type]
+            census.empty_dirs -= 1
+        census.name_bytes += len(new_name) - len(old_name)
         if src.is_dir and od is not nd:
             od.nlink -= 1
             nd.nlink += 1

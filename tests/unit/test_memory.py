@@ -187,7 +187,16 @@ def test_the_census_follows_links_renames_symlinks_and_frees() -> None:
     fs.symlink(ROOT_INO, b"sym", b"a-rather-long-target", user())
     fs.mkdir(ROOT_INO, b"dir", 0o755, user())
     c = fs.census
-    assert (c.files, c.dirs, c.entries) == (1, 2, 4)
+    assert (c.files, c.dirs, c.empty_dirs, c.entries) == (1, 2, 1, 4)
+    sub = fs.lookup(ROOT_INO, b"dir").ino
+    inner = fs.mkdir(sub, b"inner", 0o755, user()).ino
+    assert c.empty_dirs == 1                       # dir has an entry; inner is empty
+    fs.rename(sub, b"inner", ROOT_INO, b"inner")   # dir is empty again, root was not
+    assert c.empty_dirs == 2
+    fs.rmdir(ROOT_INO, b"inner")
+    fs.forget(inner, 1)                            # freed: an empty directory less
+    assert (c.dirs, c.empty_dirs) == (2, 1)
+    fs.forget(sub, 1)
     assert c.name_bytes == 1 + 4 + 3 + len(b"a-rather-long-target") + 3
     fs.rename(ROOT_INO, b"hard", ROOT_INO, b"renamed-link")
     assert c.name_bytes == 1 + 12 + 3 + 20 + 3 and c.entries == 4
@@ -204,7 +213,7 @@ def test_the_census_follows_links_renames_symlinks_and_frees() -> None:
     assert c.name_bytes == 12 + 3
     fs.unlink(ROOT_INO, b"renamed-link")
     fs.rmdir(ROOT_INO, b"dir")
-    assert (c.files, c.dirs, c.entries, c.name_bytes) == (0, 1, 0, 0)
+    assert (c.files, c.dirs, c.empty_dirs, c.entries, c.name_bytes) == (0, 1, 1, 0, 0)
     assert check_all(fs) == []
     fs.census.entries += 1
     assert any("census entries" in line for line in check_all(fs))
