@@ -315,7 +315,8 @@ def measure(label: str, fs, lock, tracemalloc_on: bool,  # type: ignore[no-untyp
     if tracemalloc_on:
         import tracemalloc
         snap = tracemalloc.take_snapshot().filter_traces([
-            tracemalloc.Filter(False, tracemalloc.__file__)])
+            tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, __file__)])   # the walk's own lists and sets
         top = snap.statistics("lineno")
         out["tracemalloc_total"] = sum(s.size for s in top)
         out["tracemalloc_top"] = [
