@@ -100,7 +100,25 @@ def check_namespace(fs: Filesystem) -> list[str]:
         bad.append(f"directories not reachable from the root: {lost[:10]}")
     if fs.nr_inodes and fs.inodes_used > fs.nr_inodes:
         bad.append(f"{fs.inodes_used} inodes in use, nr_inodes={fs.nr_inodes}")
+    bad += _check_census(fs)
     return bad
+
+
+def _check_census(fs: Filesystem) -> list[str]:
+    """The live counts stats.py estimates RAM from, against the inodes."""
+    want = {"files": 0, "dirs": 0, "empty_dirs": 0, "entries": 0, "name_bytes": 0}
+    for node in fs.inodes.values():
+        if node.data is not None:
+            want["files"] += 1
+        if node.entries is not None:
+            want["dirs"] += 1
+            want["empty_dirs"] += not node.entries
+            want["entries"] += len(node.entries)
+            want["name_bytes"] += sum(len(name) for name in node.entries)
+        if node.target is not None:
+            want["name_bytes"] += len(node.target)
+    return [f"census {k} {getattr(fs.census, k)}, the inodes add up to {v}"
+            for k, v in want.items() if getattr(fs.census, k) != v]
 
 
 def check_data(fs: Filesystem) -> list[str]:

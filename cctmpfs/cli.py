@@ -85,6 +85,15 @@ def _fmt_ratio(r: Optional[float]) -> str:
     return f"{r:.2f}" if r else "-"
 
 
+def _metadata(s: dict[str, Any]) -> Optional[int]:
+    """RAM of the structures beyond payloads and the hot buffer; None from
+    a daemon older than the memory breakdown."""
+    mem = s.get("memory")
+    if mem is None:
+        return None
+    return mem["accounted_bytes"] - mem["payload_bytes"] - mem["hot_buffer_bytes"]
+
+
 COLUMNS = [
     # (header, function of the stats dict)
     ("MOUNTPOINT", lambda m, s: m),
@@ -103,6 +112,9 @@ COLUMNS = [
     ("STORED#", lambda m, s: str(s["blocks"]["stored"])),
     ("SHARED", lambda m, s: str(s["dedup"]["saved_blocks"])),
     ("INDEX", lambda m, s: human(s["dedup"]["index_bytes"])),
+    ("RSS", lambda m, s: human(s["rss_bytes"])),
+    ("META", lambda m, s: human(_metadata(s))),
+    ("SLACK", lambda m, s: human(s.get("memory", {}).get("heap_slack_bytes"))),
     ("DEVICE", lambda m, s: human(s["device"]["live_bytes"]) if s.get("device") else "-"),
     ("ZERO", lambda m, s: str(s["zero_blocks"])),
     ("INCOMP", lambda m, s: str(s["incompressible_blocks"])),

@@ -29,7 +29,7 @@ from .coldstore import ColdStore
 from .device import Device, DeviceError
 from .devlog import SEGMENT_SIZE, SegmentLog
 from .fuseops import Operations
-from .memtrim import limit_arenas
+from .memtrim import limit_arenas, rss_bytes
 from .namespace import Filesystem
 from .options import MountOptions
 from .sealer import Sealer
@@ -149,6 +149,7 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
             device.close()
         return 1
     log.info("mounted %s on %s (%s)", source, mountpoint, ",".join(opts.fuse_options))
+    ops.runtime_rss = rss_bytes()   # before any file: the base of stats' memory breakdown
     sealer.start()
     ready("ok")
     code = 0

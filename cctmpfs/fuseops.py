@@ -18,7 +18,7 @@ import errno
 import functools
 import json
 import logging
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import llfuse
 from llfuse import FUSEError
@@ -95,6 +95,9 @@ class Operations(llfuse.Operations):
         self.internal_errors = 0   # handler exceptions other than FsError, answered EIO
         self.requests: collections.Counter[str] = collections.Counter()  # FUSE requests by handler
         self.extra_stats: Callable[[], dict[str, Any]] = dict
+        #: The daemon's RSS once mounted, before any file (stats' memory
+        #: breakdown); the daemon sets it.
+        self.runtime_rss: Optional[int] = None
         #: The answer to a LOOKUP of a missing name: inode 0 is a negative
         #: entry, which the kernel keeps for entry_timeout, where ENOENT
         #: would be asked again on every stat() or open() of that name. Every
@@ -138,7 +141,8 @@ class Operations(llfuse.Operations):
         """Releases the global lock when settle is set."""
         if settle:
             self.fs.engine.seal_everything()
-        return stats_mod.collect(self.fs, internal_errors=self.internal_errors,
+        return stats_mod.collect(self.fs, self.runtime_rss,
+                                 internal_errors=self.internal_errors,
                                  requests=dict(sorted(self.requests.items())),
                                  **self.extra_stats())
 

@@ -8,15 +8,156 @@ Threading: collect() reads shared state and must run with the global lock held.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import sys
+import time
+from typing import Any, Optional
 
 import attrs
 
-from .filemap import BlockState
+from .blockstore import RECORD_BYTES
+from .filemap import BlockState, FileData, Slot
 from .memtrim import rss_bytes
-from .namespace import Filesystem
+from .namespace import DirInode, FileInode, Filesystem, Inode, SymlinkInode
 
 STATS_VERSION = 1
+
+
+# ---- the RAM of the structures ------------------------------------------------
+#
+# `memory` in the stats estimates the RAM of each kind of structure as the
+# size of a representative record (sys.getsizeof, what tracemalloc counts)
+# times a live count, so that a stats call never walks the inodes: a walk of
+# a million inodes holds the global lock for 70 ms or more. The counts are
+# the namespace census (namespace.NamespaceCensus), the store's counters and
+# the hot buffer's slots. What the estimate leaves out, or gets wrong, shows
+# up in heap_slack_bytes: docs/memory.md says what it held when measured.
+
+def _int_bytes(*values: int) -> int:
+    return sum(sys.getsizeof(v) for v in values)
+
+
+#: A time stamp in nanoseconds (past 2**60 since 2006: 36 bytes, not 32).
+_TIME = time.time_ns()
+#: An inode number, uid or gid past CPython's cache of small ints (-5..256):
+#: each inode keeps its own int object for it.
+_BIG = 1 << 20
+def _inode_bytes(cls: type[Inode]) -> int:
+    """An empty inode record of one kind with its own ino, mode, uid, gid and
+    three distinct time stamps, as cp -a or tar leave them (a file only
+    created shares one int for its three times: 72 bytes less; root's uid 0
+    is cached: 56 less)."""
+    return (sys.getsizeof(cls(_BIG, _BIG, _BIG, _BIG, 1, _TIME, _TIME, _TIME))
+            + _int_bytes(_BIG, _BIG, _BIG, _BIG) + 3 * _int_bytes(_TIME))
+
+
+#: A regular file: the inode, its FileData record and its size and allocated
+#: bytes ints (its block map is in file_map_bytes).
+FILE_INODE_BYTES = _inode_bytes(FileInode) + sys.getsizeof(FileData()) + _int_bytes(_BIG, _BIG)
+#: A directory: the inode (its entries dict is in the directory model below).
+DIR_INODE_BYTES = _inode_bytes(DirInode)
+#: A symlink, FIFO, socket or device node: the inode (the largest of those
+#: kinds), and a symlink's target bytes header (the target's length is in the
+#: census's name bytes).
+OTHER_INODE_BYTES = _inode_bytes(SymlinkInode) + sys.getsizeof(b"")
+#: One directory entry beyond the bytes of its name: the name's bytes object
+#: header (its dict slot is in the directory model; the value is the inode's
+#: own ino int).
+ENTRY_BYTES = sys.getsizeof(b"")
+#: One block of a file's map: the Slot record, its extent and page mask ints
+#: and its access time float (its dict slot is in the file map model).
+SLOT_BYTES = sys.getsizeof(Slot(file=None, index=0)) + _int_bytes(_BIG, _BIG) + sys.getsizeof(0.5)
+#: Past this many entries a dict's size per entry is taken as constant.
+_DICT_SAMPLE_MAX = 4096
+
+
+@functools.lru_cache(maxsize=256)
+def _dict_bytes_at(n: int) -> int:
+    d: dict[int, None] = {}
+    for i in range(n):   # inserted one by one, as directories and file maps grow
+        d[_BIG + i] = None
+    return sys.getsizeof(d)
+
+
+def dict_bytes(mean: float) -> float:
+    """getsizeof of a dict holding `mean` entries (interpolated between whole
+    numbers, extrapolated linearly past _DICT_SAMPLE_MAX): the model of a
+    non-empty directory's entries and of a file's block map, each taken at
+    the mean size of its kind. Dicts grow in steps (64 bytes empty, 224 with
+    1-5 int keys, 352 with 6-10...), so a mix of empty and one-block files
+    costs the interpolation between 64 and 224, as it should. Empty
+    directories are counted apart: with the mean over all directories, 100k
+    empty ones beside 100 of 1,000 entries were estimated 160 bytes each too
+    high."""
+    if mean > _DICT_SAMPLE_MAX:
+        return _dict_bytes_at(_DICT_SAMPLE_MAX) * mean / _DICT_SAMPLE_MAX
+    lo = int(mean)
+    frac = mean - lo
+    low = _dict_bytes_at(lo)
+    return low if not frac else low + frac * (_dict_bytes_at(lo + 1) - low)
+
+
+def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> dict[str, Any]:
+    """Where the daemon's RAM goes, estimated from the structures without
+    walking them (caller holds the lock). runtime is the RSS the daemon had
+    once mounted, before any file (None in process, without a daemon);
+    unsealed is the number of dirty and sealing slots."""
+    c = fs.census
+    store = fs.store
+    buf = fs.engine.buffer
+    others = len(fs.inodes) - c.files - c.dirs
+    slots = store.counters.refs + unsealed   # every other slot holds one reference
+    full_dirs = c.dirs - c.empty_dirs
+    inode = (sys.getsizeof(fs.inodes) + c.files * FILE_INODE_BYTES + c.dirs * DIR_INODE_BYTES
+             + others * OTHER_INODE_BYTES + c.entries * ENTRY_BYTES + c.name_bytes
+             + c.empty_dirs * dict_bytes(0)
+             + full_dirs * dict_bytes(c.entries / full_dirs if full_dirs else 0))
+    file_map = c.files * dict_bytes(slots / c.files if c.files else 0) + slots * SLOT_BYTES
+    records = store.counters.blocks * RECORD_BYTES
+    if store.ram_order is not None:   # with a backing device: the blocks' LRU order
+        records += sys.getsizeof(store.ram_order)
+    parts = {
+        # Compressed payloads in RAM (their length; the records count their headers).
+        "payload_bytes": store.counters.stored_bytes,
+        # Uncompressed hot blocks and the buffer's LRU order.
+        "hot_buffer_bytes": buf.total_bytes + sys.getsizeof(buf.slots),
+        # Inode records, the inode table, directory entries, names and symlink targets.
+        "inode_bytes": int(inode),
+        # Each file's block map: its dict and a Slot per block.
+        "file_map_bytes": int(file_map),
+        # StoredBlock records with their fingerprints and payload headers.
+        "block_record_bytes": records,
+        # The dedup content index (fingerprint -> block).
+        "dedup_index_bytes": sys.getsizeof(store.index),
+    }
+    accounted = sum(parts.values())
+    return {
+        **parts,
+        # The sum of the figures above: what the structures account for.
+        "accounted_bytes": accounted,
+        # RSS once mounted, before any file: the interpreter, its libraries,
+        # llfuse's buffers. None when not measured (no daemon).
+        "runtime_bytes": runtime,
+        # RSS minus the runtime and the accounted bytes: freed memory the
+        # allocators keep, their rounding and fragmentation, and what the
+        # estimates miss (docs/memory.md). None without the runtime figure.
+        "heap_slack_bytes": rss - runtime - accounted if runtime is not None else None,
+        # The counts the estimate multiplies.
+        "files": c.files,
+        "dirs": c.dirs,
+        "empty_dirs": c.empty_dirs,
+        "other_inodes": others,
+        "entries": c.entries,
+        "name_bytes": c.name_bytes,
+        "slots": slots,
+        # The representative records, in bytes (see the constants in stats.py).
+        "per_file_inode_bytes": FILE_INODE_BYTES,
+        "per_dir_inode_bytes": DIR_INODE_BYTES,
+        "per_other_inode_bytes": OTHER_INODE_BYTES,
+        "per_entry_bytes": ENTRY_BYTES,
+        "per_slot_bytes": SLOT_BYTES,
+        "per_block_record_bytes": RECORD_BYTES,
+    }
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -57,8 +198,10 @@ def _device(fs: Filesystem) -> dict[str, Any] | None:
     }
 
 
-def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
-    """Every figure of the mount as one JSON-ready dict. Caller holds the lock."""
+def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> dict[str, Any]:
+    """Every figure of the mount as one JSON-ready dict. Caller holds the lock.
+
+    runtime_rss: the daemon's RSS once mounted, before any file (memory())."""
     eng = fs.engine
     store = fs.store.counters
     buf = eng.buffer
@@ -71,6 +214,7 @@ def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
     files_bytes = sum(n.data.size for n in fs.inodes.values() if n.data is not None)
     ram_used = store.stored_bytes + buf.total_bytes
     index_bytes = fs.store.index_bytes()
+    rss = rss_bytes()
     out: dict[str, Any] = {
         "version": STATS_VERSION,
         "codec": eng.codec.name if eng.codec.name != "zstd" else f"zstd:{eng.codec.level}",
@@ -112,7 +256,8 @@ def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
         "inodes": len(fs.inodes),
         "counters": {**attrs.asdict(eng.counters), **attrs.asdict(fs.counters),
                      **attrs.asdict(fs.store.dedup_counters)},
-        "rss_bytes": rss_bytes(),
+        "rss_bytes": rss,
+        "memory": memory(fs, rss, runtime_rss, states["dirty"] + states["sealing"]),
     }
     out.update(extra)
     return out

@@ -326,6 +326,45 @@ def test_stats_json_after_writing_real_files(mount_cct):
     assert set(json.loads(r.stdout)) == set(s)
 
 
+MEMORY_PARTS = ("payload_bytes", "hot_buffer_bytes", "inode_bytes", "file_map_bytes",
+                "block_record_bytes", "dedup_index_bytes")
+
+
+def test_stats_report_rss_and_where_it_goes(mount_cct):
+    """The daemon's RSS, its RSS once mounted, and the breakdown of the
+    rest, which follows the files copied in and out."""
+    mp = mount_cct("size=64m")
+    empty = mp.stats()
+    m = empty["memory"]
+    assert 0 < m["runtime_bytes"] <= empty["rss_bytes"]
+    assert m["payload_bytes"] == 0 and m["inode_bytes"] > 0
+    assert m["files"] == m["entries"] == 0 and m["dirs"] == 1
+    total = copy_stdlib_packages(mp)
+    s = json.loads(run_cli("stats", mp, "--json", "--settle").stdout)
+    m = s["memory"]
+    assert m["runtime_bytes"] == empty["memory"]["runtime_bytes"]
+    assert m["accounted_bytes"] == sum(m[k] for k in MEMORY_PARTS)
+    assert m["heap_slack_bytes"] == s["rss_bytes"] - m["runtime_bytes"] - m["accounted_bytes"]
+    assert m["payload_bytes"] == s["stored_bytes"] > 0
+    nfiles = sum(len(f) for _r, _d, f in os.walk(mp))
+    ndirs = sum(len(d) for _r, d, _f in os.walk(mp))
+    assert (m["files"], m["dirs"], m["entries"]) == (nfiles, ndirs + 1, nfiles + ndirs)
+    assert m["inode_bytes"] >= nfiles * m["per_file_inode_bytes"]
+    assert m["block_record_bytes"] == s["dedup"]["index_bytes"] - m["dedup_index_bytes"]
+    # The metadata of these small files (~1 KB each) is a fair part of what they store.
+    assert 0.05 < (m["accounted_bytes"] - m["payload_bytes"]) / total < 1
+    assert s["rss_bytes"] > m["runtime_bytes"]
+    r = run_cli("stats", mp)
+    header, row = (line.split() for line in r.stdout.splitlines())
+    cells = dict(zip(header, row))
+    assert {"RSS", "META", "SLACK"} <= set(cells), r.stdout
+    shutil.rmtree(os.path.join(mp, "json"))
+    shutil.rmtree(os.path.join(mp, "email"))
+    m = mp.stats()["memory"]
+    assert m["files"] == m["entries"] == m["slots"] == m["payload_bytes"] == 0
+    assert m["file_map_bytes"] == m["block_record_bytes"] == 0
+
+
 @pytest.mark.parametrize("priority", ["idle", "normal"])
 def test_sealer_cpu_class(mount_cct, priority):
     """The daemon's sealer compresses released files in the background at

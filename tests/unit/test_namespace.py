@@ -887,6 +887,7 @@ def test_rename_exchange_swaps_files_and_directories(fs: Filesystem, clock) -> N
     fs.rename(d2.ino, b"y", d1.ino, b"x", RENAME_EXCHANGE)   # and back
     assert fs.find(d1.ino, b"x") is sub and sub.parent == d1.ino
     assert (d1.nlink, d2.nlink) == links
+    assert check_all(fs) == []
 
 
 def test_rename_exchange_errors(fs: Filesystem) -> None:
@@ -913,6 +914,10 @@ def test_rename_whiteout_leaves_a_char_device_owned_by_the_caller(fs: Filesystem
     assert fs.find(ROOT_INO, b"g") is f
     assert wh is not None and wh.mode == S.S_IFCHR and wh.rdev == 0
     assert (wh.uid, wh.gid) == (7, 8) and fs.inodes_used == used + 1
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    fs.create(d.ino, b"only", 0o644, ME)
+    fs.rename(d.ino, b"only", ROOT_INO, b"moved", RENAME_WHITEOUT)
+    assert check_all(fs) == []
 
 
 # ---- the RAM an inode costs ------------------------------------------------------------

@@ -19,7 +19,7 @@ TOP_FIELDS = {
     "version", "codec", "block_size", "files_bytes", "logical_bytes", "stored_logical_bytes",
     "stored_bytes", "buffer_bytes", "buffer_dirty_bytes", "buffer_clean_bytes", "ram_used_bytes",
     "compression_ratio", "ratio", "blocks", "incompressible_blocks", "limits", "inodes",
-    "counters", "rss_bytes",
+    "counters", "rss_bytes", "memory",
 }
 
 
@@ -144,3 +144,16 @@ def test_rss_is_this_process() -> None:
     page = os.sysconf("SC_PAGE_SIZE")
     assert rss > 0
     assert abs(rss - resident_pages * page) < 64 << 20
+
+
+def test_the_table_shows_rss_and_the_breakdown_and_tolerates_older_daemons() -> None:
+    from cctmpfs.cli import format_table
+    s = stats.collect(new_fs(), 1 << 20, internal_errors=0)
+    old = {k: v for k, v in s.items() if k != "memory"}   # a daemon from before the breakdown
+    header, new_row, old_row = (line.split() for line in
+                                format_table([("/new", s), ("/old", old)]).splitlines())
+    new_cells, old_cells = dict(zip(header, new_row)), dict(zip(header, old_row))
+    assert {"RSS", "META", "SLACK"} <= set(header)
+    assert new_cells["META"] != "-" and new_cells["SLACK"] != "-"
+    assert old_cells["RSS"] == new_cells["RSS"] != "-"
+    assert old_cells["META"] == old_cells["SLACK"] == "-"

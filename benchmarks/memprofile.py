@@ -1,0 +1,490 @@
+#!/usr/bin/env python3
+"""memprofile.py - where the daemon's RSS goes, seen from inside the daemon.
+
+    .venv/bin/python benchmarks/memprofile.py [--tracemalloc] [--copy-payloads]
+        [-o OPTS] [--copies N] [--json OUT] SRC...
+
+This process is a benchmark-mode cctmpfs daemon: it mounts with
+daemon.serve() (the real request path, one llfuse worker in the main thread,
+the real sealer), and a driver thread copies each SRC into the mount with
+`cp -a` (--copies times), settles (seals everything, waits), and then looks
+at the heap from inside:
+
+- RSS by mapping: the brk heap (glibc's main arena, used by the main thread,
+  which is the llfuse worker), the 64 MiB-aligned heaps of thread arenas
+  (the sealer's), other anonymous memory (pymalloc's arenas, thread
+  stacks, mmapped chunks), and file-backed code and data;
+- glibc: system and in-use bytes per arena (malloc_stats) and mallinfo2;
+- pymalloc: sys._debugmallocstats() totals;
+- the structures, walked under the global lock: payloads (their length,
+  and for those malloc serves, the chunk malloc_usable_size reports), block
+  records, slots, inodes and their names, with sys.getsizeof;
+- `cctmpfs stats`'s memory breakdown (stats.collect), to compare its
+  estimate with the walk;
+- with --tracemalloc, the live Python allocations by line (tracemalloc
+  slows every request several times: never in a real daemon).
+
+Then it removes the tree, settles, and measures again, and once more after
+malloc_trim(0). --copy-payloads replaces each zstd payload with an
+exact-size copy (docs/memory.md: python-zstandard's compress() keeps the
+whole ZSTD_compressBound() allocation behind a short bytes object), to
+measure what that costs. Root only (mount). Prints a report; --json writes
+every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+MiB = 1 << 20
+#: glibc's HEAP_MAX_SIZE on 64-bit: every thread-arena heap is mmapped at an
+#: address aligned to it.
+ARENA_HEAP_ALIGN = 64 * MiB
+#: pymalloc serves requests up to this size; larger objects come from malloc.
+PYMALLOC_MAX = 512
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+libc.malloc_usable_size.restype = ctypes.c_size_t
+libc.malloc_usable_size.argtypes = [ctypes.c_void_p]
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+
+libc.mallinfo2.restype = Mallinfo2
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.__stdout__, flush=True)
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def capture_stderr(fn) -> str:  # type: ignore[no-untyped-def]
+    """What fn writes to file descriptor 2 (C code's stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return tmp.read().decode(errors="replace")
+
+
+def smaps() -> dict[str, int]:
+    """RSS by kind of mapping."""
+    out = {"brk_heap": 0, "arena_heaps": 0, "other_anon": 0, "file": 0, "stack": 0}
+    kind = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                start = int(head[0].split("-")[0], 16)
+                name = head[5] if len(head) > 5 else ""
+                if name == "[heap]":
+                    kind = "brk_heap"
+                elif name == "[stack]":
+                    kind = "stack"
+                elif name.startswith("/"):
+                    kind = "file"
+                elif name:
+                    kind = "other_anon"   # [vdso], [vvar]...
+                elif start % ARENA_HEAP_ALIGN == 0 and head[1] == "rw-p":
+                    kind = "arena_heaps"
+                else:
+                    kind = "other_anon"
+            elif line.startswith("Rss:") and kind:
+                out[kind] += int(line.split()[1]) * 1024
+    return out
+
+
+def glibc_arenas() -> list[dict[str, int]]:
+    """[{system, in_use}] per arena, from malloc_stats()."""
+    text = capture_stderr(libc.malloc_stats)
+    arenas: list[dict[str, int]] = []
+    for line in text.splitlines():
+        if line.startswith("Arena "):
+            arenas.append({})
+        elif arenas and "=" in line and "Total" not in line and len(arenas[-1]) < 2:
+            k, v = line.split("=")
+            arenas[-1]["system" if "system" in k else "in_use"] = int(v)
+    return arenas
+
+
+def pymalloc() -> dict[str, int]:
+    """The arena totals of sys._debugmallocstats(): pymalloc serves every
+    object up to 512 bytes from 1 MiB arenas of 16 KiB pools, and gives an
+    arena back to the system only once all its pools are empty."""
+    text = capture_stderr(sys._debugmallocstats)
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        value = value.replace(",", "").strip()
+        if not value.isdigit():
+            continue
+        n = int(value)
+        if key.startswith("# arenas allocated current"):
+            out["arenas"] = n
+        elif " arenas * " in key:
+            out["arena_bytes"] = n
+        elif key.startswith("# bytes in allocated blocks"):
+            out["allocated_blocks"] = n
+        elif key.startswith("# bytes in available blocks"):
+            out["available_blocks"] = n
+        elif " unused pools * " in key:
+            out["unused_pools"] = n
+    return out
+
+
+def heap_pages(payloads: list[tuple[int, int, int]]) -> dict[str, int]:
+    """The resident pages of glibc's heaps (the brk heap and the thread-arena
+    heaps), read from /proc/self/pagemap, split by what lies in them: pages
+    that hold payload bytes, pages that lie only inside payload chunks past
+    their bytes (allocated, never used), and the rest (other objects, free
+    chunks). In bytes."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    heaps = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            head = line.split()
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            name = head[5] if len(head) > 5 else ""
+            if name == "[heap]" or (not name and head[1] == "rw-p" and lo % ARENA_HEAP_ALIGN == 0):
+                heaps.append((lo, hi))
+    resident: set[int] = set()
+    with open("/proc/self/pagemap", "rb") as f:
+        for lo, hi in heaps:
+            f.seek(lo // page * 8)
+            raw = f.read((hi - lo) // page * 8)
+            for i in range(len(raw) // 8):
+                if raw[i * 8 + 7] & 0x80:   # bit 63: present
+                    resident.add(lo // page + i)
+    data: set[int] = set()
+    chunk_only: set[int] = set()
+    for addr, size, usable in payloads:
+        data.update(range(addr // page, (addr + size - 1) // page + 1))
+        chunk_only.update(range(addr // page, (addr + usable - 1) // page + 1))
+    chunk_only -= data
+    return {"resident": len(resident) * page,
+            "payload_data": len(resident & data) * page,
+            "payload_chunk_unused": len(resident & chunk_only) * page,
+            "other": len(resident - data - chunk_only) * page,
+            "unused_chunk_pages_not_resident": len(chunk_only - resident) * page}
+
+
+def chunk(obj: object) -> int:
+    """Bytes obj takes where it is allocated: for a bytes object that malloc
+    serves (one allocation, the object's address is the chunk's), malloc's
+    usable size plus the chunk header; otherwise getsizeof, rounded to
+    pymalloc's 16-byte size classes when pymalloc serves it."""
+    n = sys.getsizeof(obj)
+    if n > PYMALLOC_MAX:
+        if type(obj) is bytes:
+            return libc.malloc_usable_size(id(obj)) + 8
+        return n
+    return (n + 15) // 16 * 16
+
+
+def int_bytes(v: object) -> int:
+    """An int field costs its object unless CPython caches it (-5..256)."""
+    return 0 if type(v) is not int or -5 <= v <= 256 else chunk(v)
+
+
+def walk(fs, ranges: list[tuple[int, int, int]]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The structures, object by object (caller holds the global lock).
+    Appends (address, bytes of the object, usable bytes of its chunk) of
+    every payload malloc serves to ranges."""
+    w = dict.fromkeys((
+        "inodes", "inode_records", "inode_ints", "file_data", "dir_entries_dicts",
+        "names", "file_maps", "slots", "slot_ints", "blocks", "block_records",
+        "fingerprints", "payload_len", "payload_chunks", "payloads_malloc",
+        "payloads_malloc_len", "payloads_small", "raw_len", "raw_chunks"), 0)
+    w["inode_table"] = sys.getsizeof(fs.inodes)
+    w["index"] = sys.getsizeof(fs.store.index)
+    seen_blocks: set[int] = set()
+    seen_ints: set[int] = set()
+    for node in fs.inodes.values():
+        w["inodes"] += 1
+        w["inode_records"] += chunk(node)
+        for v in (node.ino, node.atime_ns, node.mtime_ns, node.ctime_ns, node.nlink,
+                  node.uid, node.gid, node.mode, node.parent):
+            if id(v) not in seen_ints:   # times set together share one int
+                seen_ints.add(id(v))
+                w["inode_ints"] += int_bytes(v)
+        if node.entries is not None:
+            w["dir_entries_dicts"] += chunk(node.entries)
+            for name in node.entries:
+                w["names"] += chunk(name)
+        if node.target is not None:
+            w["names"] += chunk(node.target)
+        f = node.data
+        if f is None:
+            continue
+        w["file_data"] += chunk(f)
+        w["file_maps"] += chunk(f.blocks)
+        for v in (f.size, f.alloc_bytes, f.seq_end, f.read_end):
+            if id(v) not in seen_ints:
+                seen_ints.add(id(v))
+                w["inode_ints"] += int_bytes(v)
+        for slot in f.blocks.values():
+            w["slots"] += chunk(slot)
+            for v in (slot.index, slot.extent, slot.page_mask, slot.generation, slot.charged):
+                if id(v) not in seen_ints:
+                    seen_ints.add(id(v))
+                    w["slot_ints"] += int_bytes(v)
+            w["slot_ints"] += chunk(slot.touched)   # a float, one per slot
+            if slot.raw is not None:
+                w["raw_len"] += len(slot.raw)
+                w["raw_chunks"] += chunk(slot.raw)
+            b = slot.stored
+            if b is None or id(b) in seen_blocks:
+                continue
+            seen_blocks.add(id(b))
+            w["blocks"] += 1
+            w["block_records"] += chunk(b)
+            if b.fingerprint is not None:
+                w["fingerprints"] += chunk(b.fingerprint)
+            if b.in_ram:
+                p = b.payload
+                w["payload_len"] += len(p)
+                c = chunk(p)
+                w["payload_chunks"] += c
+                if sys.getsizeof(p) > PYMALLOC_MAX:
+                    w["payloads_malloc"] += 1
+                    w["payloads_malloc_len"] += len(p)
+                    ranges.append((id(p), sys.getsizeof(p), c - 8))
+                else:
+                    w["payloads_small"] += 1
+    return w
+
+
+def measure(label: str, fs, lock, tracemalloc_on: bool,  # type: ignore[no-untyped-def]
+            runtime: int | None = None) -> dict:
+    from cctmpfs import stats
+    # The figures first, the walk last: the walk's own sets of ids take a few
+    # MB that would show up in RSS.
+    lock.acquire()
+    try:
+        st = stats.collect(fs, runtime)
+    finally:
+        lock.release()
+    mi = libc.mallinfo2()
+    out = {
+        "label": label,
+        "rss": rss(),
+        "smaps": smaps(),
+        "glibc_arenas": glibc_arenas(),
+        "mallinfo2": {"arena": mi.arena, "in_use": mi.uordblks, "free": mi.fordblks,
+                      "top": mi.keepcost, "mmapped": mi.hblkhd},
+        "pymalloc": pymalloc(),
+        "stats": st,
+    }
+    ranges: list[tuple[int, int, int]] = []
+    lock.acquire()
+    try:
+        out["structures"] = walk(fs, ranges)
+    finally:
+        lock.release()
+    out["heap_pages"] = heap_pages(ranges)
+    if tracemalloc_on:
+        import tracemalloc
+        snap = tracemalloc.take_snapshot().filter_traces([
+            tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, __file__)])   # the walk's own lists and sets
+        top = snap.statistics("lineno")
+        out["tracemalloc_total"] = sum(s.size for s in top)
+        out["tracemalloc_top"] = [
+            {"where": "%s:%d" % (s.traceback[0].filename.split("/site-packages/")[-1]
+                                 .replace(os.path.dirname(HERE) + "/", ""), s.traceback[0].lineno),
+             "size": s.size, "count": s.count} for s in top[:20]]
+    return out
+
+
+def show(m: dict, files_bytes: int) -> None:
+    mb = lambda n: "%.1f MB" % (n / 1e6)  # noqa: E731
+    s, w, p = m["smaps"], m["structures"], m["pymalloc"]
+    log("\n== %s: RSS %s" % (m["label"], mb(m["rss"])))
+    log("   RSS by mapping: " + ", ".join("%s %s" % (k, mb(v)) for k, v in s.items()))
+    log("   glibc: " + "; ".join("arena %d system %s, in use %s" % (i, mb(a["system"]), mb(a["in_use"]))
+                                  for i, a in enumerate(m["glibc_arenas"])) +
+        "; mmapped chunks %s" % mb(m["mallinfo2"]["mmapped"]))
+    log("   pymalloc: %d arenas (%s): allocated blocks %s, free blocks %s, unused pools %s" % (
+        p.get("arenas", 0), mb(p.get("arena_bytes", 0)), mb(p.get("allocated_blocks", 0)),
+        mb(p.get("available_blocks", 0)), mb(p.get("unused_pools", 0))))
+    if w["inodes"] > 1:
+        log("   walk: %d inodes, %d distinct blocks; %d payloads from malloc: %s of data in %s "
+            "of chunks; %d from pymalloc" % (
+                w["inodes"], w["blocks"], w["payloads_malloc"], mb(w["payloads_malloc_len"]),
+                mb(w["payload_chunks"]), w["payloads_small"]))
+        log("   walk: " + ", ".join("%s %s" % (k, mb(w[k])) for k in (
+            "inode_records", "inode_ints", "inode_table", "file_data", "dir_entries_dicts",
+            "names", "file_maps", "slots", "slot_ints", "block_records", "fingerprints", "index",
+            "raw_chunks")))
+    hp = m.get("heap_pages")
+    if hp:
+        log("   glibc heaps' resident pages: " + ", ".join("%s %s" % (k, mb(v)) for k, v in hp.items()))
+    mem = m["stats"].get("memory")
+    if mem:
+        log("   stats memory: " + ", ".join(
+            "%s %s" % (k.removesuffix("_bytes"), mb(mem[k])) for k in (
+                "runtime_bytes", "payload_bytes", "hot_buffer_bytes", "inode_bytes",
+                "file_map_bytes", "block_record_bytes", "dedup_index_bytes", "accounted_bytes",
+                "heap_slack_bytes") if mem.get(k) is not None))
+    if files_bytes and w["inodes"] > 1:
+        log("   RSS per byte of files: %.3f" % (m["rss"] / files_bytes))
+    for t in m.get("tracemalloc_top", [])[:12]:
+        log("   tracemalloc %10s  %s in %d" % (mb(t["size"]), t["where"], t["count"]))
+    if "tracemalloc_total" in m:
+        log("   tracemalloc total %s" % mb(m["tracemalloc_total"]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sources", nargs="+")
+    ap.add_argument("-o", dest="options", default="", help="mount options")
+    ap.add_argument("--copies", type=int, default=1, help="cp -a every SRC this many times")
+    ap.add_argument("--tracemalloc", action="store_true")
+    ap.add_argument("--copy-payloads", action="store_true",
+                    help="store exact-size copies of zstd payloads (what a fix would save)")
+    ap.add_argument("--wait", type=float, default=5.0, help="seconds to wait after settling")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    if a.tracemalloc:
+        import tracemalloc
+        tracemalloc.start(1)
+    from cctmpfs import daemon
+    from cctmpfs.codec import Codec, CodecId
+    from cctmpfs.options import parse_options
+    import llfuse
+
+    if a.copy_payloads:
+        orig = Codec.compress
+
+        def compress(self, raw):  # type: ignore[no-untyped-def]
+            cid, payload = orig(self, raw)
+            return cid, (bytes(memoryview(payload)) if cid == CodecId.ZSTD else payload)
+        Codec.compress = compress  # type: ignore[method-assign]
+
+    held: dict = {}
+    build = daemon.build
+
+    def capture(opts, lock):  # type: ignore[no-untyped-def]
+        held["fs"] = build(opts, lock)
+        return held["fs"]
+    daemon.build = capture  # type: ignore[assignment]
+    mp = tempfile.mkdtemp(prefix="memprofile.", dir="/tmp")
+    results: dict = {"argv": sys.argv, "measurements": []}
+
+    def settle(fs) -> None:  # type: ignore[no-untyped-def]
+        llfuse.lock.acquire()
+        try:
+            fs.engine.seal_everything()
+        finally:
+            llfuse.lock.release()
+        time.sleep(a.wait)
+
+    def drive() -> None:
+        try:
+            fs = held["fs"]
+            time.sleep(0.5)
+            results["measurements"].append(measure("mounted, empty", fs, llfuse.lock, a.tracemalloc))
+            runtime = results["measurements"][0]["rss"]
+            peak = {"rss": 0, "dirty": 0, "buffer": 0}
+            copying = True
+
+            def sample() -> None:
+                # Unlocked reads of two ints: good enough for a peak.
+                while copying:
+                    buf = fs.engine.buffer
+                    peak["rss"] = max(peak["rss"], rss())
+                    peak["dirty"] = max(peak["dirty"], buf.dirty_bytes)
+                    peak["buffer"] = max(peak["buffer"], buf.dirty_bytes + buf.clean_bytes)
+                    time.sleep(0.02)
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            t0 = time.monotonic()
+            for i in range(a.copies):
+                for j, src in enumerate(a.sources):
+                    dst = os.path.join(mp, "c%d-%d" % (i, j))
+                    os.mkdir(dst)
+                    subprocess.run(["cp", "-a", src, dst], check=True)
+            results["copy_seconds"] = time.monotonic() - t0
+            copying = False
+            sampler.join()
+            results["peak_while_copying"] = peak
+            st = results["measurements"][0]["stats"]
+            settle(fs)
+            m = measure("copied, settled", fs, llfuse.lock, a.tracemalloc, runtime)
+            files = m["stats"]["files_bytes"] - st["files_bytes"]
+            results["files_bytes"] = files
+            results["measurements"].append(m)
+            libc.malloc_trim(0)
+            results["measurements"].append(measure("copied, malloc_trim(0)", fs, llfuse.lock,
+                                                   a.tracemalloc, runtime))
+            for name in os.listdir(mp):
+                subprocess.run(["rm", "-rf", os.path.join(mp, name)], check=True)
+            settle(fs)
+            results["measurements"].append(measure("removed, settled", fs, llfuse.lock, a.tracemalloc,
+                                                   runtime))
+            libc.malloc_trim(0)
+            results["measurements"].append(measure("removed, malloc_trim(0)", fs, llfuse.lock,
+                                                   a.tracemalloc, runtime))
+        except BaseException:  # noqa: BLE001
+            results["error"] = traceback.format_exc()
+        finally:
+            subprocess.run(["fusermount", "-u", mp])
+
+    def ready(msg: str) -> None:
+        if msg != "ok":
+            raise SystemExit("memprofile: " + msg)
+        threading.Thread(target=drive, name="memprofile-driver", daemon=True).start()
+
+    opts = parse_options([a.options] if a.options else [], source="memprofile")
+    try:
+        daemon.serve("memprofile", mp, opts, ready)
+    finally:
+        os.rmdir(mp)
+    if "error" in results:
+        log(results["error"])
+        return 1
+    log("copied %.1f MB of files in %.1f s; peak while copying: RSS %.1f MB, hot buffer %.1f MB "
+        "(dirty %.1f MB)" % (results["files_bytes"] / 1e6, results["copy_seconds"],
+                             results["peak_while_copying"]["rss"] / 1e6,
+                             results["peak_while_copying"]["buffer"] / 1e6,
+                             results["peak_while_copying"]["dirty"] / 1e6))
+    for i, m in enumerate(results["measurements"]):
+        show(m, results["files_bytes"] if i else 0)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
