@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Optional
 import attrs
 
 from . import faults
+from .arena import segment_bytes_for
 from .blockstore import BlockStore
 from .codec import Codec
 from .errors import FsError
@@ -119,7 +120,7 @@ class Filesystem:
         self.block_size = block_size
         self.nr_inodes = nr_inodes
         self.clock_ns = clock_ns
-        self.store = BlockStore(dedup=dedup)
+        self.store = BlockStore(dedup=dedup, segment_bytes=segment_bytes_for(block_size))
         self.engine = DataEngine(
             block_size=block_size, codec=codec or Codec("zstd", 3), store=self.store,
             buffer=HotBuffer(buffer_bytes), lock=self.lock, size_limit=size_limit,
