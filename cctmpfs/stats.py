@@ -57,6 +57,39 @@ def _device(fs: Filesystem) -> dict[str, Any] | None:
     }
 
 
+def _arena(fs: Filesystem) -> dict[str, Any]:
+    """The payload arena's figures (arena.py, docs/arenas.md)."""
+    a = fs.store.arena
+    c = a.counters
+    return {
+        "segment_bytes": a.segment_bytes,
+        "segments": len(a.segments),
+        "spare_segments": len(a.spares),
+        # Bytes mapped (segments and spares; populated, so this is the
+        # arena's RSS), the live payloads in them (= stored_bytes), and the
+        # rest: free_bytes = fragmented (dead payloads inside the filled
+        # parts) + the unfilled room of the segments + the spares.
+        "mapped_bytes": a.mapped_bytes,
+        "live_bytes": a.live_bytes,
+        "free_bytes": a.free_bytes,
+        "fragmented_bytes": a.used_bytes - a.live_bytes,
+        # Free space outside the heads and spares: what compaction can give
+        # back; it starts past compaction_target_bytes.
+        "reclaimable_bytes": a.reclaimable_bytes,
+        "compaction_target_bytes": a.compaction_target(),
+        "limit_bytes": a.limit,
+        "full": a.full,
+        # Since mount: segments emptied by compaction, payload bytes it
+        # moved, moves dropped because the block died meanwhile.
+        "compactions": c.compactions,
+        "bytes_moved": c.bytes_moved,
+        "moves_dropped": c.moves_dropped,
+        "segments_mapped": c.segments_mapped,
+        "segments_released": c.segments_released,
+        "grow_failures": c.grow_failures,
+    }
+
+
 def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
     """Every figure of the mount as one JSON-ready dict. Caller holds the lock."""
     eng = fs.engine
@@ -105,6 +138,7 @@ def collect(fs: Filesystem, **extra: Any) -> dict[str, Any]:
         },
         "zero_blocks": eng.counters.zero_blocks,
         "device": _device(fs),
+        "arena": _arena(fs),
         "blocks": states,
         "incompressible_blocks": store.incompressible_blocks,
         "limits": {"size_bytes": eng.size_limit, "ram_bytes": eng.ram_budget,
