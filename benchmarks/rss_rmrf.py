@@ -4,14 +4,15 @@
 Usage (as root):
 
     benchmarks/rss_rmrf.py [--cctmpfs .venv/bin/cctmpfs] [-o OPTS] [--rounds N]
-                           [TREE ...]     (default /usr/lib/python3.11 /usr/include)
+                           [--partial] [TREE ...]   (default /usr/lib/python3.11 /usr/include)
 
 Each round mounts a fresh cctmpfs (`-f`, so the pid is known), records the
 daemon's RSS, `cp -a`s the trees in, settles (`trusted.cctmpfs.stats-settled`),
 waits WAIT seconds for the sealer and the trimmer, records RSS and where it
 sits (smaps: the brk heap, glibc's 64 MiB thread arenas, other anonymous
 mappings, files), then `rm -rf`s everything, settles, waits again and records
-RSS. It prints one line per round and a JSON summary. Run it against two
+RSS. With --partial it first deletes 3 of every 4 files, scattered (what a
+partial cleanup of /tmp does), and records RSS and the stats in between. It prints one line per round and a JSON summary. Run it against two
 checkouts (--cctmpfs) to compare them: docs/arenas.md has the results.
 
 stdlib only.
@@ -109,7 +110,17 @@ def settled_low(pid: int, mp: str) -> int:
     return low
 
 
-def one_round(cct: str, opts: str, trees: list[str]) -> dict:
+def delete_most(mp: str) -> None:
+    """Delete 3 of every 4 regular files, in walk order."""
+    n = 0
+    for d, _dirs, files in os.walk(mp):
+        for f in sorted(files):
+            n += 1
+            if n % 4:
+                os.unlink(os.path.join(d, f))
+
+
+def one_round(cct: str, opts: str, trees: list[str], partial: bool = False) -> dict:
     mp = tempfile.mkdtemp(prefix="rss-rmrf-")
     cmd = [cct, "rss-rmrf", mp, "-f"] + (["-o", opts] if opts else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -124,11 +135,18 @@ def one_round(cct: str, opts: str, trees: list[str]) -> dict:
         peak = peak_rss(pid)
         s1 = stats(mp)
         where = smaps_breakdown(pid)
+        out: dict = {}
+        if partial:
+            delete_most(mp)
+            out["rss_partial"] = settled_low(pid, mp)
+            sp = stats(mp)
+            out["stored_partial"] = sp["stored_bytes"]
+            out["arena_partial"] = sp.get("arena")
         for name in os.listdir(mp):
             subprocess.run(["rm", "-rf", os.path.join(mp, name)], check=True)
         r2 = settled_low(pid, mp)
         s2 = stats(mp)
-        return {"rss_empty": r0, "rss_peak": peak, "rss_full": r1, "rss_after_rm": r2,
+        return {**out, "rss_empty": r0, "rss_peak": peak, "rss_full": r1, "rss_after_rm": r2,
                 "files_bytes": s1["files_bytes"], "stored_bytes": s1["stored_bytes"],
                 "ram_used_bytes": s1["ram_used_bytes"], "inodes": s1["inodes"],
                 "smaps_full": where, "arena_full": s1.get("arena"),
@@ -147,11 +165,12 @@ def main() -> None:
     ap.add_argument("--cctmpfs", default=os.path.join(os.path.dirname(__file__), "..", ".venv/bin/cctmpfs"))
     ap.add_argument("-o", dest="opts", default="")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--partial", action="store_true", help="delete 3/4 of the files before the rm -rf")
     ap.add_argument("trees", nargs="*", default=["/usr/lib/python3.11", "/usr/include"])
     a = ap.parse_args()
     results = []
     for i in range(a.rounds):
-        r = one_round(a.cctmpfs, a.opts, a.trees)
+        r = one_round(a.cctmpfs, a.opts, a.trees, a.partial)
         results.append(r)
         m = {k: round(v / MiB, 1) for k, v in r.items() if isinstance(v, int) and k != "inodes"}
         print(f"round {i + 1}: files {m['files_bytes']} MiB, stored {m['stored_bytes']} MiB, "
@@ -160,6 +179,9 @@ def main() -> None:
               f"after rm -rf {m['rss_after_rm']} (+{m['rss_after_rm'] - m['rss_empty']:.1f}) MiB; "
               f"smaps full (MiB) " + ", ".join(f"{k} {v / MiB:.1f}" for k, v in r["smaps_full"].items()),
               flush=True)
+        if a.partial:
+            print(f"  after deleting 3/4 of the files: stored {m['stored_partial']} MiB, "
+                  f"RSS {m['rss_partial']} (+{m['rss_partial'] - m['rss_empty']:.1f}) MiB", flush=True)
     print(json.dumps(results, indent=1))
 
 
