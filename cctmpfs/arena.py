@@ -72,7 +72,6 @@ Threading: all state is protected by the global lock, except as noted:
 
 from __future__ import annotations
 
-import errno
 import logging
 import mmap
 from typing import Any, Optional
