@@ -513,6 +513,9 @@ class Arena:
         stored = self.counters.payloads_stored
         active = stored != self._stored_seen
         self._stored_seen = stored
+        if self.full:
+            self.probe(lock)
+            return
         if not active:
             self._unmap_idle()
             return
@@ -522,6 +525,21 @@ class Arena:
         with released(lock):
             mms = self.map_spares(1)
         self.add_spares(mms)
+
+    def probe(self, lock: GlobalLock) -> None:
+        """After a mapping failed: try to map a spare again, with the lock
+        released; if it works, the arena is no longer full. Without this, a
+        mount whose dirty blocks were all deleted while mapping failed would
+        never try again (only a free or a seal clears `full`). A full
+        arena at its limit waits for frees instead. Releases the global
+        lock."""
+        if not self.full or (self.limit and self.mapped_bytes + self.segment_bytes > self.limit):
+            return
+        with released(lock):
+            mms = self.map_spares(1)
+        if mms:
+            self.add_spares(mms)
+            self.full = False
 
     def _unmap_idle(self) -> None:
         """Unmap the spares and the empty, unpinned heads. Lock held."""

@@ -982,6 +982,7 @@ class DataEngine:
         dirty block and drop every clean copy; with a backing device, evict
         down to the low watermark. Releases the global lock."""
         self.store.compact(self.lock, COMPACT_BYTES_PER_PASS)
+        self.arena.probe(self.lock)   # a mapping failed: try again
         dirty = [s for s in self.buffer.slots if s.dirty]
         for i in range(0, len(dirty), SEAL_BATCH):
             self.counters.pressure_seals += self.seal(dirty[i:i + SEAL_BATCH])

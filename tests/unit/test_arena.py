@@ -286,6 +286,31 @@ def test_an_arena_that_cannot_grow_gives_enospc_and_loses_nothing() -> None:
         assert h.read_all(i) == bytes(h.models[i])
 
 
+def test_a_full_arena_tries_again_when_nothing_is_left_to_free() -> None:
+    """Mapping failed and the dirty blocks that could not be stored were
+    deleted: no free will ever clear `full`, so the next write that needs RAM
+    maps again, and works once mapping works."""
+    h = Harness("zstd", buffer_blocks=4)
+    a = h.fs.store.arena
+    faults.arm("arena.grow:1")
+    ino = h.create()
+    rng = random.Random(7)
+    with pytest.raises(FsError) as e:
+        for i in range(100):
+            h.fs.write(ino, i * BS, rng.randbytes(BS))
+    assert e.value.errno == errno.ENOSPC and a.full and a.live_bytes == 0
+    h.fs.release(ino)
+    remove(h, ino)
+    with pytest.raises(FsError):                  # still failing: still ENOSPC
+        h.fs.write(h.create(), 0, rng.randbytes(4 * BS))
+    faults.disarm()                               # mapping works again
+    ino = h.create()
+    assert h.write(ino, 0, rng.randbytes(4 * BS))
+    h.eng.seal_everything()
+    assert not a.full and a.live_bytes > 0
+    assert check_all(h.fs) == []
+
+
 def test_deleting_everything_returns_the_arena_to_nothing_once_idle() -> None:
     """RSS follows live data: once every file is gone, the arena maps at most
     the two heads and the spares, whatever it held before, and once idle,

@@ -1,14 +1,19 @@
-"""Heap slack on a real mount (issue 15, item 6): after a big `rm -rf`, the
-daemon's RSS comes back within a published distance of what it was before
-the files were written, and while they are stored the payload arena holds
-them (not the malloc heap).
+"""The payload arena on a real mount (issue 15, items 2 and 6).
 
-An RSS bound is a memory figure, not a timing: the test waits (with a
-deadline) for the sealer's passes, then asserts on memory only.
+Heap slack: after a big `rm -rf`, the daemon's RSS comes back within a
+published distance of what it was before the files were written, and while
+they are stored the payload arena holds them (not the malloc heap). An RSS
+bound is a memory figure, not a timing: the test waits (with a deadline) for
+the sealer's passes, then asserts on memory only.
+
+An arena that cannot grow: the writer gets ENOSPC and nothing it wrote is
+lost.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import random
 import shutil
@@ -26,9 +31,9 @@ MiB = 1 << 20
 #: memtrim.TRIM_FREE_BYTES (8 MiB), pymalloc arenas that keep a few live
 #: objects (CPython returns an arena only when all of it is free: 4-7 MiB
 #: measured here after 10k files), and glibc's per-thread arena tops. The
-#: payload arena itself unmaps everything once idle. Measured: +10.8 and
-#: +15.2 MiB after the Python stdlib and /usr/include (159 MiB, 10k files),
-#: and the figures in docs/arenas.md for this test's 200 MiB.
+#: payload arena itself unmaps everything once idle. Measured: +10.8 to
+#: +16.2 MiB after the Python stdlib and /usr/include (159 MiB, 10k files),
+#: +10.0 and +13.4 MiB in this test (200 MiB, 13k files).
 RSS_SLACK_BOUND = 24 * MiB
 #: How long the sealer gets to compact, unmap idle segments and trim: its
 #: pass runs every 0.5 s and the trimmer looks every 2 s.
@@ -123,3 +128,32 @@ def test_rss_returns_near_its_start_after_rm_rf(mount_cct):
     assert s["arena"]["mapped_bytes"] == 0   # idle: every segment unmapped
     assert after <= before + RSS_SLACK_BOUND, \
         f"RSS {after / MiB:.1f} MiB after rm -rf, {before / MiB:.1f} before the files"
+
+
+def test_an_arena_that_cannot_grow_gives_enospc_and_loses_nothing(mount_cct, monkeypatch):
+    """Every mapping of a payload segment fails (the arena.grow fault point,
+    as ENOMEM): no block can be stored, so the writer gets ENOSPC once the
+    blocks it wrote cannot be sealed, and everything it was told was written
+    reads back."""
+    monkeypatch.setenv("CCTMPFS_FAULTS", "arena.grow:1")
+    mp = mount_cct("size=256m,buffer=8m")
+    rng = random.Random(3)
+    path = os.path.join(mp, "f")
+    written = bytearray()
+    with open(path, "wb", buffering=0) as f:
+        with pytest.raises(OSError) as e:
+            for _ in range(512):                  # 64 MiB: far past the 8 MiB buffer
+                chunk = rng.randbytes(128 * 1024)
+                n = f.write(chunk)
+                written += chunk[:n]
+    assert e.value.errno == errno.ENOSPC
+    assert len(written) >= 128 * 1024
+    s = mp.stats()
+    assert s["arena"]["full"] and s["arena"]["grow_failures"] > 0
+    assert s["counters"]["seals_arena_full"] > 0 and s["counters"]["enospc"] > 0
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+    with open(path, "rb") as f:
+        assert f.read() == bytes(written)
+    assert json.loads(os.getxattr(mp, "trusted.cctmpfs.check"))["count"] == 0
+    os.unlink(path)
