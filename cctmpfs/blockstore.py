@@ -21,29 +21,41 @@ user could try. With the check a collision costs one extra copy, never
 wrong data: a block whose fingerprint is taken by different content is
 stored unindexed.
 
+Payloads live in the payload arena (arena.py): a block in RAM holds a handle
+to its bytes there, and the codec's own buffer is freed once the payload is
+copied in.
+
 Threading: all state here is protected by the global lock, and nothing in
-this module releases it. The one exception is `peek()`: a lookup in the
-index without the lock, made by the sealer while it fingerprints blocks
-unlocked. CPython's GIL makes a dict read atomic against writers; the block
-it returns is only a hint, verified byte for byte unlocked (its payload is
-immutable bytes) and re-checked under the lock by `publish()`.
+this module releases it except `compact()` (arena.py). The one read without
+the lock is `peek()` with `peek_payload()`: the sealer looks a fingerprint up
+in the index while it fingerprints blocks unlocked. CPython's GIL makes a
+dict read atomic against writers; the block it returns is only a hint, whose
+payload is copied unlocked and kept only if the block was live at the same
+handle throughout (Arena.read_unlocked), verified byte for byte, and
+re-checked under the lock by `publish()`.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Optional
 
 import attrs
 import xxhash
 
+from .arena import LEN_MASK, RAW_SHIFT, SEGMENT_BYTES, Arena
 from .codec import CodecId, decoded_length
 from .devlog import Location
+
+if TYPE_CHECKING:
+    from .locking import GlobalLock
 
 log = logging.getLogger(__name__)
 
 Fingerprint = Callable[[bytes | bytearray], int]
+#: A payload as the codecs make it: bytes, or the raw buffer itself (RAW).
+Payload = bytes | bytearray | memoryview
 
 
 def fingerprint(raw: bytes | bytearray) -> int:
@@ -74,10 +86,12 @@ class StoredBlock:
     """
 
     codec: ClassVar[CodecId]   # codec that produced payload (RAW: payload is the raw bytes)
-    #: The compressed bytes in RAM (never mutated; they know their decoded
-    #: length), or, once evicted, the devlog.Location of its record on the
-    #: backing device. Only the cold store's publish phases switch it.
-    payload: "bytes | Location"
+    #: In RAM: the arena handle of the payload (an int, arena.py: segment,
+    #: offset, length and the decoded length; the bytes there never change,
+    #: a move gives a new handle). Once evicted: the devlog.Location of its
+    #: record on the backing device. Switched only by the arena's compaction
+    #: and the cold store's publish phases, under the lock.
+    payload: "int | Location"
     #: fingerprint of the decoded content; None when dedup is off. A block is
     #: in the index iff index[fingerprint] is this block (a colliding block
     #: keeps its fingerprint but is not indexed).
@@ -88,14 +102,21 @@ class StoredBlock:
     def raw_len(self) -> int:
         """Length of the decoded block, <= block_size."""
         p = self.payload
-        return p.raw_len if type(p) is Location else decoded_length(self.codec, p)
+        return p >> RAW_SHIFT if type(p) is int else p.raw_len
 
     @property
     def in_ram(self) -> bool:
-        return type(self.payload) is bytes
+        return type(self.payload) is int
+
+    @property
+    def payload_len(self) -> int:
+        """Bytes of the payload in RAM (0 once evicted)."""
+        p = self.payload
+        return p & LEN_MASK if type(p) is int else 0
 
     def __repr__(self) -> str:
-        where = f"{len(self.payload)}" if self.in_ram else f"device@{self.payload.segment}"  # type: ignore[union-attr]
+        p = self.payload
+        where = f"{p & LEN_MASK}" if type(p) is int else f"device@{p.segment}"
         return f"<StoredBlock {self.codec.name} {where}/{self.raw_len} refs={self.refs}>"
 
 
@@ -106,7 +127,7 @@ def _block_type(cid: CodecId) -> type[StoredBlock]:
 BLOCK_TYPES: dict[CodecId, type[StoredBlock]] = {cid: _block_type(cid) for cid in CodecId}
 
 
-def new_block(codec: CodecId, payload: bytes, fingerprint: Optional[int] = None) -> StoredBlock:
+def new_block(codec: CodecId, payload: "int | Location", fingerprint: Optional[int] = None) -> StoredBlock:
     """A stored block with one reference."""
     return BLOCK_TYPES[codec](payload, fingerprint)
 
@@ -138,11 +159,13 @@ class DedupCounters:
 
 def _record_bytes() -> int:
     """RAM of the records of one stored block, beyond its payload bytes:
-    the StoredBlock (plus its GC header), the payload's bytes header and the
-    fingerprint int. The index's dict entry is measured separately, from the
-    dict itself. tests/unit/test_dedup.py checks this against tracemalloc."""
-    sample = new_block(CodecId.RAW, b"x", fingerprint(b"x"))
-    return sys.getsizeof(sample) + sys.getsizeof(b"") + sys.getsizeof(2 ** 60 - 1)
+    the StoredBlock (plus its GC header), its arena handle, the fingerprint
+    int and its slot in its segment's owner list (8 bytes, 9 with the list's
+    growth). The index's dict entry is measured separately, from the dict
+    itself. tests/unit/test_dedup.py checks this against tracemalloc."""
+    sample = new_block(CodecId.RAW, 0, fingerprint(b"x"))
+    return sys.getsizeof(sample) + sys.getsizeof((1 << 20) << RAW_SHIFT) + \
+        sys.getsizeof(2 ** 60 - 1) + 9
 
 
 RECORD_BYTES = _record_bytes()
@@ -151,11 +174,14 @@ RECORD_BYTES = _record_bytes()
 class BlockStore:
     """Holds every sealed block, the content index, and the RAM they use."""
 
-    def __init__(self, *, dedup: bool = True, fingerprint: Fingerprint = fingerprint) -> None:
+    def __init__(self, *, dedup: bool = True, fingerprint: Fingerprint = fingerprint,
+                 segment_bytes: int = SEGMENT_BYTES) -> None:
         self.counters = StoreCounters()
         self.dedup_counters = DedupCounters()
         self.dedup = dedup
         self.fingerprint = fingerprint
+        #: the payloads of the blocks in RAM (arena.py)
+        self.arena = Arena(segment_bytes)
         #: fingerprint -> the one stored block indexed under it
         self.index: dict[int, StoredBlock] = {}
         #: With a backing device: blocks in RAM, least recently used first
@@ -170,11 +196,21 @@ class BlockStore:
         (see the module docstring): the answer is a hint to verify."""
         return self.index.get(fp)
 
-    def publish(self, codec: CodecId, payload: bytes, fp: Optional[int] = None,
+    def peek_payload(self, block: StoredBlock) -> Optional[bytes]:
+        """A copy of block's payload if it is in RAM and stayed live while it
+        was copied, else None. May be called WITHOUT the lock (peek())."""
+        return self.arena.read_unlocked(block)
+
+    def payload_bytes(self, block: StoredBlock) -> bytes:
+        """A copy of the payload of a block in RAM. Caller holds the lock."""
+        return self.arena.read(block.payload)  # type: ignore[arg-type]
+
+    def publish(self, codec: CodecId, payload: Payload, fp: Optional[int] = None,
                 verified: Optional[StoredBlock] = None) -> StoredBlock:
         """Store a sealed block, or share the identical one already stored.
         Returns the block, with one new reference for the caller. Caller
-        holds the lock.
+        holds the lock. Raises arena.ArenaFull, with nothing changed, when a
+        new payload cannot be stored.
 
         (codec, payload) must decode to the block's content. With fp, an
         indexed block is shared only if its encoding is the same bytes: both
@@ -184,7 +220,8 @@ class BlockStore:
 
         verified is a block whose content the caller compared byte for byte
         with this one (unlocked): an evicted block, whose payload is not in
-        RAM to compare. It is shared if it is still the indexed, live block.
+        RAM to compare, or one whose payload was copied to compare. It is
+        shared if it is still the indexed, live block.
         """
         if fp is not None and self.dedup:
             have = self.index.get(fp)
@@ -192,8 +229,8 @@ class BlockStore:
                 self.ref(have)
                 self.dedup_counters.shared += 1
                 return have
-            if have is not None and have.codec == codec and (
-                    have.payload is payload or have.payload == payload):
+            if have is not None and have.codec == codec and type(have.payload) is int and \
+                    self.arena.equals(have.payload, payload):
                 self.ref(have)
                 self.dedup_counters.shared += 1
                 return have
@@ -205,17 +242,19 @@ class BlockStore:
             return block
         return self._add(codec, payload, None)
 
-    def _add(self, codec: CodecId, payload: bytes, fp: Optional[int]) -> StoredBlock:
+    def _add(self, codec: CodecId, payload: Payload, fp: Optional[int]) -> StoredBlock:
         raw_len = decoded_length(codec, payload)
+        block = new_block(codec, 0, fp)
+        block.payload = self.arena.alloc(block, payload, raw_len)   # raises ArenaFull first
+        n = len(payload)
         c = self.counters
         c.blocks += 1
-        c.stored_bytes += len(payload)
+        c.stored_bytes += n
         c.raw_bytes += raw_len
         c.refs += 1
         c.referenced_raw_bytes += raw_len
         if codec == CodecId.RAW:
             c.incompressible_blocks += 1
-        block = new_block(codec, payload, fp)
         if self.ram_order is not None:
             self.ram_order[block] = None
         return block
@@ -246,7 +285,8 @@ class BlockStore:
             c.device_bytes -= payload.length
             self.on_device_free(payload)
         else:
-            c.stored_bytes -= len(payload)
+            c.stored_bytes -= payload & LEN_MASK
+            self.arena.free(payload)
             if self.ram_order is not None:
                 del self.ram_order[block]
         c.raw_bytes -= raw_len
@@ -266,10 +306,12 @@ class BlockStore:
             del order[block]
             order[block] = None
 
-    def evicted(self, block: StoredBlock, payload_len: int) -> None:
-        """block's payload (payload_len bytes) moved to the device. Lock held."""
+    def evicted(self, block: StoredBlock, held: int) -> None:
+        """block's payload, at arena handle held, moved to the device (its
+        payload is now a Location): free its room in RAM. Lock held."""
         c = self.counters
-        c.stored_bytes -= payload_len
+        c.stored_bytes -= held & LEN_MASK
+        self.arena.free(held)
         c.device_blocks += 1
         c.device_bytes += block.payload.length  # type: ignore[union-attr]
         if self.ram_order is not None:
@@ -277,10 +319,11 @@ class BlockStore:
 
     def promoted(self, block: StoredBlock, payload: bytes) -> Location:
         """An evicted block's payload is back in RAM; returns where its
-        record was (for the cold store to free). Lock held."""
+        record was (for the cold store to free). Lock held. Raises
+        arena.ArenaFull, with nothing changed, when there is no room."""
         loc = block.payload
         assert type(loc) is Location
-        block.payload = payload
+        block.payload = self.arena.alloc(block, payload, loc.raw_len)
         c = self.counters
         c.stored_bytes += len(payload)
         c.device_blocks -= 1
@@ -288,6 +331,11 @@ class BlockStore:
         if self.ram_order is not None:
             self.ram_order[block] = None
         return loc
+
+    def compact(self, lock: "GlobalLock", max_bytes: int) -> int:
+        """Compact the payload arena if it holds too much free space.
+        Releases the global lock. Returns the bytes moved."""
+        return self.arena.compact(lock, max_bytes)
 
     def index_bytes(self) -> int:
         """RAM of the content index plus the block records, payloads excluded."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import stat
 
+from .arena import LEN_MASK, OFF_MASK, OFF_SHIFT, SEG_MASK, SEG_SHIFT
 from .blockstore import StoredBlock
 from .codec import CodecId
 from .devlog import Location
@@ -195,7 +196,7 @@ def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int,
     on_device = [b for b in live if not b.in_ram]
     want = {
         "blocks": len(live),
-        "stored_bytes": sum(len(b.payload) for b in in_ram),  # type: ignore[arg-type]
+        "stored_bytes": sum(b.payload_len for b in in_ram),
         "device_blocks": len(on_device),
         "device_bytes": sum(b.payload.length for b in on_device),  # type: ignore[union-attr]
         "raw_bytes": sum(b.raw_len for b in live),
@@ -228,7 +229,75 @@ def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int,
         bad.append(f"store counter unindexed_blocks = {c.unindexed_blocks}, blocks add up to {unindexed}")
     if store.ram_order is not None and set(map(id, store.ram_order)) != set(map(id, in_ram)):
         bad.append(f"RAM recency list holds {len(store.ram_order)} blocks, {len(in_ram)} are in RAM")
+    bad += _check_arena(fs, in_ram)
     bad += _check_device(fs, on_device)
+    return bad
+
+
+def _check_arena(fs: Filesystem, in_ram: list[StoredBlock]) -> list[str]:
+    """The payload arena against the blocks in RAM: every live payload inside
+    one segment's filled part, referenced by one block, no two overlapping;
+    each segment's live bytes and count, and the totals, add up; the free
+    space is accounted (mapped = live + free); no empty segment is kept."""
+    arena = fs.store.arena
+    bad: list[str] = []
+    spans: dict[int, list[tuple[int, int, StoredBlock]]] = {}
+    for b in in_ram:
+        h: int = b.payload  # type: ignore[assignment]
+        sid, off, n = h >> SEG_SHIFT & SEG_MASK, h >> OFF_SHIFT & OFF_MASK, h & LEN_MASK
+        seg = arena.segments.get(sid)
+        if seg is None:
+            bad.append(f"{b!r}: payload in segment {sid}, which is not mapped")
+            continue
+        if off + n > seg.fill:
+            bad.append(f"{b!r}: payload [{off}, {off + n}) past the fill {seg.fill} of {seg!r}")
+        spans.setdefault(sid, []).append((off, off + n, b))
+    for sid, seg in arena.segments.items():
+        if seg.id != sid:
+            bad.append(f"segment {sid} is filed under id {seg.id}")
+        sp = sorted(spans.get(sid, []), key=lambda t: t[0])
+        for (_a0, a1, ba), (b0, _b1, bb) in zip(sp, sp[1:]):
+            if a1 > b0:
+                bad.append(f"segment {sid}: payloads of {ba!r} and {bb!r} overlap")
+        live = sum(e - s for s, e, _b in sp)
+        if (seg.live_bytes, seg.live_blocks) != (live, len(sp)):
+            bad.append(f"{seg!r}: live {seg.live_bytes} bytes in {seg.live_blocks} payloads, "
+                       f"its blocks add up to {live} in {len(sp)}")
+        owners = {id(o) for o in seg.owners}
+        missing = [b for _s, _e, b in sp if id(b) not in owners]
+        if missing:
+            bad.append(f"{seg!r}: {len(missing)} live payloads missing from its owners, e.g. {missing[0]!r}")
+        if not seg.live_blocks and seg.head < 0 and seg not in arena.deferred:
+            bad.append(f"{seg!r}: empty, neither a head nor released")
+        if not 0 <= seg.fill <= arena.segment_bytes:
+            bad.append(f"{seg!r}: fill out of range")
+    for role, seg in enumerate(arena.heads):
+        if seg is not None and (arena.segments.get(seg.id) is not seg or seg.head != role):
+            bad.append(f"head {role} is {seg!r}, not a mapped segment marked as that head")
+    marked = [s for s in arena.segments.values() if s.head >= 0]
+    if len(marked) != sum(1 for s in arena.heads if s is not None):
+        bad.append(f"{len(marked)} segments are marked as heads: {marked}")
+    if set(arena.free_ids) & set(arena.segments) or len(set(arena.free_ids)) != len(arena.free_ids):
+        bad.append("a free segment id is in use, or free twice")
+    want = {
+        "live_bytes": sum(seg.live_bytes for seg in arena.segments.values()),
+        "live_blocks": sum(seg.live_blocks for seg in arena.segments.values()),
+        "used_bytes": sum(seg.fill for seg in arena.segments.values()),
+    }
+    for name, value in want.items():
+        if getattr(arena, name) != value:
+            bad.append(f"arena {name} = {getattr(arena, name)}, its segments add up to {value}")
+    if arena.live_bytes != fs.store.counters.stored_bytes:
+        bad.append(f"arena live_bytes {arena.live_bytes} != stored_bytes {fs.store.counters.stored_bytes}")
+    # The free space is accounted: every mapped byte is live, dead (filled,
+    # not live), unfilled room of a segment, or a spare.
+    seg_bytes = arena.segment_bytes
+    dead = arena.used_bytes - arena.live_bytes
+    room = sum(seg_bytes - s.fill for s in arena.segments.values())
+    if arena.live_bytes + dead + room + len(arena.spares) * seg_bytes != arena.mapped_bytes or \
+            arena.free_bytes != dead + room + len(arena.spares) * seg_bytes:
+        bad.append(f"arena space: live {arena.live_bytes} + dead {dead} + room {room} + "
+                   f"{len(arena.spares)} spares != mapped {arena.mapped_bytes}")
     return bad
 
 

@@ -91,7 +91,8 @@ def _metadata(s: dict[str, Any]) -> Optional[int]:
     mem = s.get("memory")
     if mem is None:
         return None
-    return mem["accounted_bytes"] - mem["payload_bytes"] - mem["hot_buffer_bytes"]
+    return (mem["accounted_bytes"] - mem["payload_bytes"] - mem.get("arena_free_bytes", 0)
+            - mem["hot_buffer_bytes"])
 
 
 COLUMNS = [

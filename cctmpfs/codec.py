@@ -31,7 +31,7 @@ class CodecId(enum.IntEnum):
 MIN_SAVING_SHIFT = 5
 
 
-def decoded_length(cid: int, payload: bytes) -> int:
+def decoded_length(cid: int, payload: bytes | bytearray | memoryview) -> int:
     """The length a payload decodes to, read from the payload itself (~0.1 us)."""
     if cid == CodecId.RAW:
         return len(payload)
@@ -70,8 +70,15 @@ class Codec:
             d = self._local.zd = zstandard.ZstdDecompressor()
         return d
 
-    def compress(self, raw: bytes | bytearray) -> tuple[CodecId, bytes]:
-        """Compress raw; fall back to RAW when compression does not pay."""
+    def compress(self, raw: bytes | bytearray) -> tuple[CodecId, bytes | bytearray]:
+        """Compress raw; fall back to RAW when compression does not pay.
+
+        A RAW payload is raw itself, not a copy: the block store copies every
+        payload into its arena anyway (arena.py), so a copy here would be a
+        second one. The caller must not change raw before it is published.
+        A compressed payload is a fresh bytes object that may hold much more
+        memory than its length (zstd keeps its compressBound buffer: 131 KB
+        for a 7 KB payload, arena.py), so it is not kept either."""
         n = len(raw)
         if self.name == "zstd":
             payload = self._zstd_c().compress(raw)
@@ -80,20 +87,22 @@ class Codec:
             payload = lz4.block.compress(raw, store_size=True)
             cid = CodecId.LZ4
         else:
-            return CodecId.RAW, bytes(raw)
+            return CodecId.RAW, raw
         if len(payload) > n - (n >> MIN_SAVING_SHIFT):
-            return CodecId.RAW, bytes(raw)
+            return CodecId.RAW, raw
         return cid, payload
 
-    def decompress(self, cid: int, payload: bytes, raw_len: int,
+    def decompress(self, cid: int, payload: bytes | bytearray | memoryview, raw_len: int,
                    mutable: bool = False) -> bytes | bytearray:
-        """Decode a payload; mutable=True returns a bytearray, for a block
-        about to be written. Decoding straight into it saves a copy and a
-        second fresh 128 KiB allocation: 80 against 110 us per block when
-        the memory is fresh (its page faults are most of either figure)."""
+        """Decode a payload, which may be a view into the payload arena (the
+        codecs read any buffer; the result never refers to it). mutable=True
+        returns a bytearray, for a block about to be written. Decoding
+        straight into it saves a copy and a second fresh 128 KiB allocation:
+        80 against 110 us per block when the memory is fresh (its page faults
+        are most of either figure)."""
         out: bytes | bytearray
         if cid == CodecId.RAW:
-            return bytearray(payload) if mutable else payload
+            return bytearray(payload) if mutable else bytes(payload)
         if cid == CodecId.ZSTD:
             if mutable:
                 out = bytearray(raw_len)

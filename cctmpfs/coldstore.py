@@ -20,9 +20,9 @@ shared counters with apply() once it holds the lock again; publish() applies
 its batch's. So two threads reading the device at once never lose a count,
 and the stats never see half an update.
 
-An owner is any object with a mutable `payload` attribute (bytes in RAM, or
-the devlog.Location of its record once evicted) and a `refs` count:
-blockstore.StoredBlock.
+An owner is any object with a mutable `payload` attribute (what holds its
+bytes in RAM, or the devlog.Location of its record once evicted) and a `refs`
+count: blockstore.StoredBlock, whose payload in RAM is an arena handle.
 """
 
 from __future__ import annotations
@@ -85,6 +85,9 @@ class Planned:
     payload: bytes         # eviction: the payload in RAM; a move: the record's bytes as read
     loc: Location          # where the record goes
     old: Optional[Location] = None   # a move (cleaning): where the record was
+    #: an eviction: what the owner's payload attribute held when planned (an
+    #: arena handle); the eviction is published only if it still holds it
+    held: Any = None
 
 
 @attrs.define(slots=True)
@@ -174,7 +177,8 @@ class ColdStore:
             if entries and not self.log.fits_open(len(payload) + extra):
                 break
             loc, _seq = self.log.place(len(payload) + extra)
-            entries.append(Planned(owner, codec, payload, attrs.evolve(loc, raw_len=owner.raw_len)))
+            entries.append(Planned(owner, codec, payload, attrs.evolve(loc, raw_len=owner.raw_len),
+                                   held=owner.payload))
         if not entries:
             return None
         segment = self.log.seal_open()
@@ -226,7 +230,7 @@ class ColdStore:
                     moved += 1
                 else:
                     self._dead(p.loc)
-            elif ok and p.owner.payload is p.payload:
+            elif ok and p.owner.payload is p.held:
                 p.owner.payload = p.loc
                 self._remember(p.loc, p.owner)
                 self.counters.evictions += 1

@@ -27,6 +27,8 @@ POINTS = {
     "truncate.cut": "filemap.DataEngine.truncate, before cutting blocks",
     "seal.encode": "filemap.DataEngine._encode, unlocked (seal() counts it and retries later)",
     "device.write": "coldstore.ColdStore.write_batch, unlocked (the batch fails, blocks stay)",
+    "arena.grow": "arena._map, mapping a payload segment (as ENOMEM: the seal is not published, "
+                  "the block stays dirty, a write that needs RAM gets ENOSPC)",
     "unlink": "namespace.Filesystem.unlink, after the lookups, before changing anything",
 }
 ENV = "CCTMPFS_FAULTS"

@@ -39,7 +39,8 @@ from typing import Callable, Iterable, Iterator, Optional
 import attrs
 
 from . import faults
-from .blockstore import BlockStore, StoredBlock
+from .arena import LEN_MASK, ArenaFull
+from .blockstore import BlockStore, Payload, StoredBlock
 from .codec import Codec, CodecId
 from .coldstore import ColdReadError, ColdStore, Tally
 from .devlog import Location, NoSpace
@@ -70,6 +71,11 @@ MAX_CLEANINGS_PER_EVICT = 8
 #: Blocks compressed per lock release. 16 x 128 KiB is ~3-8 ms of zstd work:
 #: long enough to amortise the lock hand-off, short enough to keep latency low.
 SEAL_BATCH = 16
+#: Payload bytes the sealer's pass may move to compact the arena (arena.py),
+#: in slices of 256 KiB with the lock released: 8 MiB every POLL_SECONDS
+#: (0.5 s) is at most ~0.5% of a CPU of memcpy here, and empties eight
+#: segments a pass when they are nearly empty, as after a partial `rm -rf`.
+COMPACT_BYTES_PER_PASS = 8 << 20
 
 _ZEROS = bytes(1 << 20)
 _ZEROS_MV = memoryview(_ZEROS)
@@ -218,6 +224,7 @@ class EngineCounters:
     enospc: int = 0            # writes refused for size= or ram=
     promotions: int = 0        # evicted blocks read hot and brought back to RAM
     seal_errors: int = 0       # blocks whose compression raised; left dirty, sealed later
+    seals_arena_full: int = 0  # blocks compressed but not stored: the arena could not grow; left dirty
     device_full: int = 0       # evictions that found no free segment on the device
 
 
@@ -226,7 +233,7 @@ class Encoded:
     """The sealed form of one block, made unlocked and published under the lock."""
 
     codec: CodecId
-    payload: bytes               # decodes to the block's content
+    payload: Payload             # decodes to the block's content
     fingerprint: Optional[int]   # of the content; None when dedup is off
     reused: bool = False         # payload is an indexed block's, verified byte for byte
     collided: bool = False       # an indexed block had this fingerprint but other bytes
@@ -246,10 +253,13 @@ class DataEngine:
         self.bs = block_size
         self.codec = codec
         self.store = store
+        self.arena = store.arena
         self.buffer = buffer
         self.lock = lock
         self.size_limit = size_limit   # 0: unlimited
         self.ram_budget = ram_budget   # 0: unlimited
+        if ram_budget:
+            store.arena.limit = store.arena.limit_for(ram_budget)
         self.clock = clock
         self.alloc_bytes = 0           # sum of FileData.alloc_bytes over live files
         self.counters = EngineCounters()
@@ -319,27 +329,34 @@ class DataEngine:
             payload = stored.payload
             raw_len = stored.raw_len
             codec: int = stored.codec
+            data = None   # an evicted payload, read back
+            # In RAM: decode straight from the arena, its segment pinned.
+            view = self.arena.pin(payload) if type(payload) is int else None
             # What reading an evicted record counts, unlocked: applied with the lock.
-            tally = Tally() if type(payload) is Location else None
+            tally = Tally() if view is None else None
             try:
                 with released(self.lock):
                     faults.hit("read.decode")
-                    if tally is not None:
-                        codec, payload = self._read_evicted(payload, tally)  # type: ignore[arg-type]
-                    raw = self.codec.decompress(codec, payload, raw_len, mutable)
+                    if view is None:
+                        codec, data = self._read_evicted(payload, tally)  # type: ignore[arg-type]
+                        raw = self.codec.decompress(codec, data, raw_len, mutable)
+                    else:
+                        raw = self.codec.decompress(codec, view, raw_len, mutable)
             except FsError:
                 if f.blocks.get(idx) is slot and slot.stored is stored and stored.payload is payload:
                     raise
                 continue   # the block was moved or freed meanwhile: look again
             finally:
-                if tally is not None:
-                    self.cold.apply(tally)  # type: ignore[union-attr]
+                if view is not None:
+                    self.arena.unpin(view)
+                else:
+                    self.cold.apply(tally)  # type: ignore[union-attr, arg-type]
             if f.blocks.get(idx) is slot and slot.raw is None and slot.stored is stored:
                 slot.raw = raw
                 self.buffer.charge(slot, self.clock())
                 self.counters.loads += 1
                 if hot:
-                    self._promote_or_touch(stored, payload)
+                    self._promote_or_touch(stored, data)
                 return raw
 
     def _read_evicted(self, loc: Location, tally: Tally) -> tuple[int, bytes]:
@@ -352,16 +369,21 @@ class DataEngine:
             log.error("reading an evicted block failed: %s", e)
             raise FsError(errno.EIO, str(e)) from None
 
-    def _promote_or_touch(self, block: StoredBlock, payload: bytes) -> None:
+    def _promote_or_touch(self, block: StoredBlock, data: Optional[bytes]) -> None:
         """A hot block was read: mark it recently used, and if it lives on
-        the device and RAM stays under the high watermark with it, bring it
-        back (the evictor then moves colder blocks out, not this one)."""
+        the device (data: its payload, read back) and RAM stays under the
+        high watermark with it, bring it back (the evictor then moves colder
+        blocks out, not this one)."""
         if block.in_ram:
             self.store.touch(block)
             return
-        if (self.cold is not None and self.ram_budget and block.refs > 0
-                and self.ram_in_use(len(payload)) <= EVICT_HIGH * self.ram_budget):
-            self.cold.free(self.store.promoted(block, payload))
+        if (data is not None and self.cold is not None and self.ram_budget and block.refs > 0
+                and self.ram_in_use(len(data)) <= EVICT_HIGH * self.ram_budget):
+            try:
+                loc = self.store.promoted(block, data)
+            except ArenaFull:
+                return   # no room in the arena: it stays on the device
+            self.cold.free(loc)
             self.counters.promotions += 1
 
     def read(self, f: FileData, off: int, size: int) -> bytes:
@@ -457,11 +479,16 @@ class DataEngine:
         stored = slot.stored
         assert stored is not None
         payload = stored.payload
-        if type(payload) is Location:
+        if type(payload) is not int:
             return None   # on the device: raw_for reads it back
-        with self._unlocked:
-            faults.hit("read.decode")
-            raw = self.codec.decompress(stored.codec, payload, self.bs)
+        arena = self.arena
+        view = arena.pin(payload)   # its segment stays mapped while decoding from it
+        try:
+            with self._unlocked:
+                faults.hit("read.decode")
+                raw = self.codec.decompress(stored.codec, view, self.bs)
+        finally:
+            arena.unpin(view)
         if slot.stored is not stored or f.blocks.get(idx) is not slot:
             return None   # written or cut meanwhile: read what is there now
         self.counters.loads += 1
@@ -527,14 +554,16 @@ class DataEngine:
                 ram += new_extent
                 st_ = slot.stored
                 if st_ is not None and st_.refs == 1 and st_.in_ram:
-                    ram -= len(st_.payload)  # type: ignore[arg-type]
+                    ram -= st_.payload & LEN_MASK  # type: ignore[operator]
         return alloc, ram
 
     def write(self, f: FileData, off: int, data: bytes) -> int:
         """Write data at off; returns len(data). Releases the global lock.
 
         Raises FsError(EFBIG) past the maximum file size and FsError(ENOSPC)
-        when size= or the RAM budget would be exceeded; nothing is changed then.
+        when size= or the RAM budget would be exceeded, or when the write
+        needs more RAM and the payload arena cannot grow (after make_room()
+        compacted it and sealed what it could); nothing is changed then.
         """
         if self._write_in_place(f, off, data):
             return len(data)
@@ -555,13 +584,16 @@ class DataEngine:
                     return self.write(f, off, data[:fit])
                 self.counters.enospc += 1
                 raise FsError(errno.ENOSPC, "size= limit reached")
-            if not self.ram_budget or ram <= 0 or self.ram_in_use(ram) <= self.ram_budget:
+            arena_full = ram > 0 and self.arena.full
+            if not arena_full and (not self.ram_budget or ram <= 0
+                                   or self.ram_in_use(ram) <= self.ram_budget):
                 break
             if attempt == 0:
                 self.make_room()   # releases the lock: re-check everything
         else:
             self.counters.enospc += 1
-            raise FsError(errno.ENOSPC, "ram= budget reached")
+            raise FsError(errno.ENOSPC, "the payload arena cannot grow" if arena_full
+                          else "ram= budget reached")
         faults.hit("write.apply")
         self._apply_write(f, off, data)
         self._shed(allow_seal=True)
@@ -606,9 +638,9 @@ class DataEngine:
                 return False
         buf = self.buffer
         growth = end - extent
-        if growth > 0 and self.ram_budget and \
-                self.store.counters.stored_bytes + buf.dirty_bytes + growth > self.ram_budget:
-            return False   # over ram= (ram_in_use(), inline)
+        if growth > 0 and (self.arena.full or self.ram_budget and
+                           self.store.counters.stored_bytes + buf.dirty_bytes + growth > self.ram_budget):
+            return False   # no room in the arena, or over ram= (ram_in_use(), inline)
         now = self.clock()
         if slot is None:
             # A whole llfuse request is kept as is, without a copy.
@@ -810,16 +842,20 @@ class DataEngine:
             have = store.peek(fp)
             if have is not None and have.raw_len == n:
                 # Verify byte for byte: decoding costs ~25 us, compressing
-                # (which this skips) 80-400 us at 128 KiB. An evicted block
-                # is read back from the device for it.
+                # (which this skips) 80-400 us at 128 KiB. The payload is
+                # copied out of the arena (unlocked: None if the block died or
+                # moved meanwhile); an evicted one is read back from the device.
                 codec: int = have.codec
-                payload = have.payload
-                if type(payload) is Location:
+                where = have.payload
+                payload: Optional[Payload]
+                if type(where) is Location:
                     assert tally is not None
                     try:
-                        codec, payload = self.cold.read(payload, tally)  # type: ignore[union-attr]
+                        codec, payload = self.cold.read(where, tally)  # type: ignore[union-attr]
                     except ColdReadError:
                         payload = None
+                else:
+                    payload = store.peek_payload(have)
                 if payload is not None:
                     if self.codec.decompress(codec, payload, n) == raw:
                         return Encoded(CodecId(codec), payload, fp, reused=True, verified=have)
@@ -842,17 +878,25 @@ class DataEngine:
         Returns the number of slots published.
         """
         jobs = []
+        raw_bytes = 0
         for s in slots:
             if s.file is None or not s.dirty or s.sealing:
                 continue
             s.sealing = True
             jobs.append((s, s.generation, s.raw))
+            raw_bytes += s.extent
         if not jobs:
             return 0
         results: list[object] = []   # Encoded, None (all zeros) or SEAL_FAILED
         tally = Tally() if self.cold is not None else None
         me = threading.get_ident()
         self.sealing_threads[me] = self.sealing_threads.get(me, 0) + 1
+        arena = self.arena
+        # Segments the payloads may need, mapped unlocked: mapping and zeroing
+        # one costs ~340 us a MiB, which publishing would otherwise pay under
+        # the lock (arena.py). The payloads are at most raw_bytes.
+        spares_wanted = arena.spares_wanted(raw_bytes)
+        spares = []
         try:
             cpu = self.compress_cpu()   # decided under the lock, entered without it
             with released(self.lock), cpu:
@@ -863,7 +907,11 @@ class DataEngine:
                     except Exception as e:  # noqa: BLE001 - the block stays dirty, sealed later
                         log.error("sealing a block failed (it stays in the buffer): %r", e)
                         results.append(SEAL_FAILED)
+                if spares_wanted:
+                    spares = arena.map_spares(spares_wanted)
         finally:
+            if spares:
+                arena.add_spares(spares)
             for s, _gen, _raw in jobs:
                 s.sealing = False
             self.sealing_threads[me] -= 1
@@ -884,12 +932,17 @@ class DataEngine:
                 self._detach(f, s)
                 self.counters.zero_blocks += 1
             else:
+                try:
+                    stored = self.store.publish(res.codec, res.payload, res.fingerprint, res.verified)
+                except ArenaFull:
+                    self.counters.seals_arena_full += 1   # stays dirty: nothing is lost
+                    continue
                 if res.collided:
                     self.store.dedup_counters.verify_mismatches += 1
                 if res.reused:
                     self.counters.compressions_skipped += 1
                 self.buffer.discharge(s)
-                s.stored = self.store.publish(res.codec, res.payload, res.fingerprint, res.verified)
+                s.stored = stored
                 s.raw = None
                 self.counters.seals += 1
             published += 1
@@ -938,8 +991,11 @@ class DataEngine:
             self.counters.pressure_seals += self.seal(dirty)
 
     def make_room(self) -> None:
-        """Seal every dirty block and drop every clean copy; with a backing
-        device, evict down to the low watermark. Releases the global lock."""
+        """Compact the payload arena if it holds much free space, seal every
+        dirty block and drop every clean copy; with a backing device, evict
+        down to the low watermark. Releases the global lock."""
+        self.store.compact(self.lock, COMPACT_BYTES_PER_PASS)
+        self.arena.probe(self.lock)   # a mapping failed: try again
         dirty = [s for s in self.buffer.slots if s.dirty]
         for i in range(0, len(dirty), SEAL_BATCH):
             self.counters.pressure_seals += self.seal(dirty[i:i + SEAL_BATCH])
@@ -983,9 +1039,14 @@ class DataEngine:
             cleanings = 0   # bounded: on a device full of live data, cleaning only shuffles
             while order and self.ram_in_use() > target:
                 cands, got = [], 0
+                read = self.store.payload_bytes
                 for b in order:   # least recently used first
-                    cands.append((b, b.codec, b.payload))
-                    got += len(b.payload)  # type: ignore[arg-type]
+                    # A copy, made under the lock (~60 us for a 2 MiB
+                    # segment's worth): the segment is written unlocked,
+                    # while compaction may move the payload in the arena.
+                    payload = read(b)
+                    cands.append((b, b.codec, payload))
+                    got += len(payload)
                     if got >= cold.log.segment_size:
                         break
                 try:
@@ -1047,7 +1108,7 @@ class DataEngine:
             cold.write_batch(batch)
         evicted = cold.publish(batch)
         for p in evicted:
-            self.store.evicted(p.owner, len(p.payload))
+            self.store.evicted(p.owner, p.held)
         if cleaning:
             cold.note_cleaned([seg for seg, _ in cleaning])
         self._discard_emptied()
@@ -1113,6 +1174,8 @@ class DataEngine:
         for i in range(0, len(cold_dirty), SEAL_BATCH):
             done += self.seal(cold_dirty[i:i + SEAL_BATCH])
         self._shed(allow_seal=True)
+        self.store.compact(self.lock, COMPACT_BYTES_PER_PASS)
+        self.arena.maintain(self.lock)
         if self.cold is not None:
             if self.ram_budget and self.ram_in_use() > EVICT_HIGH * self.ram_budget:
                 self.evict(int(EVICT_LOW * self.ram_budget))
@@ -1122,7 +1185,8 @@ class DataEngine:
     def seal_everything(self) -> None:
         """Seal all dirty blocks now (tests, and stats that want settled
         numbers), and wait for those another thread is sealing. Releases the
-        global lock."""
+        global lock. Blocks that the payload arena has no room for stay
+        dirty."""
         self.seal_queue.clear()
         while True:
             dirty = [s for s in self.buffer.slots if s.dirty and not s.sealing]
@@ -1133,5 +1197,10 @@ class DataEngine:
                 with released(self.lock):
                     time.sleep(0.001)
                 continue
+            full_before = self.counters.seals_arena_full
             for i in range(0, len(dirty), SEAL_BATCH):
                 self.seal(dirty[i:i + SEAL_BATCH])
+            if self.counters.seals_arena_full != full_before and self.arena.full:
+                self.store.compact(self.lock, COMPACT_BYTES_PER_PASS)
+                if self.arena.full:
+                    return   # no room: what is left stays dirty

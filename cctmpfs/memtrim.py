@@ -1,13 +1,17 @@
 """Give freed heap memory back to the kernel, so RSS follows what is stored.
 
-glibc keeps freed chunks in its heap. After a file of 1 GiB was written,
-compressed and deleted, the daemon's RSS stayed at the high-water mark (a
-benchmark run measured 1.28 GiB of RSS for 77 MiB stored). malloc_trim(0)
-returns free pages anywhere in the heap (madvise), so the background thread
-calls it when RSS exceeds what is accounted by a margin.
+Payloads live in the payload arena (arena.py), whose emptied segments are
+unmapped directly. What is left in glibc's heaps is short-lived: request
+buffers, blocks in the hot buffer, codec output, decoded blocks, and the
+Python objects bigger than pymalloc's 512 bytes. glibc keeps freed chunks in
+its heaps, and returns only the top of each: after a big `rm -rf` the freed
+pages in the middle stay resident. malloc_trim(0) gives back every whole free
+page anywhere in the heaps (madvise), so the sealer thread calls it when the
+heaps hold at least TRIM_FREE_BYTES of free chunks (mallinfo2) and RSS has
+grown by that much since the last trim left it.
 
 Threading: maybe_trim() runs on the sealer thread without the global lock
-(ctypes drops the GIL for the call, so handlers keep running).
+(ctypes drops the GIL for the calls, so handlers keep running).
 """
 
 from __future__ import annotations
@@ -17,18 +21,39 @@ import ctypes.util
 import logging
 import os
 import time
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
-#: Trim when RSS exceeds the accounted bytes by this fraction plus TRIM_SLACK.
-TRIM_EXCESS_FRACTION = 0.25
-#: Python, the libraries and llfuse's buffers take ~40 MiB before any data.
-TRIM_SLACK = 96 * 1024 * 1024
-#: At most one trim per interval: a trim of a 2 GiB heap takes milliseconds,
-#: and every trimmed page costs a fresh-page fault (~2.5 us) when reused.
+#: Trim when the malloc heaps hold this much free memory and RSS is this much
+#: above what the last trim left. This is the heap part of the slack bound
+#: (docs/arenas.md): a trim of a 100 MiB heap takes ~1 ms here, and every
+#: trimmed page costs a fresh-page fault (~2.5 us) when reused, so a few MiB
+#: of free heap is cheaper kept than returned.
+TRIM_FREE_BYTES = 8 * 1024 * 1024
+#: At most one check per interval: mallinfo2() walks the free lists of every
+#: heap, which takes ~1 ms for 100k free chunks.
 TRIM_INTERVAL_SECONDS = 2.0
 #: mallopt(M_ARENA_MAX): few threads allocate here; more arenas only fragment.
 M_ARENA_MAX = -8
+
+
+class _Mallinfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (2.33 and later), every field a size_t."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena",      # bytes of non-mmapped space the heaps took from the system
+        "ordblks",    # free chunks
+        "smblks",     # free fastbin chunks
+        "hblks",      # mmapped regions
+        "hblkhd",     # bytes in mmapped regions
+        "usmblks",    # unused (0)
+        "fsmblks",    # bytes in free fastbin chunks
+        "uordblks",   # bytes in use
+        "fordblks",   # bytes free in the heaps (trimmed pages included)
+        "keepcost",   # bytes free at the top of the main heap
+    )]
+
 
 try:
     _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -37,6 +62,12 @@ try:
 except (OSError, AttributeError):  # not glibc: nothing to trim with
     _malloc_trim = None
     _mallopt = None
+try:
+    _mallinfo2 = _libc.mallinfo2
+    _mallinfo2.restype = _Mallinfo2
+    _mallinfo2.argtypes = []
+except (NameError, AttributeError):  # glibc before 2.33
+    _mallinfo2 = None
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -47,6 +78,14 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def heap_free_bytes() -> Optional[int]:
+    """Free bytes in the malloc heaps (mallinfo2's fordblks), or None where
+    glibc cannot say."""
+    if _mallinfo2 is None:
+        return None
+    return int(_mallinfo2().fordblks)
 
 
 def limit_arenas(n: int = 2) -> None:
@@ -63,23 +102,30 @@ class Trimmer:
 
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock
-        self.last = 0.0          # clock() of the last RSS check
+        self.last = 0.0          # clock() of the last check
+        self.floor = 0           # RSS the last trim left, or the lowest seen since
         self.trims = 0           # malloc_trim calls made
         self.freed_bytes = 0     # RSS drop measured across those calls
 
-    def maybe_trim(self, accounted_bytes: int) -> bool:
+    def maybe_trim(self) -> bool:
         if _malloc_trim is None:
             return False
         now = self.clock()
         if now - self.last < TRIM_INTERVAL_SECONDS:
             return False
-        self.last = now   # also rate-limits the /proc read below
+        self.last = now   # also rate-limits the /proc read and mallinfo2 below
         rss = rss_bytes()
-        if rss <= accounted_bytes * (1 + TRIM_EXCESS_FRACTION) + TRIM_SLACK:
+        if not self.floor or rss < self.floor:
+            self.floor = rss
+        if rss < self.floor + TRIM_FREE_BYTES:
+            return False
+        free = heap_free_bytes()
+        if free is not None and free < TRIM_FREE_BYTES:
             return False
         _malloc_trim(0)
         after = rss_bytes()
+        self.floor = after
         self.trims += 1
         self.freed_bytes += max(0, rss - after)
-        log.debug("malloc_trim: RSS %d -> %d (accounted %d)", rss, after, accounted_bytes)
+        log.debug("malloc_trim: RSS %d -> %d (heap free %s)", rss, after, free)
         return True

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 import attrs
 
 from . import faults
+from .arena import segment_bytes_for
 from .blockstore import BlockStore
 from .clock import TimestampClock
 from .codec import Codec
@@ -176,7 +177,7 @@ class Filesystem:
         #: pass clock_ns, a fake clock that is both source and real time.
         self.clock = TimestampClock() if clock_ns is None else TimestampClock(clock_ns, clock_ns)
         self.now_ns = self.clock.now_ns
-        self.store = BlockStore(dedup=dedup)
+        self.store = BlockStore(dedup=dedup, segment_bytes=segment_bytes_for(block_size))
         self.engine = DataEngine(
             block_size=block_size, codec=codec or Codec("zstd", 3), store=self.store,
             buffer=HotBuffer(buffer_bytes), lock=self.lock, size_limit=size_limit,

@@ -2,8 +2,8 @@
 
 It wakes when a sequential writer fills a block or a file is released (the
 engine calls wake(), which only sets an event), and every POLL_SECONDS to
-seal blocks that went cold, drop stale clean copies and return freed heap
-memory (memtrim.py).
+seal blocks that went cold, drop stale clean copies, compact the payload
+arena (arena.py) and return freed heap memory (memtrim.py).
 
 Threading: the thread takes the global lock for each pass; the pass releases
 it around compression (DataEngine.seal). It waits on its event only while
@@ -101,12 +101,10 @@ class Sealer:
             scan = time.monotonic() - last_scan >= POLL_SECONDS
             if scan:
                 last_scan = time.monotonic()
-            accounted = None
             self.lock.acquire()
             try:
                 if scan:
                     self.engine.background_pass()
-                    accounted = self.engine.store.counters.stored_bytes + self.engine.buffer.total_bytes
                 else:
                     self.engine.queued_pass()
             except Exception as e:  # noqa: BLE001 - a bug here must not kill the mount
@@ -114,5 +112,5 @@ class Sealer:
                 self.on_error(e)
             finally:
                 self.lock.release()
-            if accounted is not None:
-                self.trimmer.maybe_trim(accounted)
+            if scan:
+                self.trimmer.maybe_trim()

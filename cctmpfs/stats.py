@@ -117,8 +117,12 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
     if store.ram_order is not None:   # with a backing device: the blocks' LRU order
         records += sys.getsizeof(store.ram_order)
     parts = {
-        # Compressed payloads in RAM (their length; the records count their headers).
+        # Compressed payloads in RAM: their length in the arena's segments.
         "payload_bytes": store.counters.stored_bytes,
+        # The rest of the arena's mapped segments: dead payloads not yet
+        # compacted, the unfilled room of the heads, the spare segments.
+        # Known exactly, and bounded by compaction (docs/arenas.md).
+        "arena_free_bytes": store.arena.free_bytes,
         # Uncompressed hot blocks and the buffer's LRU order.
         "hot_buffer_bytes": buf.total_bytes + sys.getsizeof(buf.slots),
         # Inode records, the inode table, directory entries, names and symlink targets.
@@ -198,6 +202,39 @@ def _device(fs: Filesystem) -> dict[str, Any] | None:
     }
 
 
+def _arena(fs: Filesystem) -> dict[str, Any]:
+    """The payload arena's figures (arena.py, docs/arenas.md)."""
+    a = fs.store.arena
+    c = a.counters
+    return {
+        "segment_bytes": a.segment_bytes,
+        "segments": len(a.segments),
+        "spare_segments": len(a.spares),
+        # Bytes mapped (segments and spares; populated, so this is the
+        # arena's RSS), the live payloads in them (= stored_bytes), and the
+        # rest: free_bytes = fragmented (dead payloads inside the filled
+        # parts) + the unfilled room of the segments + the spares.
+        "mapped_bytes": a.mapped_bytes,
+        "live_bytes": a.live_bytes,
+        "free_bytes": a.free_bytes,
+        "fragmented_bytes": a.used_bytes - a.live_bytes,
+        # Free space outside the heads and spares: what compaction can give
+        # back; it starts past compaction_target_bytes.
+        "reclaimable_bytes": a.reclaimable_bytes,
+        "compaction_target_bytes": a.compaction_target(),
+        "limit_bytes": a.limit,
+        "full": a.full,
+        # Since mount: segments emptied by compaction, payload bytes it
+        # moved, moves dropped because the block died meanwhile.
+        "compactions": c.compactions,
+        "bytes_moved": c.bytes_moved,
+        "moves_dropped": c.moves_dropped,
+        "segments_mapped": c.segments_mapped,
+        "segments_released": c.segments_released,
+        "grow_failures": c.grow_failures,
+    }
+
+
 def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> dict[str, Any]:
     """Every figure of the mount as one JSON-ready dict. Caller holds the lock.
 
@@ -249,6 +286,7 @@ def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> 
         },
         "zero_blocks": eng.counters.zero_blocks,
         "device": _device(fs),
+        "arena": _arena(fs),
         "blocks": states,
         "incompressible_blocks": store.incompressible_blocks,
         "limits": {"size_bytes": eng.size_limit, "ram_bytes": eng.ram_budget,

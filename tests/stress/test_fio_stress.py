@@ -170,11 +170,11 @@ def daemon_rss(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-#: Right after a cycle's files are deleted, the daemon's RSS still holds the
-#: freed heap: 115-145 MiB measured here, against 33-36 MiB once the daemon's
-#: malloc_trim has run (cctmpfs/memtrim.py trims at most every 2 s, and only
-#: above 96 MiB). The trim came 0.1-1.6 s after the settle in 15 cycles; wait
-#: up to this long for it.
+#: Right after a cycle's files are deleted, the daemon's RSS may still hold
+#: freed heap (115-145 MiB measured here before the payload arena, 33-36 MiB
+#: once the daemon's malloc_trim had run). cctmpfs/memtrim.py looks at most
+#: every 2 s and trims once the heaps hold 8 MiB of free memory; the payload
+#: arena unmaps its segments without it. Wait up to this long for a trim.
 TRIM_WAIT = 5.0
 
 
@@ -389,9 +389,10 @@ def rss_cycles(mp: Any, deadline: float, min_cycles: int) -> list[tuple[int, boo
 
 def check_rss_flat(samples: list[tuple[int, bool]], elapsed: float) -> None:
     rss = [r for r, _trimmed in samples]
-    # Every cycle here frees ~85 MiB of stored blocks, so the heap always
-    # crosses memtrim's 96 MiB threshold and a trim follows; a sample without
-    # one holds freed heap and is marked.
+    # Every cycle here frees ~85 MiB of stored blocks, from the payload arena
+    # (unmapped at once) and the heap (request buffers, decoded blocks), which
+    # memtrim trims past 8 MiB of free memory; a sample without a trim is
+    # marked.
     shown = [f"{r / MiB:.1f}" + ("" if trimmed else " (no trim)") for r, trimmed in samples]
     third = len(rss) // 3 if len(rss) >= 6 else 1
     first, last = statistics.median(rss[:third]), statistics.median(rss[-third:])

@@ -233,7 +233,7 @@ class Harness:
 
     def stored_content(self, st_) -> bytes:  # type: ignore[no-untyped-def]
         if st_.in_ram:
-            return self.eng.codec.decompress(st_.codec, st_.payload, st_.raw_len)
+            return self.eng.codec.decompress(st_.codec, self.fs.store.payload_bytes(st_), st_.raw_len)
         codec, payload = self.eng.cold.read(st_.payload, Tally())   # counts nothing shared
         return self.eng.codec.decompress(codec, payload, st_.raw_len)
 
@@ -296,12 +296,14 @@ class Harness:
         c = self.fs.store.counters
         blocks = [b for b, _ in stored.values()]
         assert c.blocks == len(blocks)
-        assert c.stored_bytes == sum(len(b.payload) for b in blocks if b.in_ram)
+        assert c.stored_bytes == sum(b.payload_len for b in blocks if b.in_ram)
         assert c.raw_bytes == sum(b.raw_len for b in blocks)
         assert c.incompressible_blocks == sum(1 for b in blocks if b.codec == CodecId.RAW)
         for b, refs in stored.values():
             assert b.refs == refs
-            assert not b.in_ram or len(b.payload) <= b.raw_len
+            assert not b.in_ram or b.payload_len <= b.raw_len
+        if not sealing_allowed:   # quiescent: no reader is pinned, nothing waits for one
+            assert (self.fs.store.arena.readers, self.fs.store.arena.deferred) == (0, [])
         assert check_data(fs) == []
 
     def check_zero_holes(self) -> None:

@@ -19,7 +19,13 @@ TOP_FIELDS = {
     "version", "codec", "block_size", "files_bytes", "logical_bytes", "stored_logical_bytes",
     "stored_bytes", "buffer_bytes", "buffer_dirty_bytes", "buffer_clean_bytes", "ram_used_bytes",
     "compression_ratio", "ratio", "blocks", "incompressible_blocks", "limits", "inodes",
-    "counters", "rss_bytes", "memory",
+    "counters", "rss_bytes", "memory", "arena",
+}
+ARENA_FIELDS = {
+    "segment_bytes", "segments", "spare_segments", "mapped_bytes", "live_bytes", "free_bytes",
+    "fragmented_bytes", "reclaimable_bytes", "compaction_target_bytes", "limit_bytes", "full",
+    "compactions", "bytes_moved", "moves_dropped", "segments_mapped", "segments_released",
+    "grow_failures",
 }
 
 
@@ -104,6 +110,13 @@ def test_figures_match_the_store_after_known_writes() -> None:
     assert s["compression_ratio"] == round((4 * BS + 104) / store.stored_bytes, 3)
     assert s["ratio"] == round((4 * BS + 4096) / store.stored_bytes, 3)
     assert s["compression_ratio"] > 2
+    ar = s["arena"]
+    assert set(ar) == ARENA_FIELDS
+    assert ar["live_bytes"] == store.stored_bytes
+    assert ar["mapped_bytes"] == (ar["segments"] + ar["spare_segments"]) * ar["segment_bytes"]
+    assert ar["free_bytes"] == ar["mapped_bytes"] - ar["live_bytes"]
+    assert ar["fragmented_bytes"] == 0 and ar["compactions"] == 0 and ar["full"] is False
+    assert ar["segments"] == 1 and ar["limit_bytes"] > 32 << 20   # ram= plus the slack
 
     fs.read(a, 10, 100)                          # a clean cached copy of block 0
     s = stats.collect(fs)
@@ -116,6 +129,9 @@ def test_figures_match_the_store_after_known_writes() -> None:
     s = stats.collect(fs)
     assert s["blocks"]["dirty"] == 1 and s["blocks"]["stored"] == 3
     assert s["buffer_dirty_bytes"] == 104
+    # Its payload died inside the arena's filled part: fragmented, not live.
+    assert 0 < s["arena"]["fragmented_bytes"] < 100
+    assert s["arena"]["live_bytes"] == s["stored_bytes"]
     json.dumps(s)
 
 
