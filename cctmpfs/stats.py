@@ -97,6 +97,11 @@ def dict_bytes(mean: float) -> float:
     return low if not frac else low + frac * (_dict_bytes_at(lo + 1) - low)
 
 
+#: The parts of memory() that add up to accounted_bytes.
+MEMORY_PARTS = ("payload_bytes", "arena_free_bytes", "hot_buffer_bytes", "inode_bytes",
+                "file_map_bytes", "block_record_bytes", "dedup_index_bytes")
+
+
 def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> dict[str, Any]:
     """Where the daemon's RAM goes, estimated from the structures without
     walking them (caller holds the lock). runtime is the RSS the daemon had

@@ -13,10 +13,10 @@ from cctmpfs import stats
 from cctmpfs.check import check_all
 from cctmpfs.codec import Codec
 from cctmpfs.namespace import ROOT_INO, Caller, Filesystem
+from cctmpfs.stats import MEMORY_PARTS
 
 BS = 16384
-PARTS = ("payload_bytes", "arena_free_bytes", "hot_buffer_bytes", "inode_bytes", "file_map_bytes",
-         "block_record_bytes", "dedup_index_bytes")
+PARTS = MEMORY_PARTS
 
 
 def new_fs(**kw) -> Filesystem:  # type: ignore[no-untyped-def]
