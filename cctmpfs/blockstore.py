@@ -86,6 +86,13 @@ class StoredBlock:
     """
 
     codec: ClassVar[CodecId]   # codec that produced payload (RAW: payload is the raw bytes)
+    #: The idle sealer recompressed the payload at the stronger level
+    #: (DataEngine.recompress_pass). Both flags are the block's class, as
+    #: the codec is, so they cost no byte per block.
+    recompressed: ClassVar[bool] = False
+    #: The idle sealer is done with this block: recompressed, or tried and
+    #: it did not pay. It is not tried again.
+    settled: ClassVar[bool] = False
     #: In RAM: the arena handle of the payload (an int, arena.py: segment,
     #: offset, length and the decoded length; the bytes there never change,
     #: a move gives a new handle). Once evicted: the devlog.Location of its
@@ -125,6 +132,16 @@ def _block_type(cid: CodecId) -> type[StoredBlock]:
 
 
 BLOCK_TYPES: dict[CodecId, type[StoredBlock]] = {cid: _block_type(cid) for cid in CodecId}
+#: The class a block takes when its payload is recompressed (always zstd),
+#: and the ones it takes when recompressing it did not pay: the same slots,
+#: so assigning __class__ keeps the record's size.
+RECOMPRESSED_TYPE: type[StoredBlock] = type(
+    "RecompressedZstdBlock", (StoredBlock,),
+    {"__slots__": (), "codec": CodecId.ZSTD, "recompressed": True, "settled": True})
+SETTLED_TYPES: dict[CodecId, type[StoredBlock]] = {
+    cid: type(f"Settled{cid.name.title()}Block", (StoredBlock,),
+              {"__slots__": (), "codec": cid, "settled": True})
+    for cid in CodecId}
 
 
 def new_block(codec: CodecId, payload: "int | Location", fingerprint: Optional[int] = None) -> StoredBlock:
@@ -146,6 +163,7 @@ class StoreCounters:
     unindexed_blocks: int = 0    # blocks left out of the index by a fingerprint collision
     device_blocks: int = 0       # distinct blocks evicted to the backing device
     device_bytes: int = 0        # bytes their records take there
+    recompressed_blocks: int = 0  # blocks whose payload the idle sealer recompressed (in RAM or evicted)
 
 
 @attrs.define(slots=True)
@@ -292,6 +310,8 @@ class BlockStore:
         c.raw_bytes -= raw_len
         if block.codec == CodecId.RAW:
             c.incompressible_blocks -= 1
+        if block.recompressed:
+            c.recompressed_blocks -= 1
         fp = block.fingerprint
         if fp is not None:
             if self.index.get(fp) is block:
@@ -331,6 +351,27 @@ class BlockStore:
         if self.ram_order is not None:
             self.ram_order[block] = None
         return loc
+
+    def recompressed(self, block: StoredBlock, held: int, payload: bytes) -> int:
+        """Replace the payload of block, at arena handle held, by payload: its
+        content at the stronger zstd level (DataEngine.recompress_pass). The
+        caller checked that block is live at held and that payload is
+        smaller. The fingerprint and index are unchanged (same content).
+        Returns the bytes saved. Lock held. Raises arena.ArenaFull, with
+        nothing changed, when there is no room for the new payload."""
+        new = self.arena.alloc(block, payload, held >> RAW_SHIFT)
+        self.arena.free(held)
+        block.payload = new
+        block.__class__ = RECOMPRESSED_TYPE
+        self.counters.recompressed_blocks += 1
+        saved = (held & LEN_MASK) - len(payload)
+        self.counters.stored_bytes -= saved
+        return saved
+
+    def settle(self, block: StoredBlock) -> None:
+        """Recompressing block did not pay: never try it again. Lock held."""
+        if not block.settled:
+            block.__class__ = SETTLED_TYPES[block.codec]
 
     def compact(self, lock: "GlobalLock", max_bytes: int) -> int:
         """Compact the payload arena if it holds too much free space.

@@ -192,6 +192,8 @@ def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int,
     for b in live:
         if b.refs != refs[id(b)]:
             bad.append(f"{b!r}: refs {b.refs} but {refs[id(b)]} slots")
+        if b.recompressed and b.codec != CodecId.ZSTD:
+            bad.append(f"{b!r}: recompressed but its codec is not zstd")
     in_ram = [b for b in live if b.in_ram]
     on_device = [b for b in live if not b.in_ram]
     want = {
@@ -201,6 +203,7 @@ def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int,
         "device_bytes": sum(b.payload.length for b in on_device),  # type: ignore[union-attr]
         "raw_bytes": sum(b.raw_len for b in live),
         "incompressible_blocks": sum(1 for b in live if b.codec == CodecId.RAW),
+        "recompressed_blocks": sum(1 for b in live if b.recompressed),
         "refs": sum(refs.values()),
         "referenced_raw_bytes": sum(b.raw_len * refs[id(b)] for b in live),
     }

@@ -45,12 +45,35 @@ def decoded_length(cid: int, payload: bytes | bytearray | memoryview) -> int:
 class Codec:
     """Compresses with the mount's codec and decompresses any CodecId."""
 
-    def __init__(self, name: str, level: int = 3) -> None:
+    def __init__(self, name: str, level: int = 3, recompress_level: int = 0) -> None:
         if name not in ("zstd", "lz4", "none"):
             raise ValueError(f"unknown codec {name!r}")
         self.name = name
         self.level = level
+        #: zstd level cold blocks are recompressed at by the idle sealer
+        #: (DataEngine.recompress_pass); 0: off.
+        self.recompress_level = recompress_level
         self._local = threading.local()
+
+    def recompresses(self, cid: int) -> bool:
+        """Whether a block this codec stored as cid (and not recompressed
+        yet) is worth recompressing: a zstd block sealed at a weaker level,
+        or an lz4 one (zstd at any level beats lz4's ratio)."""
+        if not self.recompress_level:
+            return False
+        if cid == CodecId.ZSTD:
+            return self.recompress_level > self.level
+        return cid == CodecId.LZ4
+
+    def compress_strong(self, raw: bytes | bytearray) -> bytes:
+        """raw as a zstd payload at recompress_level. Runs unlocked; the
+        context is per thread, as for compress()."""
+        c = getattr(self._local, "zs", None)
+        if c is None:
+            c = self._local.zs = zstandard.ZstdCompressor(
+                level=self.recompress_level, write_content_size=True, write_checksum=False,
+                write_dict_id=False)
+        return c.compress(raw)
 
     def _zstd_c(self) -> zstandard.ZstdCompressor:
         c = getattr(self._local, "zc", None)

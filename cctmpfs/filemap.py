@@ -39,7 +39,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import attrs
 
 from . import faults
-from .arena import LEN_MASK, ArenaFull
+from .arena import LEN_MASK, RAW_SHIFT, SEG_MASK, SEG_SHIFT, ArenaFull
 from .blockstore import BlockStore, Payload, StoredBlock
 from .codec import Codec, CodecId
 from .coldstore import ColdReadError, ColdStore, Tally
@@ -76,6 +76,27 @@ SEAL_BATCH = 16
 #: (0.5 s) is at most ~0.5% of a CPU of memcpy here, and empties eight
 #: segments a pass when they are nearly empty, as after a partial `rm -rf`.
 COMPACT_BYTES_PER_PASS = 8 << 20
+
+#: Idle recompression (recompress_pass): the mount counts as idle once no
+#: block was sealed, loaded or promoted for this long; its stored blocks are
+#: cold by then. 5 s: ten sealer polls, so a pause between two commands of a
+#: build does not start recompressing what the next command will read.
+RECOMPRESS_QUIET_SECONDS = 5.0
+#: Blocks recompressed per lock release: 8 x 128 KiB at zstd -9 is ~20 ms of
+#: SCHED_IDLE CPU (18.6 ms/MB measured, options.py), so a batch never holds
+#: back newly queued sealing work for long.
+RECOMPRESS_BATCH = 8
+#: Blocks recompressed per sealer pass (every POLL_SECONDS): 64 x 128 KiB =
+#: 8 MiB, ~0.15 s of idle CPU at zstd -9, about a third of one core.
+RECOMPRESS_PER_PASS = 64
+#: Payload handles the candidate scan looks at per pass, bounded so that a
+#: mount of recompressed blocks costs the idle pass little (~1 ms).
+RECOMPRESS_SCAN_PER_PASS = 8192
+#: A recompressed payload is kept only if it saves at least 1/64 of the old
+#: one and at least 32 bytes: below that the decode cost of a stronger level
+#: is not paid back (the arena has no per-payload overhead to recover).
+RECOMPRESS_MIN_SAVING_SHIFT = 6
+RECOMPRESS_MIN_SAVING_BYTES = 32
 
 _ZEROS = bytes(1 << 20)
 _ZEROS_MV = memoryview(_ZEROS)
@@ -228,6 +249,20 @@ class EngineCounters:
     device_full: int = 0       # evictions that found no free segment on the device
 
 
+@attrs.define(slots=True)
+class RecompressCounters:
+    """Cumulative counters of idle recompression (since mount), one comment
+    each. Protected by the global lock."""
+
+    recompressed: int = 0      # blocks whose payload was replaced by a stronger one
+    bytes_saved: int = 0       # payload bytes those replacements saved
+    no_gain: int = 0           # blocks recompressed but kept: the new payload was not smaller by the margin
+    discarded: int = 0         # results thrown away: the block was freed, evicted or moved meanwhile
+    errors: int = 0            # blocks whose decode or recompression raised; left as they were, not tried again
+    arena_full: int = 0        # results not stored: the arena had no room; left as they were
+    passes: int = 0            # sealer passes that recompressed at least one batch
+
+
 @attrs.frozen
 class Encoded:
     """The sealed form of one block, made unlocked and published under the lock."""
@@ -263,6 +298,13 @@ class DataEngine:
         self.clock = clock
         self.alloc_bytes = 0           # sum of FileData.alloc_bytes over live files
         self.counters = EngineCounters()
+        self.recompress_counters = RecompressCounters()
+        #: Idle recompression state: the activity (seals, loads, promotions)
+        #: seen at the last pass, when it last changed, and the arena
+        #: segment id the candidate scan resumes after.
+        self._rc_activity: tuple[int, int, int] = (-1, -1, -1)
+        self._rc_quiet_since = 0.0
+        self._rc_cursor = -1
         #: `with self._unlocked:` releases the global lock for the body
         #: (one stateless instance, entered by any thread).
         self._unlocked = released(lock)
@@ -1180,6 +1222,127 @@ class DataEngine:
             if self.ram_budget and self.ram_in_use() > EVICT_HIGH * self.ram_budget:
                 self.evict(int(EVICT_LOW * self.ram_budget))
             self.maintain_device()
+        if not done:
+            self.recompress_pass()
+        return done
+
+    # ---- idle recompression ------------------------------------------------------
+    def _busy(self) -> bool:
+        """There is sealing work: queued slots or dirty blocks. Lock held."""
+        return bool(self.seal_queue) or self.buffer.dirty_bytes > 0
+
+    def recompress_pass(self) -> int:
+        """Recompress cold blocks at the codec's recompress_level, as zram's
+        `recompress` does, while the mount is idle: nothing sealed, loaded or
+        promoted for RECOMPRESS_QUIET_SECONDS and no sealing work. At most
+        RECOMPRESS_PER_PASS blocks, in batches of RECOMPRESS_BATCH; stops
+        between batches as soon as there is sealing work. Releases the
+        global lock. Returns the blocks recompressed."""
+        if not self.codec.recompress_level:
+            return 0
+        c = self.counters
+        now = self.clock()
+        activity = (c.seals, c.loads, c.promotions)
+        if activity != self._rc_activity or self._busy():
+            self._rc_activity = activity
+            self._rc_quiet_since = now
+            return 0
+        if now - self._rc_quiet_since < RECOMPRESS_QUIET_SECONDS:
+            return 0
+        cands = self._recompress_candidates(RECOMPRESS_PER_PASS)
+        done = 0
+        for i in range(0, len(cands), RECOMPRESS_BATCH):
+            if self._busy():
+                break   # sealing work comes first
+            done += self._recompress_batch(cands[i:i + RECOMPRESS_BATCH])
+        if cands:
+            self.recompress_counters.passes += 1
+        return done
+
+    def _recompress_candidates(self, limit: int) -> list[tuple[StoredBlock, int]]:
+        """Up to limit (block, handle) pairs of live blocks in RAM that the
+        codec would recompress and that were not recompressed yet, scanning
+        the arena's segments in id order from where the last scan stopped.
+        Lock held; never releases it."""
+        arena = self.arena
+        codec = self.codec
+        ids = sorted(arena.segments)
+        if not ids:
+            return []
+        start = next((i for i, sid in enumerate(ids) if sid > self._rc_cursor), 0)
+        found: dict[int, tuple[StoredBlock, int]] = {}
+        scanned = 0
+        for sid in ids[start:] + ids[:start]:
+            seg = arena.segments[sid]
+            for b in seg.owners:   # dead and moved ones included: checked by handle
+                h = b.payload
+                if type(h) is int and b.refs > 0 and h >> SEG_SHIFT & SEG_MASK == sid and \
+                        not b.settled and codec.recompresses(b.codec):
+                    found[id(b)] = (b, h)
+            scanned += len(seg.owners)
+            if len(found) >= limit:
+                break   # the rest of this segment is seen again next pass
+            self._rc_cursor = sid
+            if scanned >= RECOMPRESS_SCAN_PER_PASS:
+                break
+        return list(found.values())[:limit]
+
+    def _recompress_batch(self, cands: list[tuple[StoredBlock, int]]) -> int:
+        """Decode and recompress the payloads of cands unlocked (at the
+        sealer's CPU class), then publish each one only if its block is
+        still live at the same handle and the new payload is smaller by the
+        margin. Releases the global lock. Returns the blocks published."""
+        store = self.store
+        rc = self.recompress_counters
+        # Copies made under the lock (~10 us for a 100 KiB payload): the
+        # arena's bytes at a handle never change, but compaction may release
+        # the segment once the lock is released.
+        # An earlier batch released the lock: cands found before it may
+        # have changed since.
+        jobs = []
+        for b, h in cands:
+            p = b.payload
+            if b.refs <= 0 or type(p) is not int or p != h or b.settled:
+                rc.discarded += 1
+            else:
+                jobs.append((b, h, b.codec, store.payload_bytes(b)))
+        if not jobs:
+            return 0
+        results: list[Optional[bytes]] = []
+        cpu = self.compress_cpu()   # decided under the lock, entered without it
+        with released(self.lock), cpu:
+            for _b, h, cid, old in jobs:
+                try:
+                    faults.hit("recompress.encode")
+                    raw = self.codec.decompress(cid, old, h >> RAW_SHIFT)
+                    results.append(self.codec.compress_strong(raw))
+                except Exception as e:  # noqa: BLE001 - the block keeps its payload
+                    log.error("recompressing a block failed (it keeps its payload): %r", e)
+                    results.append(None)
+        done = 0
+        for (b, h, _cid, old), new in zip(jobs, results):
+            if new is None:
+                rc.errors += 1
+                if b.refs > 0:
+                    store.settle(b)   # not tried again: one log line per block, not one per pass
+                continue
+            p = b.payload
+            if b.refs <= 0 or type(p) is not int or p != h or b.settled:
+                rc.discarded += 1   # freed, evicted or moved by compaction meanwhile
+                continue
+            n = len(old)
+            if len(new) > n - max(n >> RECOMPRESS_MIN_SAVING_SHIFT, RECOMPRESS_MIN_SAVING_BYTES):
+                rc.no_gain += 1
+                store.settle(b)
+                continue
+            try:
+                saved = store.recompressed(b, h, new)
+            except ArenaFull:
+                rc.arena_full += 1
+                continue
+            rc.recompressed += 1
+            rc.bytes_saved += saved
+            done += 1
         return done
 
     def seal_everything(self) -> None:

@@ -240,6 +240,28 @@ def _arena(fs: Filesystem) -> dict[str, Any]:
     }
 
 
+def _recompress(fs: Filesystem) -> dict[str, Any]:
+    """Idle recompression (recompress=, filemap.DataEngine.recompress_pass)."""
+    eng = fs.engine
+    rc = eng.recompress_counters
+    return {
+        "level": eng.codec.recompress_level or None,   # None: recompress=off
+        # Live: blocks whose payload is the recompressed one now.
+        "recompressed_blocks": fs.store.counters.recompressed_blocks,
+        # Since mount: blocks recompressed, the payload bytes that saved,
+        # blocks tried that did not gain the margin (not tried again),
+        # results dropped because the block was freed, evicted or moved
+        # meanwhile, failures, and results the full arena could not take.
+        "recompressed": rc.recompressed,
+        "bytes_saved": rc.bytes_saved,
+        "no_gain": rc.no_gain,
+        "discarded": rc.discarded,
+        "errors": rc.errors,
+        "arena_full": rc.arena_full,
+        "passes": rc.passes,
+    }
+
+
 def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> dict[str, Any]:
     """Every figure of the mount as one JSON-ready dict. Caller holds the lock.
 
@@ -294,6 +316,7 @@ def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> 
         "arena": _arena(fs),
         "blocks": states,
         "incompressible_blocks": store.incompressible_blocks,
+        "recompress": _recompress(fs),
         "limits": {"size_bytes": eng.size_limit, "ram_bytes": eng.ram_budget,
                    "buffer_bytes": buf.budget, "nr_inodes": fs.nr_inodes},
         "inodes": len(fs.inodes),

@@ -388,3 +388,30 @@ def test_arbitrary_option_strings_raise_only_option_error(opts: list[str]) -> No
     assert "default_permissions" in o.fuse_options and "big_writes" in o.fuse_options
     assert all(isinstance(x, str) and "," not in x for x in o.fuse_options)
     assert o.codec in ("zstd", "lz4", "none")
+
+
+# ---- recompress= -------------------------------------------------------------
+
+def test_recompress_defaults_to_level_9_when_it_can_gain(ram: int) -> None:
+    assert parse().recompress_level == options_mod.DEFAULT_RECOMPRESS_LEVEL == 9
+    assert parse("compress=lz4").recompress_level == 9
+    assert parse("compress=zstd:9").recompress_level == 0     # nothing to gain
+    assert parse("compress=none").recompress_level == 0
+
+
+@pytest.mark.parametrize("text, level", [("off", 0), ("15", 15), ("22", 22), ("4", 4)])
+def test_recompress_levels(ram: int, text: str, level: int) -> None:
+    assert parse(f"recompress={text}").recompress_level == level
+
+
+@pytest.mark.parametrize("opts, message", [
+    (("recompress=on",), "must be off or a zstd level 1..22"),
+    (("recompress=0",), "must be off or a zstd level 1..22"),
+    (("recompress=23",), "must be off or a zstd level 1..22"),
+    (("recompress=-3",), "must be off or a zstd level 1..22"),
+    (("recompress=",), "needs a value"),
+    (("compress=zstd:9", "recompress=9"), "must be stronger than compress=zstd:9"),
+    (("compress=none", "recompress=9"), "compress=none stores nothing compressed"),
+])
+def test_recompress_bad_values(ram: int, opts: tuple[str, ...], message: str) -> None:
+    assert message in refused(*opts)
