@@ -3,7 +3,10 @@
 It wakes when a sequential writer fills a block or a file is released (the
 engine calls wake(), which only sets an event), and every POLL_SECONDS to
 seal blocks that went cold, drop stale clean copies, compact the payload
-arena (arena.py) and return freed heap memory (memtrim.py).
+arena (arena.py) and return freed heap memory (memtrim.py). When a pass has
+nothing to seal and the mount has been quiet for a while, it recompresses
+cold blocks at the stronger zstd level of recompress= (idle recompression,
+DataEngine.recompress_pass), a bounded batch at a time.
 
 Threading: the thread takes the global lock for each pass; the pass releases
 it around compression (DataEngine.seal). It waits on its event only while
