@@ -305,6 +305,9 @@ class DataEngine:
         self._rc_activity: tuple[int, int, int] = (-1, -1, -1)
         self._rc_quiet_since = 0.0
         self._rc_cursor = -1
+        #: A scan went round every segment and found nothing to recompress,
+        #: with no activity since: idle passes skip the scan until there is.
+        self._rc_exhausted = False
         #: `with self._unlocked:` releases the global lock for the body
         #: (one stateless instance, entered by any thread).
         self._unlocked = released(lock)
@@ -1246,8 +1249,9 @@ class DataEngine:
         if activity != self._rc_activity or self._busy():
             self._rc_activity = activity
             self._rc_quiet_since = now
+            self._rc_exhausted = False
             return 0
-        if now - self._rc_quiet_since < RECOMPRESS_QUIET_SECONDS:
+        if now - self._rc_quiet_since < RECOMPRESS_QUIET_SECONDS or self._rc_exhausted:
             return 0
         cands = self._recompress_candidates(RECOMPRESS_PER_PASS)
         done = 0
@@ -1272,7 +1276,9 @@ class DataEngine:
         start = next((i for i, sid in enumerate(ids) if sid > self._rc_cursor), 0)
         found: dict[int, tuple[StoredBlock, int]] = {}
         scanned = 0
+        seen = 0
         for sid in ids[start:] + ids[:start]:
+            seen += 1
             seg = arena.segments[sid]
             for b in seg.owners:   # dead and moved ones included: checked by handle
                 h = b.payload
@@ -1285,6 +1291,8 @@ class DataEngine:
             self._rc_cursor = sid
             if scanned >= RECOMPRESS_SCAN_PER_PASS:
                 break
+        if not found and seen == len(ids):
+            self._rc_exhausted = True
         return list(found.values())[:limit]
 
     def _recompress_batch(self, cands: list[tuple[StoredBlock, int]]) -> int:
