@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from cctmpfs import faults
+from cctmpfs.arena import RAW_SHIFT
 from cctmpfs.blockstore import RECOMPRESSED_TYPE, new_block
 from cctmpfs.check import check_all
 from cctmpfs.codec import CodecId
@@ -165,7 +166,7 @@ def test_a_block_changed_during_the_unlocked_recompression_is_not_published(
             for b in list(h.fs.store.arena.segments[min(arena.segments)].owners):
                 if b.refs > 0 and type(b.payload) is int:   # what compaction does
                     old = b.payload
-                    b.payload = arena.alloc(b, arena.read(old), old >> 46 + 20)
+                    b.payload = arena.alloc(b, arena.read(old), old >> RAW_SHIFT)
                     arena.free(old)
 
     lock.on_release = meanwhile
