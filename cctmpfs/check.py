@@ -20,7 +20,7 @@ from .devlog import Location
 from .filemap import PAGE, Slot
 from .namespace import NAME_MAX, ROOT_INO, Filesystem
 
-#: Version of the report a mount gives (fuseops.Operations.check); changes
+#: Version of the report a mount gives (transport.Frontend.check); changes
 #: when a field of it is renamed or changes meaning.
 CHECK_VERSION = 1
 

@@ -319,6 +319,7 @@ def test_stats_json_after_writing_real_files(mount_cct):
     assert s["blocks"]["dirty"] == 0 and s["blocks"]["sealing"] == 0
     assert s["compression_ratio"] is not None and s["compression_ratio"] > 2.0, s
     assert s["stored_bytes"] < total / 2
+    assert s["transport"]["name"] == "llfuse"
 
     # Unsettled --json works too and keeps the same shape.
     r = run_cli("stats", mp, "--json")
@@ -409,6 +410,7 @@ def test_stats_table(mount_cct):
     assert cells["BLOCK"] == "64.0K"
     assert float(cells["COMPR"]) > 1.5
     assert cells["ERRORS"] == "0"
+    assert cells["TRANSPORT"] == "llfuse"
 
 
 def assert_failed_only_on_others(r: subprocess.CompletedProcess, ours: list[str]) -> None:
