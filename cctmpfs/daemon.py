@@ -7,8 +7,9 @@ failure before that leaves nothing mounted and exits non-zero with one line
 naming the problem.
 
 Threading: the transport's session serves requests under its global lock
-(llfuse: `workers` handler threads under llfuse.lock); the Sealer adds one
-background thread that takes the same lock.
+(llfuse: `workers` handler threads under llfuse.lock; native: one reader
+thread, docs/locking.md); the Sealer adds one background thread that takes
+the same lock.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
     or ready("error: ...") if mounting failed."""
     limit_arenas()
     faults.arm_from_environment()   # test-only (tests/mounted); unset everywhere else
-    session = open_session("llfuse")
+    session = open_session(opts.transport)
     fs = build(opts, session.lock)
     device = None
     if opts.backing is not None:
@@ -144,7 +145,7 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
         if device is not None:
             device.close()
         return 1
-    log.info("mounted %s on %s (transport=%s, %s)", source, mountpoint, session.name,
+    log.info("mounted %s on %s (transport=%s, %s)", source, mountpoint, opts.transport,
              ",".join(opts.fuse_options))
     frontend.runtime_rss = rss_bytes()   # before any file: the base of stats' memory breakdown
     sealer.start()

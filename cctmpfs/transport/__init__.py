@@ -1,8 +1,12 @@
 """Transports: how FUSE requests reach the core, and answers leave it.
 
-A binding serves the core (namespace.Filesystem): today `llfuse`
-(llfuse_ops.py), llfuse 1.5 on libfuse 2.9, the binding this project was
-specified with.
+Two bindings serve the same core (namespace.Filesystem), chosen with the
+mount option `transport=`:
+
+* `llfuse` (llfuse_ops.py): llfuse 1.5 on libfuse 2.9, the binding this
+  project was specified with; the default.
+* `native` (native.py): the kernel's FUSE protocol on /dev/fuse spoken
+  directly (wire.py has the format, mounting.py the mount(2)).
 
 What is not specific to a binding is shared (frontend.py): the error
 boundary, attributes, the control xattrs, request counters and stats. A
@@ -25,7 +29,7 @@ from ..options import MountOptions
 from .frontend import Frontend
 from .mounting import MountError
 
-NAMES = ("llfuse",)
+NAMES = ("llfuse", "native")
 
 __all__ = ["NAMES", "Frontend", "MountError", "Session", "open_session"]
 
@@ -49,4 +53,7 @@ def open_session(name: str) -> Session:
     if name == "llfuse":
         from .llfuse_ops import LlfuseSession
         return LlfuseSession()
+    if name == "native":
+        from .native import NativeSession
+        return NativeSession()
     raise ValueError(f"unknown transport {name!r}")

@@ -1,9 +1,9 @@
 """What every transport shares: the error boundary, attributes, control
 xattrs and request counters, over one core (namespace.Filesystem).
 
-A binding (llfuse_ops.py) only decodes requests, calls the core
+A binding (llfuse_ops.py, native.py) only decodes requests, calls the core
 or this class, and encodes answers. Everything here is independent of how
-requests arrive, so bindings answer alike by construction:
+requests arrive, so the two bindings answer alike by construction:
 
 * **The error boundary** (`errno_for`): FsError becomes its errno, once;
   any other exception is a bug, logged with its traceback, counted in

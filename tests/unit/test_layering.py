@@ -87,8 +87,8 @@ def test_the_core_is_what_the_package_says() -> None:
     assert {"namespace", "filemap", "blockstore", "codec", "options", "locking", "sealer",
             "stats", "errors"} <= set(CORE)
     assert ADAPTERS <= set(module_names())
-    assert {"transport/frontend", "transport/llfuse_ops",
-            "transport/mounting"} <= set(transport_modules())
+    assert {"transport/frontend", "transport/llfuse_ops", "transport/native",
+            "transport/wire", "transport/mounting"} <= set(transport_modules())
 
 
 @pytest.mark.parametrize("module", CORE)
@@ -138,9 +138,9 @@ def test_adapters_are_where_llfuse_is_used() -> None:
 
 @pytest.mark.parametrize("module", [m for m in transport_modules() if m != LLFUSE_BINDING])
 def test_only_the_llfuse_binding_imports_llfuse(module: str) -> None:
-    """The shared frontend and the package itself run without llfuse: they
-    import neither it nor the llfuse binding (except open_session(), inside
-    a function)."""
+    """The native binding, the shared frontend and the package itself run
+    without llfuse: they import neither it nor the llfuse binding (except
+    open_session(), inside a function)."""
     tree = parse(module)
     top_level = set()
     for stmt in tree.body:
@@ -179,11 +179,18 @@ def test_importing_the_core_and_cli_does_not_load_llfuse() -> None:
                         " or m in ('cctmpfs.fuseops', 'cctmpfs.daemon')") == []
 
 
+def test_the_native_transport_runs_without_llfuse() -> None:
+    code = ("import cctmpfs.daemon, cctmpfs.transport.native\n"
+            "from cctmpfs.transport import open_session\n"
+            "open_session('native')")
+    assert loaded_after(code, f"{LLFUSE} or m == 'cctmpfs.transport.llfuse_ops'") == []
+
+
 def test_import_checker_finds_llfuse_imports() -> None:
     """The checker itself: each form of importing llfuse is caught."""
     for src in ("import llfuse", "import llfuse as l", "from llfuse import FUSEError",
                 "from . import transport", "from .transport import open_session",
-                "from .transport.llfuse_ops import Operations", "import cctmpfs.transport.frontend",
+                "from .transport.native import Server", "import cctmpfs.transport.native",
                 "from cctmpfs import transport",
                 "from .daemon import run", "from cctmpfs import daemon",
                 "import cctmpfs.fuseops", "def f():\n    import llfuse",

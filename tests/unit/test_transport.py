@@ -1,4 +1,5 @@
-"""What the transports share (transport/frontend.py)."""
+"""What the transports share (transport/frontend.py) and how the native one
+turns mount options into mount(2) arguments (transport/mounting.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import pytest
 
 from cctmpfs.errors import FsError
 from cctmpfs.namespace import ROOT_INO, Caller, Filesystem
+from cctmpfs.options import parse_options
+from cctmpfs.transport import NAMES, open_session
+from cctmpfs.transport import mounting
 from cctmpfs.transport.frontend import Frontend
+from cctmpfs.transport.mounting import MS_NODEV, MS_NOEXEC, MS_NOSUID, MountError
 
 BS = 16384
 
@@ -98,3 +103,40 @@ def test_setxattr_flags(frontend):
     assert frontend.getxattr(f.ino, b"user.a") == b"3"
     assert not frontend.capability_absent(f.ino, b"security.capability")
     assert not frontend.capability_absent(f.ino, b"user.a")
+
+
+# ---- sessions and mount(2) arguments ------------------------------------------------
+
+def test_sessions_by_name():
+    assert NAMES == ("llfuse", "native")
+    native = open_session("native")
+    assert native.name == "native" and hasattr(native.lock, "acquire")
+    native.close()                      # never mounted: nothing to do
+    assert open_session("llfuse").name == "llfuse"
+    with pytest.raises(ValueError):
+        open_session("fuse3")
+
+
+def test_mount_arguments_follow_libfuse(monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    opts = parse_options(["size=1m,nosuid,nodev,noexec,transport=native"], source="my src")
+    source, fstype, flags, data = mounting.mount_arguments(opts.fuse_options, 7, 0o40755, 0, 0)
+    assert (source, fstype) == ("my src", "fuse.cctmpfs")
+    assert flags == MS_NOSUID | MS_NODEV | MS_NOEXEC
+    assert data.split(",") == ["fd=7", "rootmode=40000", "user_id=0", "group_id=0",
+                               "allow_other", "default_permissions"]
+    # libfuse's defaults are nosuid,nodev; suid and dev clear them.
+    _s, _t, flags, _d = mounting.mount_arguments(("suid", "dev", "exec", "rw"), 3, 0o40000, 1, 2)
+    assert flags == 0
+    _s, _t, _f, data = mounting.mount_arguments(("allow_root", "default_permissions"), 3,
+                                                0o40000, 1, 2)
+    assert "allow_other" not in data and data.endswith("user_id=1,group_id=2,default_permissions")
+    with pytest.raises(MountError, match="auto_unmount"):
+        mounting.mount_arguments(("auto_unmount",), 3, 0o40000, 0, 0)
+
+
+def test_a_missing_device_names_the_cause(tmp_path):
+    with pytest.raises(MountError, match="does not exist.*modprobe fuse"):
+        mounting.open_device(str(tmp_path / "fuse"))
+    with pytest.raises(MountError, match="cannot open"):   # a directory: EISDIR
+        mounting.open_device(str(tmp_path))
