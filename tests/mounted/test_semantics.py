@@ -469,8 +469,9 @@ def test_rename_over_open_file_keeps_old_content_readable(both):
     same(both, scenario)
 
 
-@pytest.mark.xfail(strict=True, reason="llfuse binds libfuse 2.9, which has no RENAME2: "
-                   "the kernel answers EINVAL for any renameat2 flag; needs pyfuse3/libfuse 3")
+@pytest.mark.xfail(strict=True, reason="renameat2 flags: llfuse binds libfuse 2.9, which has no "
+                   "RENAME2, and transport=native answers EINVAL to any flag until issue 18 "
+                   "step 4; the kernel then answers EINVAL")
 def test_rename_noreplace_and_exchange(both):
     """renameat2(2) flags, which tmpfs supports (mv -n uses RENAME_NOREPLACE)."""
     import ctypes
