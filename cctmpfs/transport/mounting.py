@@ -16,8 +16,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import select
 import stat
+from typing import Optional
 
 #: linux/mount.h
 MS_NOSUID = 2
@@ -93,8 +95,28 @@ def open_device(path: str = DEV_FUSE) -> int:
         raise MountError(f"cannot open {path}: {e.strerror}") from None
 
 
-def mount(fd: int, mountpoint: str, fuse_options: tuple[str, ...]) -> None:
-    """mount(2) a FUSE file system served on fd at mountpoint. Raises MountError."""
+def _unescape(field: str) -> str:
+    """A path of /proc/self/mountinfo: space, tab, newline and backslash are \\ooo."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounted_device(mountpoint: str) -> Optional[str]:
+    """The device ("major:minor") of the topmost mount at mountpoint, or None."""
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
+                    found = fields[2]
+    except OSError:
+        return None
+    return found
+
+
+def mount(fd: int, mountpoint: str, fuse_options: tuple[str, ...]) -> Optional[str]:
+    """mount(2) a FUSE file system served on fd at mountpoint; returns the
+    new mount's device ("major:minor", for unmount()). Raises MountError."""
     try:
         root_mode = os.stat(mountpoint).st_mode
     except OSError as e:
@@ -104,7 +126,7 @@ def mount(fd: int, mountpoint: str, fuse_options: tuple[str, ...]) -> None:
     libc = _libc()
     if libc.mount(source.encode(), mountpoint.encode(), fstype.encode(),
                   ctypes.c_ulong(flags), data.encode()) == 0:
-        return
+        return mounted_device(mountpoint)
     e = ctypes.get_errno()
     if e == errno.EPERM:
         raise MountError(f"mounting {mountpoint} with mount(2) is not permitted: transport=native "
@@ -116,15 +138,16 @@ def mount(fd: int, mountpoint: str, fuse_options: tuple[str, ...]) -> None:
     raise MountError(f"mounting {mountpoint} failed: {os.strerror(e)}")
 
 
-def unmount(fd: int, mountpoint: str) -> None:
+def unmount(fd: int, mountpoint: str, device: Optional[str]) -> None:
     """End the connection and remove the mount, as libfuse does: if the
     device says the connection is gone (POLLERR: unmounted, or aborted
     through fusectl), only close it; otherwise close it, which aborts the
-    connection, then detach the mount. Never unmounts whatever a later mount
-    put on the same mount point."""
+    connection, then detach the mount, but only if the topmost mount there
+    is still ours (device, from mount()): a mount detached while busy
+    (umount -l) leaves its mount point to whatever is mounted there next."""
     p = select.poll()
     p.register(fd, 0)
     gone = any(ev & select.POLLERR for _fd, ev in p.poll(0))
     os.close(fd)
-    if not gone:
+    if not gone and device is not None and mounted_device(mountpoint) == device:
         _libc().umount2(mountpoint.encode(), MNT_DETACH)

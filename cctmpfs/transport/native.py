@@ -535,13 +535,14 @@ class NativeSession:
         self.lock = threading.Lock()
         self.fd = -1
         self.mountpoint = ""
+        self.device: Optional[str] = None   # the mount's "major:minor", to unmount only ours
         self.server: Optional[Server] = None
 
     def mount(self, frontend: Frontend, source: str, mountpoint: str, opts: MountOptions) -> None:
         fd = mounting.open_device()
         try:
             # The source travels as fsname=, as options.py sets it for llfuse.
-            mounting.mount(fd, mountpoint, opts.fuse_options)
+            self.device = mounting.mount(fd, mountpoint, opts.fuse_options)
         except BaseException:
             os.close(fd)
             raise
@@ -564,4 +565,4 @@ class NativeSession:
     def close(self) -> None:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
-            mounting.unmount(fd, self.mountpoint)
+            mounting.unmount(fd, self.mountpoint, self.device)

@@ -265,6 +265,27 @@ def test_sigterm_stops_the_daemon_cleanly(mount_cct):
     assert "Traceback" not in mp.log()
 
 
+@pytest.mark.parametrize("transport", ["native"])   # llfuse unmounts by path, as libfuse 2.9
+def test_a_stopped_daemon_unmounts_only_its_own_mount(mount_cct, transport):
+    """A busy mount detached with umount -l keeps its daemon serving; a new
+    mount then takes the mount point. Stopping the first daemon must not
+    unmount the second."""
+    first = mount_cct("size=8m")
+    fd = os.open(os.path.join(first, "busy"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        subprocess.run(["umount", "-l", str(first)], check=True)
+        second = mount_cct("size=8m", mountpoint=str(first))
+        Path(second, "f").write_text("second")
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(timeout=15) == 0
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass      # ENOTCONN: its connection ended with its daemon
+    assert mounted_at(second) and Path(second, "f").read_text() == "second"
+
+
 def test_sigterm_stops_a_daemonized_mount(tmp_path, transport):
     mp = tmp_path / "tmp"
     mp.mkdir()
