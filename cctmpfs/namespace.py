@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional
 
 import attrs
 
-from . import faults
+from . import extents, faults
 from .arena import segment_bytes_for
 from .blockstore import BlockStore
 from .clock import TimestampClock
@@ -609,6 +609,11 @@ class Filesystem:
                 self.engine.release(node.data)
             else:
                 self._maybe_free(node)
+
+    def seek(self, fh: int, off: int, whence: int) -> int:
+        """lseek(2) SEEK_DATA / SEEK_HOLE of an open file (extents.py)."""
+        node = self._file(fh)
+        return extents.seek(node.data, self.block_size, off, whence)  # type: ignore[arg-type]
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         """Releases the global lock."""

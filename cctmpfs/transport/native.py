@@ -117,7 +117,7 @@ class Server:
             w.OPENDIR: self.opendir, w.READDIR: self.readdir, w.RELEASEDIR: self.releasedir,
             w.FSYNCDIR: self.empty, w.ACCESS: self.access, w.CREATE: self.create,
             w.INTERRUPT: self.interrupt, w.DESTROY: self.empty,
-            w.BATCH_FORGET: self.batch_forget, w.RENAME2: self.rename2,
+            w.BATCH_FORGET: self.batch_forget, w.RENAME2: self.rename2, w.LSEEK: self.lseek,
         }.items():
             self.handlers[op] = h
             self.min_size[op] = _HDR + w.BODY_SIZE[op]
@@ -404,16 +404,15 @@ class Server:
         return self._rename(nodeid, newdir, _HDR + w.RENAME_IN.size, n)
 
     def rename2(self, nodeid: int, n: int) -> Reply:
+        # renameat2(2): RENAME_NOREPLACE, RENAME_EXCHANGE and RENAME_WHITEOUT,
+        # as tmpfs (the core checks them; the whiteout is the caller's).
         newdir, flags, _pad = w.RENAME2_IN.unpack_from(self.buf, _HDR)
-        if flags:
-            # RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT: issue 18, step 4.
-            raise FsError(errno.EINVAL, "renameat2 flags are not supported yet")
-        return self._rename(nodeid, newdir, _HDR + w.RENAME2_IN.size, n)
+        return self._rename(nodeid, newdir, _HDR + w.RENAME2_IN.size, n, flags)
 
-    def _rename(self, nodeid: int, newdir: int, off: int, n: int) -> Reply:
+    def _rename(self, nodeid: int, newdir: int, off: int, n: int, flags: int = 0) -> Reply:
         old, off = self._name(off, n)
         new, _ = self._name(off, n)
-        self.fs.rename(nodeid, old, newdir, new)
+        self.fs.rename(nodeid, old, newdir, new, flags, self._caller() if flags else None)
         return b""
 
     def link(self, nodeid: int, n: int) -> Reply:
@@ -432,6 +431,10 @@ class Server:
         name, _ = self._name(_HDR + w.CREATE_IN.size, n)
         node = self.fs.create(nodeid, name, mode, self._caller())
         return self._entry(node) + w.OPEN_OUT.pack(node.ino, w.FOPEN_KEEP_CACHE, 0)
+
+    def lseek(self, nodeid: int, n: int) -> Reply:
+        fh, off, whence, _pad = w.LSEEK_IN.unpack_from(self.buf, _HDR)
+        return w.LSEEK_OUT.pack(self.fs.seek(fh, off, whence))
 
     def read(self, nodeid: int, n: int) -> Reply:
         fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)

@@ -61,6 +61,7 @@ INTERRUPT = 36        # no reply
 DESTROY = 38
 BATCH_FORGET = 42     # no reply
 RENAME2 = 45
+LSEEK = 46            # SEEK_DATA / SEEK_HOLE only: the kernel does SET/CUR/END itself
 #: One past the highest opcode a dispatch table needs a slot for (fuse.h
 #: has them up to 51, FUSE_TMPFILE; CUSE_INIT is 4096).
 OPCODE_LIMIT = 64
@@ -155,12 +156,15 @@ SETXATTR_IN = struct.Struct("<II")             # size flags (the compat size: no
 GETXATTR_IN = struct.Struct("<II")             # size padding (also LISTXATTR)
 ACCESS_IN = struct.Struct("<II")               # mask padding
 INTERRUPT_IN = struct.Struct("<Q")             # unique
+LSEEK_IN = struct.Struct("<QQII")              # fh offset whence padding
+LSEEK_OUT = struct.Struct("<Q")                # offset
 
 for _s, _size in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128),
                   (ATTR_OUT, 104), (OPEN_OUT, 16), (WRITE_OUT, 8), (KSTATFS, 80),
                   (INIT_OUT, 64), (DIRENT, 24), (INIT_IN, 16), (SETATTR_IN, 88),
                   (MKNOD_IN, 16), (CREATE_IN, 16), (READ_IN, 40), (RELEASE_IN, 24),
-                  (FLUSH_IN, 24), (FSYNC_IN, 16), (RENAME2_IN, 16), (GETATTR_IN, 16)):
+                  (FLUSH_IN, 24), (FSYNC_IN, 16), (RENAME2_IN, 16), (GETATTR_IN, 16),
+                  (LSEEK_IN, 24), (LSEEK_OUT, 8)):
     assert _s.size == _size, (_s.format, _s.size, _size)
 
 #: Where the fixed part of a request's arguments ends and its names or data
@@ -175,7 +179,7 @@ BODY_SIZE = {
     REMOVEXATTR: 0, FLUSH: 0, INIT: INIT_IN.size, OPENDIR: 0, READDIR: READ_IN.size,
     RELEASEDIR: RELEASE_IN.size, FSYNCDIR: 0, ACCESS: 0, CREATE: CREATE_IN.size,
     INTERRUPT: INTERRUPT_IN.size, DESTROY: 0, BATCH_FORGET: BATCH_FORGET_IN.size,
-    RENAME2: RENAME2_IN.size,
+    RENAME2: RENAME2_IN.size, LSEEK: LSEEK_IN.size,
 }
 
 #: Request names, as stats counts them (the llfuse binding's handler names).
@@ -188,5 +192,5 @@ OPCODE_NAMES = {
     REMOVEXATTR: "removexattr", FLUSH: "flush", INIT: "init", OPENDIR: "opendir",
     READDIR: "readdir", RELEASEDIR: "releasedir", FSYNCDIR: "fsyncdir", ACCESS: "access",
     CREATE: "create", INTERRUPT: "interrupt", DESTROY: "destroy",
-    BATCH_FORGET: "batch_forget", RENAME2: "rename2",
+    BATCH_FORGET: "batch_forget", RENAME2: "rename2", LSEEK: "lseek",
 }

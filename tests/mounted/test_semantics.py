@@ -469,11 +469,16 @@ def test_rename_over_open_file_keeps_old_content_readable(both):
     same(both, scenario)
 
 
-@pytest.mark.xfail(strict=True, reason="renameat2 flags: llfuse binds libfuse 2.9, which has no "
-                   "RENAME2, and transport=native answers EINVAL to any flag until issue 18 "
-                   "step 4; the kernel then answers EINVAL")
-def test_rename_noreplace_and_exchange(both):
+def llfuse_cannot(request, transport: str, why: str) -> None:
+    """Mark the test an expected failure on llfuse, which binds libfuse 2.9."""
+    if transport == "llfuse":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=why))
+
+
+def test_rename_noreplace_and_exchange(both, request, transport):
     """renameat2(2) flags, which tmpfs supports (mv -n uses RENAME_NOREPLACE)."""
+    llfuse_cannot(request, transport, "renameat2 flags: libfuse 2.9 has no RENAME2, so the "
+                  "kernel answers EINVAL")
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     AT_FDCWD = -100
@@ -489,11 +494,42 @@ def test_rename_noreplace_and_exchange(both):
         for p in (a, b):
             with open(p, "w") as f:
                 f.write(os.path.basename(p))
+        d = os.path.join(root, "d")
+        os.mkdir(d)
+        open(os.path.join(d, "inner"), "w").close()
         obs = [err(lambda: renameat2(a, b, RENAME_NOREPLACE)),
                err(lambda: renameat2(a, c, RENAME_NOREPLACE)),
-               err(lambda: renameat2(b, c, RENAME_EXCHANGE))]
+               err(lambda: renameat2(b, c, RENAME_EXCHANGE)),
+               err(lambda: renameat2(b, a, RENAME_EXCHANGE)),
+               err(lambda: renameat2(c, d, RENAME_EXCHANGE)),   # a file and a directory
+               err(lambda: renameat2(c, os.path.join(root, "none"), RENAME_EXCHANGE)),
+               err(lambda: renameat2(c, b, RENAME_EXCHANGE | RENAME_NOREPLACE))]
         obs.append(tree(root))
         return obs
+
+    same(both, scenario)
+
+
+def test_seek_data_and_hole(both, request, transport):
+    """lseek SEEK_DATA / SEEK_HOLE, as tmpfs answers them at page granularity."""
+    llfuse_cannot(request, transport, "libfuse 2.9 has no LSEEK: the kernel's generic "
+                  "answer is one data extent up to the end")
+
+    def scenario(root):
+        p = os.path.join(root, "sparse")
+        fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            os.pwrite(fd, b"x" * 5000, 3 * MiB + 100)
+            os.pwrite(fd, b"y" * 10, 300 * KiB)
+            os.ftruncate(fd, 8 * MiB)
+            obs = []
+            for off in (0, 4096, 300 * KiB + 5, 301 * KiB, 3 * MiB, 3 * MiB + 9000, 7 * MiB,
+                        8 * MiB, 9 * MiB):
+                obs.append((off, err(lambda: os.lseek(fd, off, os.SEEK_DATA)),
+                            err(lambda: os.lseek(fd, off, os.SEEK_HOLE))))
+            return obs
+        finally:
+            os.close(fd)
 
     same(both, scenario)
 
