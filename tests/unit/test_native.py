@@ -208,7 +208,7 @@ def test_files_directories_and_links_round_trip(served):
     k.call(w.RENAME2, ROOT_INO, w.RENAME2_IN.pack(d["ino"], 0, 0) + name(b"moved") + name(b"back"))
     assert served.fs.find(d["ino"], b"back").ino == fh
     assert k.errno_of(w.RENAME2, d["ino"], w.RENAME2_IN.pack(d["ino"], 1, 0)
-                      + name(b"back") + name(b"f")) == errno.EINVAL   # RENAME_NOREPLACE: step 4
+                      + name(b"back") + name(b"f")) == errno.EEXIST   # RENAME_NOREPLACE
     k.call(w.UNLINK, d["ino"], name(b"back"))
     k.call(w.FLUSH, fh, w.FLUSH_IN.pack(fh, 0, 0, 0))
     k.call(w.FSYNC, fh, w.FSYNC_IN.pack(fh, 0, 0))
@@ -251,6 +251,24 @@ def test_the_core_copies_write_payloads_out_of_the_request_buffer(served):
     assert served.read(a, 0, len(model) + 100) == bytes(model)
     served.fs.engine.seal_everything()
     assert served.read(a, 0, len(model)) == bytes(model)
+
+
+def test_lseek_data_and_hole_and_rename_flags(served):
+    """LSEEK (SEEK_DATA 3, SEEK_HOLE 4) and RENAME2's flags reach the core."""
+    k = served.k
+    f = served.create(ROOT_INO, b"sparse")
+    served.write(f, 5 * 4096, b"d" * 10)
+    seek = lambda off, whence: w.LSEEK_OUT.unpack(  # noqa: E731
+        k.call(w.LSEEK, f, w.LSEEK_IN.pack(f, off, whence, 0)))[0]
+    assert (seek(0, 3), seek(0, 4), seek(5 * 4096 + 3, 4)) == (5 * 4096, 0, 5 * 4096 + 10)
+    assert k.errno_of(w.LSEEK, f, w.LSEEK_IN.pack(f, 5 * 4096 + 10, 3, 0)) == errno.ENXIO
+    g = served.create(ROOT_INO, b"other")
+    k.call(w.RENAME2, ROOT_INO, w.RENAME2_IN.pack(ROOT_INO, 2, 0) + name(b"sparse") + name(b"other"))
+    assert served.fs.find(ROOT_INO, b"other").ino == f and served.fs.find(ROOT_INO, b"sparse").ino == g
+    k.call(w.RENAME2, ROOT_INO, w.RENAME2_IN.pack(ROOT_INO, 4, 0) + name(b"other") + name(b"moved"),
+           uid=1000, gid=1000)
+    wh = served.fs.find(ROOT_INO, b"other")
+    assert stat.S_ISCHR(wh.mode) and (wh.uid, wh.gid, wh.rdev) == (1000, 1000, 0)
 
 
 def test_readdir_packs_whole_entries_up_to_the_size_asked(served):
@@ -373,10 +391,10 @@ def test_garbled_requests_get_eio_and_the_loop_goes_on(served):
 
 def test_unknown_opcodes_get_enosys(served):
     k = served.k
-    # FALLOCATE, LSEEK, COPY_FILE_RANGE, TMPFILE (issue 18, step 4), and nonsense.
-    for opcode in (43, 46, 47, 51, 63, 64, 4096, 2 ** 32 - 1):
+    # FALLOCATE, COPY_FILE_RANGE, TMPFILE (issue 18, step 4), and nonsense.
+    for opcode in (43, 47, 51, 63, 64, 4096, 2 ** 32 - 1):
         assert k.errno_of(opcode, ROOT_INO, bytes(64)) == errno.ENOSYS
-    assert served.server.info()["unknown_requests"] == 8
+    assert served.server.info()["unknown_requests"] == 7
     k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
 
 
