@@ -247,7 +247,9 @@ def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> 
     eng = fs.engine
     store = fs.store.counters
     buf = eng.buffer
-    states = {s.value: 0 for s in BlockState}
+    # The buffer's slots and the stored ones; UNWRITTEN slots (fallocated
+    # pages, no content) hold no RAM and are not listed.
+    states = {s.value: 0 for s in BlockState if s is not BlockState.UNWRITTEN}
     for slot in buf.slots:
         states[slot.state.value] += 1
     # Slots, not distinct blocks: every reference is a slot that is either
