@@ -234,6 +234,8 @@ class EngineCounters:
     seal_errors: int = 0       # blocks whose compression raised; left dirty, sealed later
     seals_arena_full: int = 0  # blocks compressed but not stored: the arena could not grow; left dirty
     device_full: int = 0       # evictions that found no free segment on the device
+    copy_shared_blocks: int = 0   # blocks copy_range shared (a reference, no data copied)
+    copy_copied_bytes: int = 0    # bytes copy_range copied through read and write (the edges)
 
 
 @attrs.frozen

@@ -222,6 +222,7 @@ def _share_block(eng: DataEngine, src: FileData, s_idx: int, dst: FileData, d_id
     old.stored = block
     old.extent = block.raw_len
     old.generation += 1
+    eng.counters.copy_shared_blocks += 1
     if grown:
         old.page_mask |= grown
         eng._account_pages(dst, grown.bit_count())
@@ -293,6 +294,7 @@ def copy_range(eng: DataEngine, src: FileData, src_off: int, dst: FileData,
             full = True
             break
         done += w
+        eng.counters.copy_copied_bytes += w
         if w < len(data):
             full = True
             break

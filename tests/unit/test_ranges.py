@@ -269,6 +269,8 @@ def test_copy_shares_blocks_without_new_payload() -> None:
     assert (c.stored_bytes, c.blocks, c.raw_bytes) == before     # no new payload
     assert c.refs == nblocks * (copies + 1)
     assert fs.engine.counters.loads == loads                     # nothing decoded
+    assert fs.engine.counters.copy_shared_blocks == copies * nblocks
+    assert fs.engine.counters.copy_copied_bytes == 0
     assert fs.engine.buffer.total_bytes == 0                     # nothing in RAM but slots
     assert fs.inodes[b].data.size == copies * nblocks * BS
     assert blocks512(fs, b) == copies * nblocks * BS // 512
@@ -313,9 +315,11 @@ def test_copy_seals_dirty_sources_and_copies_edges() -> None:
     shared = sum(1 for i in range(1, 6) if fs.inodes[b].data.blocks[i].stored is not None
                  and fs.inodes[b].data.blocks[i].stored is fs.inodes[a].data.blocks[i - 1].stored)
     assert shared == 5
+    assert fs.engine.counters.copy_copied_bytes == 777   # the tail, into b's content
     # Unaligned: copied through read and write.
     c = new_file(fs, b"c")
     assert fs.copy_range(a, 100, c, 3, 2 * BS) == 2 * BS
+    assert fs.engine.counters.copy_copied_bytes == 777 + 2 * BS
     assert content(fs, c) == bytes(3) + data[100:100 + 2 * BS]
     assert check_all(fs) == []
 
