@@ -130,6 +130,7 @@ def check_data(fs: Filesystem) -> list[str]:
     blocks: dict[int, StoredBlock] = {}     # id(block) -> block
     buffered: set[int] = set()
     total_alloc = 0
+    unwritten = 0
     for ino, node in fs.inodes.items():
         f = node.data
         if f is None:
@@ -141,6 +142,7 @@ def check_data(fs: Filesystem) -> list[str]:
                 bad.append(f"{where}: slot does not point back at its file")
             if slot.raw is None and slot.stored is None:
                 # UNWRITTEN: fallocated pages without content (filemap.py)
+                unwritten += 1
                 if slot.extent or not slot.page_mask:
                     bad.append(f"{where}: neither raw nor stored, extent {slot.extent}, "
                                f"pages {slot.page_mask:#x}")
@@ -167,6 +169,8 @@ def check_data(fs: Filesystem) -> list[str]:
         if f.alloc_bytes != alloc:
             bad.append(f"inode {ino}: alloc_bytes {f.alloc_bytes} != {alloc} from its pages")
         total_alloc += alloc
+    if eng.unwritten_slots != unwritten:
+        bad.append(f"engine unwritten_slots {eng.unwritten_slots} != {unwritten} UNWRITTEN slots")
     if eng.alloc_bytes != total_alloc:
         bad.append(f"engine alloc_bytes {eng.alloc_bytes} != {total_alloc} over all files")
     bad += _check_buffer(fs, buffered)

@@ -272,6 +272,9 @@ class DataEngine:
             store.arena.limit = store.arena.limit_for(ram_budget)
         self.clock = clock
         self.alloc_bytes = 0           # sum of FileData.alloc_bytes over live files
+        #: Slots in the files' maps with neither raw nor stored: UNWRITTEN
+        #: (fallocated pages), for the memory estimate (stats.py).
+        self.unwritten_slots = 0
         self.counters = EngineCounters()
         #: `with self._unlocked:` releases the global lock for the body
         #: (one stateless instance, entered by any thread).
@@ -721,6 +724,7 @@ class DataEngine:
             if slot is None:
                 slot = Slot(file=f, index=idx)
                 f.blocks[idx] = slot
+                self.unwritten_slots += 1   # until _set_dirty below, like any empty slot
             old_extent = slot.extent
             if boff == 0 and k >= old_extent:
                 # The write replaces all old content: no need for the old bytes,
@@ -753,6 +757,8 @@ class DataEngine:
         self.alloc_bytes += PAGE * n
 
     def _set_dirty(self, slot: Slot, raw: bytes | bytearray, now: float) -> None:
+        if slot.raw is None and slot.stored is None:
+            self.unwritten_slots -= 1   # an UNWRITTEN (or new) slot gets content
         if slot.stored is not None:
             self.store.unref(slot.stored)
             self.buffer.discharge(slot)   # its charge was clean; recharged as dirty below
@@ -797,6 +803,8 @@ class DataEngine:
     def make_unwritten(self, slot: Slot) -> None:
         """Drop slot's content (it reads as zeros) and keep its allocated
         pages: the UNWRITTEN state. Never releases the lock."""
+        if slot.raw is not None or slot.stored is not None:
+            self.unwritten_slots += 1
         self.buffer.discharge(slot)
         if slot.stored is not None:
             self.store.unref(slot.stored)
@@ -808,6 +816,8 @@ class DataEngine:
     def _detach(self, f: FileData, slot: Slot) -> None:
         """Remove slot from its file and release what it holds. Never releases the lock."""
         del f.blocks[slot.index]
+        if slot.raw is None and slot.stored is None:
+            self.unwritten_slots -= 1
         self._account_pages(f, -slot.page_mask.bit_count())
         self.buffer.discharge(slot)
         if slot.stored is not None:

@@ -109,6 +109,7 @@ def allocate(eng: DataEngine, f: FileData, off: int, length: int, keep_size: boo
             slot = f.blocks.get(idx)
             if slot is None:
                 f.blocks[idx] = Slot(file=f, index=idx, page_mask=span)   # UNWRITTEN
+                eng.unwritten_slots += 1
                 grown = span.bit_count()
             else:
                 grown = (span & ~slot.page_mask).bit_count()
@@ -215,6 +216,8 @@ def _share_block(eng: DataEngine, src: FileData, s_idx: int, dst: FileData, d_id
     if old is None:
         old = dst.blocks[d_idx] = Slot(file=dst, index=d_idx)
     else:
+        if old.raw is None and old.stored is None:
+            eng.unwritten_slots -= 1   # it was UNWRITTEN
         eng.buffer.discharge(old)
         if old.stored is not None:
             eng.store.unref(old.stored)

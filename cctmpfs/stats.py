@@ -111,7 +111,8 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
     store = fs.store
     buf = fs.engine.buffer
     others = len(fs.inodes) - c.files - c.dirs
-    slots = store.counters.refs + unsealed   # every other slot holds one reference
+    # Every other slot holds one reference, except UNWRITTEN ones (fallocated).
+    slots = store.counters.refs + unsealed + fs.engine.unwritten_slots
     full_dirs = c.dirs - c.empty_dirs
     inode = (sys.getsizeof(fs.inodes) + c.files * FILE_INODE_BYTES + c.dirs * DIR_INODE_BYTES
              + others * OTHER_INODE_BYTES + c.entries * ENTRY_BYTES + c.name_bytes

@@ -296,10 +296,12 @@ def test_writes_after_a_copy_are_copy_on_write() -> None:
     assert content(fs, b) == data[:BS + 5] + b"NEW" + data[BS + 8:]
     assert check_all(fs) == []
     # Freeing both frees the blocks.
-    fs.unlink(ROOT_INO, b"a")
-    fs.unlink(ROOT_INO, b"b")
-    fs.forget(a, 1)
-    fs.forget(b, 1)
+    for ino, name in ((a, b"a"), (b, b"b")):
+        fs.release(ino)
+        fs.unlink(ROOT_INO, name)
+        fs.forget(ino, 1)
+    c = fs.store.counters
+    assert (c.blocks, c.refs, c.stored_bytes) == (0, 0, 0)
     assert check_all(fs) == []
 
 
@@ -582,3 +584,24 @@ def test_copies_and_punches_race_the_sealer() -> None:
         for ino, (_t, want) in results.items():
             assert content(fs, ino) == want
         assert check_all(fs) == []
+
+
+def test_memory_estimate_counts_unwritten_slots() -> None:
+    from cctmpfs import stats
+
+    fs = new_fs()
+    f = new_file(fs, b"a")
+    before = stats.memory(fs, 0, None, 0)["file_map_bytes"]
+    fs.fallocate(f, 0, 0, 64 * BS)
+    assert fs.engine.unwritten_slots == 64
+    after = stats.memory(fs, 0, None, 0)["file_map_bytes"]
+    assert after - before >= 64 * stats.SLOT_BYTES
+    fs.write(f, 0, b"x")                       # one gets content
+    fs.fallocate(f, PUNCH, 2 * BS, 2 * BS)      # two are detached
+    assert fs.engine.unwritten_slots == 61
+    assert check_all(fs) == []
+    fs.release(f)
+    fs.unlink(ROOT_INO, b"a")
+    fs.forget(f, 1)
+    assert f not in fs.inodes
+    assert fs.engine.unwritten_slots == 0 and check_all(fs) == []
