@@ -249,8 +249,9 @@ def test_punch_part_of_a_stored_block_zeroes_it_in_place() -> None:
 
 # ---- copy_range ---------------------------------------------------------------
 def test_copy_shares_blocks_without_new_payload() -> None:
-    """A 1 GiB-equivalent copy (65,536 blocks at 16 KiB: 1 GiB) made of
-    shared blocks costs no payload bytes, only slot metadata."""
+    """A 1 GiB-equivalent copy made of shared blocks costs no payload
+    bytes, only slot metadata: 16,384 blocks shared, more slots than a
+    1 GiB file has at the default block size (8,192 of 128 KiB)."""
     fs = new_fs(buffer_bytes=1 << 20)
     nblocks = 256
     data = pattern(nblocks * BS, seed=3)
@@ -261,8 +262,7 @@ def test_copy_shares_blocks_without_new_payload() -> None:
     before = (c.stored_bytes, c.blocks, c.raw_bytes)
     loads = fs.engine.counters.loads
     b = new_file(fs, b"b")
-    # Many copies of the file: 64 x 4 MiB = 256 MiB of file data here; the
-    # same code path as 1 GiB, run in less time.
+    # 64 copies of a 4 MiB file: 256 MiB of file data in 16 KiB blocks.
     copies = 64
     for i in range(copies):
         assert fs.copy_range(a, 0, b, i * nblocks * BS, nblocks * BS) == nblocks * BS
