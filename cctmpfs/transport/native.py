@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 #: The largest WRITE (and READ) the kernel may send: 32 pages, its maximum
 #: without MAX_PAGES, and the block size by default.
 MAX_WRITE = 128 * 1024
+#: The longest COPY_FILE_RANGE answered at once: its reply's size is 32 bits.
+MAX_COPY = (1 << 32) - (1 << 12)
 #: The request buffer: the kernel refuses a read(2) shorter than a WRITE
 #: header plus max_write; a page more, as libfuse has.
 BUFFER_SIZE = MAX_WRITE + 4096
@@ -118,6 +120,7 @@ class Server:
             w.FSYNCDIR: self.empty, w.ACCESS: self.access, w.CREATE: self.create,
             w.INTERRUPT: self.interrupt, w.DESTROY: self.empty,
             w.BATCH_FORGET: self.batch_forget, w.RENAME2: self.rename2, w.LSEEK: self.lseek,
+            w.FALLOCATE: self.fallocate, w.COPY_FILE_RANGE: self.copy_file_range,
         }.items():
             self.handlers[op] = h
             self.min_size[op] = _HDR + w.BODY_SIZE[op]
@@ -435,6 +438,25 @@ class Server:
     def lseek(self, nodeid: int, n: int) -> Reply:
         fh, off, whence, _pad = w.LSEEK_IN.unpack_from(self.buf, _HDR)
         return w.LSEEK_OUT.pack(self.fs.seek(fh, off, whence))
+
+    def fallocate(self, nodeid: int, n: int) -> Reply:
+        # The handle is the inode number (open()); the kernel drops its own
+        # cached pages of a punched range itself.
+        fh, off, length, mode, _pad = w.FALLOCATE_IN.unpack_from(self.buf, _HDR)
+        self.fs.fallocate(fh, mode, off, length)
+        return b""
+
+    def copy_file_range(self, nodeid: int, n: int) -> Reply:
+        # Whole stored blocks are shared through their refcounts (ranges.py):
+        # `cp` of a big file costs slots, not payload. The answer's size is
+        # 32 bits, so a longer copy is cut to whole pages below 4 GiB; the
+        # caller asks again for the rest, as after any short copy.
+        fh_in, off_in, _node_out, fh_out, off_out, length, flags = \
+            w.COPY_FILE_RANGE_IN.unpack_from(self.buf, _HDR)
+        if flags:
+            raise FsError(errno.EINVAL, "copy_file_range flags")
+        done = self.fs.copy_range(fh_in, off_in, fh_out, off_out, min(length, MAX_COPY))
+        return w.WRITE_OUT.pack(done, 0)
 
     def read(self, nodeid: int, n: int) -> Reply:
         fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)

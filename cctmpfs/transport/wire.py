@@ -60,8 +60,10 @@ CREATE = 35
 INTERRUPT = 36        # no reply
 DESTROY = 38
 BATCH_FORGET = 42     # no reply
+FALLOCATE = 43
 RENAME2 = 45
 LSEEK = 46            # SEEK_DATA / SEEK_HOLE only: the kernel does SET/CUR/END itself
+COPY_FILE_RANGE = 47  # answered with a fuse_write_out
 #: One past the highest opcode a dispatch table needs a slot for (fuse.h
 #: has them up to 51, FUSE_TMPFILE; CUSE_INIT is 4096).
 OPCODE_LIMIT = 64
@@ -158,13 +160,16 @@ ACCESS_IN = struct.Struct("<II")               # mask padding
 INTERRUPT_IN = struct.Struct("<Q")             # unique
 LSEEK_IN = struct.Struct("<QQII")              # fh offset whence padding
 LSEEK_OUT = struct.Struct("<Q")                # offset
+FALLOCATE_IN = struct.Struct("<QQQII")         # fh offset length mode padding
+COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out off_out len flags
 
 for _s, _size in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128),
                   (ATTR_OUT, 104), (OPEN_OUT, 16), (WRITE_OUT, 8), (KSTATFS, 80),
                   (INIT_OUT, 64), (DIRENT, 24), (INIT_IN, 16), (SETATTR_IN, 88),
                   (MKNOD_IN, 16), (CREATE_IN, 16), (READ_IN, 40), (RELEASE_IN, 24),
                   (FLUSH_IN, 24), (FSYNC_IN, 16), (RENAME2_IN, 16), (GETATTR_IN, 16),
-                  (LSEEK_IN, 24), (LSEEK_OUT, 8)):
+                  (LSEEK_IN, 24), (LSEEK_OUT, 8), (FALLOCATE_IN, 32),
+                  (COPY_FILE_RANGE_IN, 56)):
     assert _s.size == _size, (_s.format, _s.size, _size)
 
 #: Where the fixed part of a request's arguments ends and its names or data
@@ -179,7 +184,8 @@ BODY_SIZE = {
     REMOVEXATTR: 0, FLUSH: 0, INIT: INIT_IN.size, OPENDIR: 0, READDIR: READ_IN.size,
     RELEASEDIR: RELEASE_IN.size, FSYNCDIR: 0, ACCESS: 0, CREATE: CREATE_IN.size,
     INTERRUPT: INTERRUPT_IN.size, DESTROY: 0, BATCH_FORGET: BATCH_FORGET_IN.size,
-    RENAME2: RENAME2_IN.size, LSEEK: LSEEK_IN.size,
+    RENAME2: RENAME2_IN.size, LSEEK: LSEEK_IN.size, FALLOCATE: FALLOCATE_IN.size,
+    COPY_FILE_RANGE: COPY_FILE_RANGE_IN.size,
 }
 
 #: Request names, as stats counts them (the llfuse binding's handler names).
@@ -192,5 +198,6 @@ OPCODE_NAMES = {
     REMOVEXATTR: "removexattr", FLUSH: "flush", INIT: "init", OPENDIR: "opendir",
     READDIR: "readdir", RELEASEDIR: "releasedir", FSYNCDIR: "fsyncdir", ACCESS: "access",
     CREATE: "create", INTERRUPT: "interrupt", DESTROY: "destroy",
-    BATCH_FORGET: "batch_forget", RENAME2: "rename2", LSEEK: "lseek",
+    BATCH_FORGET: "batch_forget", RENAME2: "rename2", LSEEK: "lseek", FALLOCATE: "fallocate",
+    COPY_FILE_RANGE: "copy_file_range",
 }

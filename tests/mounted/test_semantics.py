@@ -534,6 +534,93 @@ def test_seek_data_and_hole(both, request, transport):
     same(both, scenario)
 
 
+def _fallocate(fd: int, mode: int, off: int, length: int) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    if libc.fallocate(fd, mode, off, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def test_fallocate_keep_size_and_punch_hole(both, request, transport):
+    """fallocate(2) modes as tmpfs has them: allocate, KEEP_SIZE, PUNCH_HOLE."""
+    llfuse_cannot(request, transport, "llfuse 1.5 has no fallocate handler: EOPNOTSUPP")
+    KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE = 0x01, 0x02, 0x10
+
+    def scenario(root):
+        p = os.path.join(root, "f")
+        fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            obs = []
+            look = lambda: (os.fstat(fd).st_size, os.fstat(fd).st_blocks)  # noqa: E731
+            obs.append(err(lambda: _fallocate(fd, 0, 5000, 100)))
+            obs.append(look())
+            obs.append(err(lambda: _fallocate(fd, KEEP_SIZE, 0, 64 * KiB)))
+            obs.append(look())
+            os.pwrite(fd, pattern(300 * KiB), 0)
+            obs.append(err(lambda: _fallocate(fd, PUNCH_HOLE | KEEP_SIZE, 1000, 5000)))
+            obs.append(err(lambda: _fallocate(fd, PUNCH_HOLE | KEEP_SIZE, 128 * KiB, 130 * KiB)))
+            obs.append(look())
+            obs.append(hashlib.sha256(os.pread(fd, 400 * KiB, 0)).hexdigest())
+            obs.append(err(lambda: _fallocate(fd, PUNCH_HOLE, 0, 4096)))       # needs KEEP_SIZE
+            obs.append(err(lambda: _fallocate(fd, ZERO_RANGE, 0, 4096)))
+            obs.append(err(lambda: _fallocate(fd, 0, 0, 0)))
+            obs.append((os.lseek(fd, 0, os.SEEK_HOLE), os.lseek(fd, 130 * KiB, os.SEEK_DATA)))
+            return obs
+        finally:
+            os.close(fd)
+
+    same(both, scenario)
+
+
+def test_copy_file_range_as_tmpfs_and_shared_on_native(both, transport):
+    """copy_file_range(2) copies as on tmpfs on both transports (on llfuse the
+    kernel falls back to copying through the page cache). On native, whole
+    stored blocks are shared: a 16 MiB copy adds no stored payload."""
+    cct, ref = both()
+
+    def scenario(root):
+        src, dst = os.path.join(root, "src"), os.path.join(root, "dst")
+        with open(src, "wb") as f:
+            f.write(pattern(16 * MiB + 1000, seed=7))
+        obs = []
+        fi = os.open(src, os.O_RDONLY)
+        fo = os.open(dst, os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            if root == cct:
+                before = cct.stats(settle=True)["stored_bytes"]
+            total = 0
+            while True:
+                n = os.copy_file_range(fi, fo, 64 * MiB, total, total)
+                if n == 0:
+                    break
+                total = n + total
+            obs.append(total)
+            if root == cct and transport == "native":
+                after = cct.stats(settle=True)
+                # Every block is shared, the source's 1000-byte tail block too
+                # (it ends both files); no byte is copied. Dedup alone would
+                # share equal blocks only after copying and hashing them.
+                c = after["counters"]
+                assert (c["copy_shared_blocks"], c["copy_copied_bytes"]) == (16 * MiB // (128 * KiB) + 1, 0)
+                assert after["stored_bytes"] - before < 64 * KiB, (before, after["stored_bytes"])
+            obs.append(err(lambda: os.copy_file_range(fi, fo, 10, 20 * MiB, 0)))   # past the end
+        finally:
+            os.close(fi)
+            os.close(fo)
+        with open(dst, "r+b") as f:            # copy-on-write: the source keeps its bytes
+            f.seek(5 * MiB)
+            f.write(b"changed")
+        for p in (src, dst):
+            with open(p, "rb") as f:
+                obs.append(hashlib.sha256(f.read()).hexdigest())
+        obs.append(os.stat(dst).st_size)
+        return obs
+
+    check_same(scenario, cct, ref)
+
+
 # ---- lifetimes -------------------------------------------------------------------
 
 def test_unlinked_while_open_keeps_working(both):
