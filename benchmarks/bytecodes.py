@@ -7,7 +7,7 @@ its handlers execute (docs/profiling.md, "Bytecodes per request"). Timings
 on this VM swing 10-60 % between runs; this count does not, so it is the
 measure for changes to the request paths.
 
-It calls the handlers of `cctmpfs.fuseops.Operations` and of
+It calls the handlers of `cctmpfs.transport.llfuse_ops.Operations` and of
 `pyfuse_mem.py --xattr` directly, no mount, in the untar's request mix
 (counted on a real untar of the Python stdlib: per file 1.04 LOOKUP of a
 missing name, a CREATE, 5.12 GETXATTR, the first write of a block and 5.78
@@ -33,8 +33,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import llfuse  # noqa: E402
 
-from cctmpfs.fuseops import Operations  # noqa: E402
 from cctmpfs.namespace import Filesystem  # noqa: E402
+from cctmpfs.transport.frontend import Frontend  # noqa: E402
+from cctmpfs.transport.llfuse_ops import Operations  # noqa: E402
 
 RECORD = 10 * 1024          # GNU tar's write size
 BLOCK = 128 * 1024
@@ -133,7 +134,7 @@ def main() -> int:
         return pm.XattrOps(types.SimpleNamespace(timeout=300.0, blksize=4096, stats=None, xattr=True))
 
     def cct() -> Operations:
-        return Operations(Filesystem(buffer_bytes=1 << 30))
+        return Operations(Frontend(Filesystem(buffer_bytes=1 << 30)))
 
     mine, ref = untar_mix(cct()), untar_mix(pyfuse())
     print(f"{'request':20} {'cctmpfs':>8} {'pyfuse-xattr':>13} {'per file':>9}")

@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/profile_paths.py [--data fio|src] [--cprofile PATH]
 
-Drives the llfuse adapter (fuseops.Operations) and the core directly, with
+Drives the llfuse adapter (transport/llfuse_ops.Operations) and the core directly, with
 no mount, so that the figures are the handler's own cost, without the kernel
 round trip (10-16 us pinned, ~100 us across vCPUs here: ../shared/bench/
 BASELINE.md). docs/profiling.md puts them next to py-spy profiles of real
@@ -36,8 +36,9 @@ from typing import Callable
 import llfuse
 
 from cctmpfs.codec import Codec
-from cctmpfs.fuseops import Operations
 from cctmpfs.namespace import Filesystem
+from cctmpfs.transport.frontend import Frontend
+from cctmpfs.transport.llfuse_ops import Operations
 
 KiB = 1024
 BS = 128 * KiB
@@ -89,7 +90,7 @@ class Bench:
     def __init__(self, blocks: list[bytes]) -> None:
         self.blocks = blocks
         self.fs = Filesystem(buffer_bytes=1 << 30, codec=Codec("zstd", 3))
-        self.ops = Operations(self.fs)
+        self.ops = Operations(Frontend(self.fs))
         self.fh, attr = self.ops.create(llfuse.ROOT_INODE, b"f", 0o100644, os.O_RDWR, Ctx())
         self.ino = attr.st_ino
         self.engine = self.fs.engine

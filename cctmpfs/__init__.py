@@ -2,7 +2,8 @@
 
 Import layering (enforced by tests/unit/test_layering.py): the core modules
 (errors, options, codec, blockstore, filemap, namespace, sealer, stats) never
-import llfuse; only fuseops, daemon and cli do.
+import a transport nor llfuse; only the transport package (where only
+transport/llfuse_ops.py imports llfuse), daemon and, lazily, cli do.
 """
 
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ from .devlog import Location
 from .filemap import PAGE, Slot
 from .namespace import NAME_MAX, ROOT_INO, Filesystem
 
-#: Version of the report a mount gives (fuseops.Operations.check); changes
+#: Version of the report a mount gives (transport.Frontend.check); changes
 #: when a field of it is renamed or changes meaning.
 CHECK_VERSION = 1
 
@@ -130,6 +130,7 @@ def check_data(fs: Filesystem) -> list[str]:
     blocks: dict[int, StoredBlock] = {}     # id(block) -> block
     buffered: set[int] = set()
     total_alloc = 0
+    unwritten = 0
     for ino, node in fs.inodes.items():
         f = node.data
         if f is None:
@@ -139,10 +140,14 @@ def check_data(fs: Filesystem) -> list[str]:
             where = f"inode {ino} block {idx}"
             if slot.file is not f or slot.index != idx:
                 bad.append(f"{where}: slot does not point back at its file")
-            if not 0 < slot.extent <= eng.bs:
-                bad.append(f"{where}: extent {slot.extent} out of range")
             if slot.raw is None and slot.stored is None:
-                bad.append(f"{where}: neither raw nor stored")
+                # UNWRITTEN: fallocated pages without content (filemap.py)
+                unwritten += 1
+                if slot.extent or not slot.page_mask:
+                    bad.append(f"{where}: neither raw nor stored, extent {slot.extent}, "
+                               f"pages {slot.page_mask:#x}")
+            elif not 0 < slot.extent <= eng.bs:
+                bad.append(f"{where}: extent {slot.extent} out of range")
             if slot.raw is not None:
                 buffered.add(id(slot))
                 if len(slot.raw) != slot.extent:
@@ -153,12 +158,19 @@ def check_data(fs: Filesystem) -> list[str]:
                 refs[id(b)] = refs.get(id(b), 0) + 1
                 if b.raw_len != slot.extent:
                     bad.append(f"{where}: stored length {b.raw_len} != extent {slot.extent}")
-            if slot.page_mask >> ((slot.extent + PAGE - 1) // PAGE):
-                bad.append(f"{where}: page allocated past the extent")
+            # Pages past the extent are allowed: fallocate allocates them
+            # without content. None past the block, nor past the size's
+            # page unless fallocate(KEEP_SIZE) put it there.
+            if slot.page_mask >> (eng.bs // PAGE):
+                bad.append(f"{where}: page allocated past the block")
+            if slot.extent and idx * eng.bs + slot.extent > f.size:
+                bad.append(f"{where}: content past the file size {f.size}")
             alloc += PAGE * slot.page_mask.bit_count()
         if f.alloc_bytes != alloc:
             bad.append(f"inode {ino}: alloc_bytes {f.alloc_bytes} != {alloc} from its pages")
         total_alloc += alloc
+    if eng.unwritten_slots != unwritten:
+        bad.append(f"engine unwritten_slots {eng.unwritten_slots} != {unwritten} UNWRITTEN slots")
     if eng.alloc_bytes != total_alloc:
         bad.append(f"engine alloc_bytes {eng.alloc_bytes} != {total_alloc} over all files")
     bad += _check_buffer(fs, buffered)

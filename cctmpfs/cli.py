@@ -121,6 +121,7 @@ COLUMNS = [
     ("INCOMP", lambda m, s: str(s["incompressible_blocks"])),
     ("INODES", lambda m, s: str(s["inodes"])),
     ("ERRORS", lambda m, s: str(s["internal_errors"])),
+    ("TRANSPORT", lambda m, s: (s.get("transport") or {}).get("name", "-")),
 ]
 
 
@@ -228,7 +229,7 @@ def mount_main(argv: list[str]) -> int:
     except OptionError as e:
         print(f"cctmpfs: bad mount option {one_line(str(e))}", file=sys.stderr)
         return 1
-    from .daemon import run  # llfuse is imported only when mounting
+    from .daemon import run  # a transport (llfuse) is imported only when mounting
     return run(args.source, args.mountpoint, opts, foreground=args.foreground or args.debug,
                debug=args.debug)
 
@@ -263,7 +264,7 @@ def mount_helper_main(argv: Optional[list[str]] = None) -> int:
         return 1
     if args.f:
         return 0
-    from .daemon import run  # llfuse is imported only when mounting
+    from .daemon import run  # a transport (llfuse) is imported only when mounting
     return run(args.source, args.mountpoint, opts, foreground=False)
 
 

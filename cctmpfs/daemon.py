@@ -6,8 +6,10 @@ mount answers a stat(), so scripts and mount(8) can use it at once. Any
 failure before that leaves nothing mounted and exits non-zero with one line
 naming the problem.
 
-Threading: llfuse.main() runs `workers` handler threads under llfuse.lock;
-the Sealer adds one background thread that takes the same lock.
+Threading: the transport's session serves requests under its global lock
+(llfuse: `workers` handler threads under llfuse.lock; native: one reader
+thread, docs/locking.md); the Sealer adds one background thread that takes
+the same lock.
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ import os
 import stat
 import sys
 import time
-from typing import Callable
-
-import llfuse
+from typing import Any, Callable
 
 from . import faults
 from .cipher import RecordCipher
@@ -28,11 +28,11 @@ from .codec import Codec
 from .coldstore import ColdStore
 from .device import Device, DeviceError
 from .devlog import SEGMENT_SIZE, SegmentLog
-from .fuseops import Operations
 from .memtrim import limit_arenas, rss_bytes
 from .namespace import Filesystem
 from .options import MountOptions
 from .sealer import Sealer
+from .transport import Frontend, MountError, open_session
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ MOUNT_WAIT_SECONDS = 30.0
 #: Every other thread has stopped by then, so only a thread stuck holding it
 #: (a bug) makes it wait; the exit then skips the discard rather than hang.
 EXIT_LOCK_SECONDS = 10.0
-
-
-class MountError(Exception):
-    """The mount could not be made; the message is shown to the user."""
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -122,7 +118,8 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
     or ready("error: ...") if mounting failed."""
     limit_arenas()
     faults.arm_from_environment()   # test-only (tests/mounted); unset everywhere else
-    fs = build(opts, llfuse.lock)
+    session = open_session(opts.transport)
+    fs = build(opts, session.lock)
     device = None
     if opts.backing is not None:
         try:
@@ -133,47 +130,49 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
             return 1
         fs.engine.attach_cold(ColdStore(device, SegmentLog(device.size),
                                         RecordCipher() if opts.backing_encrypt else None))
-    ops = Operations(fs)
-    sealer = Sealer(fs.engine, llfuse.lock, on_error=lambda e: ops.count_internal_error(),
+    frontend = Frontend(fs)
+    sealer = Sealer(fs.engine, session.lock, on_error=lambda e: frontend.count_internal_error(),
                     idle_priority=opts.seal_idle)
-    ops.extra_stats = lambda: {"malloc_trims": sealer.trimmer.trims,
-                               "malloc_trim_freed_bytes": sealer.trimmer.freed_bytes,
-                               # Sealer batches compressed at SCHED_IDLE and at normal priority.
-                               "seal_batches_idle": sealer.idle_batches,
-                               "seal_batches_normal": sealer.normal_batches}
+    frontend.extra_stats = lambda: {"malloc_trims": sealer.trimmer.trims,
+                                    "malloc_trim_freed_bytes": sealer.trimmer.freed_bytes,
+                                    # Sealer batches compressed at SCHED_IDLE and at normal priority.
+                                    "seal_batches_idle": sealer.idle_batches,
+                                    "seal_batches_normal": sealer.normal_batches}
     try:
-        llfuse.init(ops, mountpoint, list(opts.fuse_options))
-    except Exception as e:  # noqa: BLE001 - reported to the user, nothing is mounted
-        ready(f"error: mounting {mountpoint} failed: {e}")
+        session.mount(frontend, source, mountpoint, opts)
+    except MountError as e:
+        ready(f"error: {e}")
         if device is not None:
             device.close()
         return 1
-    log.info("mounted %s on %s (%s)", source, mountpoint, ",".join(opts.fuse_options))
-    ops.runtime_rss = rss_bytes()   # before any file: the base of stats' memory breakdown
+    log.info("mounted %s on %s (transport=%s, %s)", source, mountpoint, opts.transport,
+             ",".join(opts.fuse_options))
+    frontend.runtime_rss = rss_bytes()   # before any file: the base of stats' memory breakdown
     sealer.start()
     ready("ok")
     code = 0
     try:
-        llfuse.main(workers=opts.workers)
+        session.serve()
     except Exception:
         log.exception("main loop ended with an error")
         code = 1
     finally:
         sealer.stop()
-        llfuse.close(unmount=True)
+        session.close()
         if device is not None:
-            discard_backing(fs)
+            discard_backing(fs, session.lock)
             device.close()
         log.info("unmounted %s", mountpoint)
     return code
 
 
-def discard_backing(fs: Filesystem) -> None:
+def discard_backing(fs: Filesystem, lock: Any) -> None:
     """At exit, after the unmount: discard the backing device's used area,
     whose contents nobody can ask for any more (DataEngine.discard_device).
-    Takes the global lock, which that releases around the I/O. Never raises:
+    Takes the global lock (the transport's: llfuse.lock or a threading.Lock,
+    both with a timeout), which that releases around the I/O. Never raises:
     the exit goes on whatever happens."""
-    if not llfuse.lock.acquire(timeout=EXIT_LOCK_SECONDS):
+    if not lock.acquire(timeout=EXIT_LOCK_SECONDS):
         log.warning("the backing device was not discarded at exit: the global lock stayed busy")
         return
     try:
@@ -181,7 +180,7 @@ def discard_backing(fs: Filesystem) -> None:
     except Exception:  # noqa: BLE001 - the exit must finish; the data is volatile anyway
         log.exception("discarding the backing device at exit failed")
     finally:
-        llfuse.lock.release()
+        lock.release()
 
 
 def run(source: str, mountpoint: str, opts: MountOptions, *, foreground: bool,

@@ -10,6 +10,11 @@ compressed (`stored`, in the block store), or both (a clean cached copy):
     SEALING  set        None         DIRTY, being compressed outside the lock
     CACHED   set        set          clean uncompressed copy of a stored block
     STORED   None       set          compressed only
+    UNWRITTEN None      None         no content (all zeros): pages only allocated
+                                     by fallocate (ranges.py), extent 0
+
+Pages past a slot's extent may be allocated too (fallocate): their content
+is zeros, and they count in st_blocks and against size= as on tmpfs.
 
 A block is sealed (compressed, then dropped from the buffer) when a
 sequential writer fills it, when its file is released, when it has not been
@@ -109,6 +114,7 @@ class BlockState(enum.Enum):
     SEALING = "sealing"
     CACHED = "cached"
     STORED = "stored"
+    UNWRITTEN = "unwritten"   # fallocated pages only, no content
 
 
 def pages(n: int) -> int:
@@ -147,6 +153,8 @@ class Slot:
     @property
     def state(self) -> BlockState:
         if self.stored is None:
+            if self.raw is None:
+                return BlockState.UNWRITTEN
             return BlockState.SEALING if self.sealing else BlockState.DIRTY
         return BlockState.STORED if self.raw is None else BlockState.CACHED
 
@@ -247,6 +255,8 @@ class EngineCounters:
     seal_errors: int = 0       # blocks whose compression raised; left dirty, sealed later
     seals_arena_full: int = 0  # blocks compressed but not stored: the arena could not grow; left dirty
     device_full: int = 0       # evictions that found no free segment on the device
+    copy_shared_blocks: int = 0   # blocks copy_range shared (a reference, no data copied)
+    copy_copied_bytes: int = 0    # bytes copy_range copied through read and write (the edges)
 
 
 @attrs.define(slots=True)
@@ -297,6 +307,9 @@ class DataEngine:
             store.arena.limit = store.arena.limit_for(ram_budget)
         self.clock = clock
         self.alloc_bytes = 0           # sum of FileData.alloc_bytes over live files
+        #: Slots in the files' maps with neither raw nor stored: UNWRITTEN
+        #: (fallocated pages), for the memory estimate (stats.py).
+        self.unwritten_slots = 0
         self.counters = EngineCounters()
         self.recompress_counters = RecompressCounters()
         #: Idle recompression state: the activity (seals, loads, promotions)
@@ -370,7 +383,8 @@ class DataEngine:
                 self.buffer.touch(slot, self.clock())
                 return slot.raw
             stored = slot.stored
-            assert stored is not None
+            if stored is None:
+                return None   # UNWRITTEN: fallocated pages, zeros
             payload = stored.payload
             raw_len = stored.raw_len
             codec: int = stored.codec
@@ -457,7 +471,7 @@ class DataEngine:
             if slot is not None:
                 if slot.raw is not None:
                     out = self._slice_buffered(slot, boff, end - off, sequential)
-                elif sequential and end - off == bs:
+                elif sequential and end - off == bs and slot.stored is not None:
                     out = self._stream_block(f, idx, slot)
                 else:
                     out = None
@@ -562,8 +576,8 @@ class DataEngine:
             missing = []
             for i in idxs:
                 s = f.blocks.get(i)
-                if s is None or s.raw is not None:
-                    continue
+                if s is None or s.raw is not None or s.stored is None:
+                    continue   # a hole, loaded, or UNWRITTEN: nothing to load
                 start = i * bs
                 if off <= start and min(end, start + bs) - start >= s.extent:
                     continue
@@ -755,6 +769,7 @@ class DataEngine:
             if slot is None:
                 slot = Slot(file=f, index=idx)
                 f.blocks[idx] = slot
+                self.unwritten_slots += 1   # until _set_dirty below, like any empty slot
             old_extent = slot.extent
             if boff == 0 and k >= old_extent:
                 # The write replaces all old content: no need for the old bytes,
@@ -787,6 +802,8 @@ class DataEngine:
         self.alloc_bytes += PAGE * n
 
     def _set_dirty(self, slot: Slot, raw: bytes | bytearray, now: float) -> None:
+        if slot.raw is None and slot.stored is None:
+            self.unwritten_slots -= 1   # an UNWRITTEN (or new) slot gets content
         if slot.stored is not None:
             self.store.unref(slot.stored)
             self.buffer.discharge(slot)   # its charge was clean; recharged as dirty below
@@ -798,7 +815,9 @@ class DataEngine:
 
     # ---- truncating and freeing -----------------------------------------
     def truncate(self, f: FileData, new_size: int) -> None:
-        """Set the file size; growing makes a hole. Releases the global lock."""
+        """Set the file size; growing makes a hole. A size at or below the
+        current one also frees the pages allocated past it (fallocate with
+        KEEP_SIZE), as tmpfs does. Releases the global lock."""
         if new_size < 0 or new_size > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG, "size past the maximum file size")
         keep_idx, keep = divmod(new_size, self.bs)
@@ -809,23 +828,41 @@ class DataEngine:
                 break
             self.raw_for(f, keep_idx)
         faults.hit("truncate.cut")
-        if new_size < f.size:
+        if new_size <= f.size:
             for idx in [i for i in f.blocks if i > keep_idx or (i == keep_idx and not keep)]:
                 self._detach(f, f.blocks[idx])
             slot = f.blocks.get(keep_idx) if keep else None
-            if slot is not None and slot.extent > keep:
-                assert slot.raw is not None
-                self._set_dirty(slot, bytes(slot.raw[:keep]), self.clock())
+            if slot is not None:
+                if slot.extent > keep:
+                    assert slot.raw is not None
+                    self._set_dirty(slot, bytes(slot.raw[:keep]), self.clock())
                 lost = slot.page_mask & ~page_span(0, keep)
                 if lost:
                     slot.page_mask &= ~lost
                     self._account_pages(f, -lost.bit_count())
+                    if not slot.page_mask and not slot.extent:
+                        self._detach(f, slot)   # UNWRITTEN, nothing left allocated
         f.size = new_size
         f.seq_end = min(f.seq_end, new_size)
+
+    def make_unwritten(self, slot: Slot) -> None:
+        """Drop slot's content (it reads as zeros) and keep its allocated
+        pages: the UNWRITTEN state. Never releases the lock."""
+        if slot.raw is not None or slot.stored is not None:
+            self.unwritten_slots += 1
+        self.buffer.discharge(slot)
+        if slot.stored is not None:
+            self.store.unref(slot.stored)
+            slot.stored = None
+        slot.raw = None
+        slot.extent = 0
+        slot.generation += 1
 
     def _detach(self, f: FileData, slot: Slot) -> None:
         """Remove slot from its file and release what it holds. Never releases the lock."""
         del f.blocks[slot.index]
+        if slot.raw is None and slot.stored is None:
+            self.unwritten_slots -= 1
         self._account_pages(f, -slot.page_mask.bit_count())
         self.buffer.discharge(slot)
         if slot.stored is not None:
@@ -974,7 +1011,12 @@ class DataEngine:
                 self.counters.seals_discarded += 1
                 continue
             if res is None:
-                self._detach(f, s)
+                if s.page_mask >> ((s.extent + PAGE - 1) // PAGE):
+                    # Pages past the extent were fallocated: keep the
+                    # allocation, drop the content (UNWRITTEN).
+                    self.make_unwritten(s)
+                else:
+                    self._detach(f, s)
                 self.counters.zero_blocks += 1
             else:
                 try:

@@ -3,8 +3,9 @@
 Lock discipline (docs/locking.md has the whole story):
 
 * One global lock guards all filesystem state: the namespace, every file's
-  block map, the block store and the hot buffer. Under FUSE it is
-  `llfuse.lock`, which llfuse holds while any handler runs.
+  block map, the block store and the hot buffer. It is the transport's
+  (cctmpfs/transport): `llfuse.lock`, which llfuse holds while any handler
+  runs, or the native reader's threading.Lock, held around each handler.
 * It is released only around compression, decompression, hashing, encryption
   and backing-device I/O, through `released()`. Every function that may release it says
   "Releases the global lock" in its docstring, and so do its callers.

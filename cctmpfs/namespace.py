@@ -19,14 +19,16 @@ from typing import Callable, Iterator, Optional
 
 import attrs
 
-from . import faults
+from . import extents, faults
 from .arena import segment_bytes_for
 from .blockstore import BlockStore
 from .clock import TimestampClock
 from .codec import Codec
 from .errors import FsError
-from .filemap import DataEngine, FileData, HotBuffer, pages
+from .filemap import MAX_FILE_SIZE, DataEngine, FileData, HotBuffer, pages
 from .locking import GlobalLock, NoLock
+from .ranges import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_SUPPORTED,
+                     FALLOC_VALID, allocate, copy_range, punch_hole)
 
 log = logging.getLogger(__name__)
 
@@ -560,8 +562,9 @@ class Filesystem:
         if size is not None:
             if node.data is None:
                 raise FsError(errno.EISDIR if node.is_dir else errno.EINVAL)
-            if size != node.data.size:
-                self.engine.truncate(node.data, size)
+            # Even at the same size: tmpfs then frees the pages that
+            # fallocate(KEEP_SIZE) allocated past the end.
+            self.engine.truncate(node.data, size)
             # tmpfs sets mtime even when the size does not change.
             node.mtime_ns = self.now_ns()
         if mode is not None:
@@ -610,6 +613,11 @@ class Filesystem:
             else:
                 self._maybe_free(node)
 
+    def seek(self, fh: int, off: int, whence: int) -> int:
+        """lseek(2) SEEK_DATA / SEEK_HOLE of an open file (extents.py)."""
+        node = self._file(fh)
+        return extents.seek(node.data, self.block_size, off, whence)  # type: ignore[arg-type]
+
     def read(self, fh: int, off: int, size: int) -> bytes:
         """Releases the global lock."""
         node = self._file(fh)
@@ -626,6 +634,55 @@ class Filesystem:
             raise FsError(errno.EINVAL)
         n = self.engine.write(node.data, off, buf)  # type: ignore[arg-type]
         node.mtime_ns = node.ctime_ns = self.now_ns()
+        return n
+
+    def fallocate(self, ino: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) as tmpfs has it: mode 0 (allocate, extend the size),
+        FALLOC_FL_KEEP_SIZE, and FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        (ranges.py). EINVAL for offset < 0 or length <= 0, EFBIG past the
+        maximum file size, EOPNOTSUPP for any other mode, ENOSPC past size=
+        (nothing allocated). Sets mtime and ctime, as tmpfs does on every
+        success. Releases the global lock (punching a hole)."""
+        node = self._file(ino)
+        if offset < 0 or length <= 0:
+            raise FsError(errno.EINVAL)
+        # The kernel's order (vfs_fallocate, then shmem_fallocate).
+        if mode & ~FALLOC_VALID or (mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE):
+            raise FsError(errno.EOPNOTSUPP)
+        if offset + length > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG)
+        if mode & ~FALLOC_SUPPORTED:
+            raise FsError(errno.EOPNOTSUPP)
+        f = node.data
+        assert f is not None
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            punch_hole(self.engine, f, offset, length)
+        else:
+            allocate(self.engine, f, offset, length, keep_size=bool(mode & FALLOC_FL_KEEP_SIZE))
+        node.mtime_ns = node.ctime_ns = self.now_ns()
+
+    def copy_range(self, src_ino: int, src_off: int, dst_ino: int, dst_off: int,
+                   length: int) -> int:
+        """copy_file_range(2): copy up to length bytes; returns the bytes
+        copied, short at the source's end, 0 past it. Whole stored blocks at
+        block-aligned offsets are shared, not copied (ranges.copy_range).
+        EINVAL for negative offsets and for overlapping ranges of one file
+        (as the kernel checks, after shortening the copy to the source's
+        end); ENOSPC if nothing fits in size=. Sets the destination's mtime
+        and ctime, and the source's atime (relatime). Releases the global
+        lock."""
+        src = self._file(src_ino)
+        dst = self._file(dst_ino)
+        if src_off < 0 or dst_off < 0 or length < 0:
+            raise FsError(errno.EINVAL)
+        size = src.data.size  # type: ignore[union-attr]
+        count = 0 if src_off >= size else min(length, size - src_off)
+        if src is dst and dst_off + count > src_off and dst_off < src_off + count:
+            raise FsError(errno.EINVAL, "overlapping ranges of one file")
+        n = copy_range(self.engine, src.data, src_off, dst.data, dst_off, count)  # type: ignore[arg-type]
+        self._maybe_update_atime(src)
+        if n:
+            dst.mtime_ns = dst.ctime_ns = self.now_ns()
         return n
 
     # ---- directories ---------------------------------------------------

@@ -81,6 +81,16 @@ IGNORED_KEYS = frozenset({"huge", "mpol", "comment", "context", "fscontext",
                           "defcontext", "rootcontext"})
 
 
+#: The FUSE bindings (cctmpfs/transport): llfuse on libfuse 2.9, or the
+#: kernel protocol on /dev/fuse spoken directly. llfuse stays the default
+#: until the native one wins the perf suite (issue 18).
+TRANSPORTS = ("llfuse", "native")
+DEFAULT_TRANSPORT = "llfuse"
+#: libfuse options the native transport cannot honour yet (it mounts with
+#: mount(2), as root; auto_unmount needs fusermount).
+NATIVE_UNSUPPORTED = frozenset({"auto_unmount"})
+
+
 def total_ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -99,13 +109,14 @@ class MountOptions:
     block_size: int          # bytes per logical block, a power of two
     ram_bytes: int           # RAM budget for stored blocks plus the hot buffer
     buffer_bytes: int        # RAM budget of the uncompressed hot buffer
-    workers: int             # llfuse worker threads
+    workers: int             # llfuse worker threads (transport=native: one reader, for now)
     dedup: bool              # store identical blocks once (dedup=on|off)
     backing: Optional[str] = None   # absolute path of the backing device or file (backing=)
     backing_size: int = 0    # size to create a missing backing file at (backing_size=); 0: must exist
     backing_encrypt: bool = True    # AES-GCM records on the device (backing_encrypt=on|off)
     seal_idle: bool = True   # the sealer compresses at SCHED_IDLE while it can (seal_priority=idle|normal)
     recompress_level: int = 0   # zstd level cold blocks are recompressed at when idle; 0: off (recompress=)
+    transport: str = DEFAULT_TRANSPORT  # how FUSE requests arrive (transport=, one of TRANSPORTS)
     fuse_options: tuple[str, ...] = ()
 
     @property
@@ -207,7 +218,7 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
             raise OptionError("ro: cctmpfs is a read-write /tmp; mount it rw")
         if key in ("size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress",
                    "block_size", "ram", "buffer", "workers", "dedup", "backing",
-                   "backing_size", "backing_encrypt", "seal_priority", "recompress"):
+                   "backing_size", "backing_encrypt", "seal_priority", "recompress", "transport"):
             if not eq or value == "":
                 raise OptionError(f"{key}: needs a value ({key}=...)")
             ours[key] = value
@@ -262,9 +273,17 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     else:
         buffer = max(2 * block_size, min(DEFAULT_BUFFER_CAP, ram // 4))
 
+    transport = ours.get("transport", DEFAULT_TRANSPORT)
+    if transport not in TRANSPORTS:
+        raise OptionError(f"transport={transport}: must be {' or '.join(TRANSPORTS)}")
+
     workers = _parse_int("workers", ours.get("workers", "1"))
     if not 1 <= workers <= 64:
         raise OptionError(f"workers={ours['workers']}: must be 1..64")
+    if transport == "native":
+        for opt in fuse:
+            if opt in NATIVE_UNSUPPORTED:
+                raise OptionError(f"{opt}: not supported with transport=native yet")
 
     dedup_text = ours.get("dedup", "on")
     if dedup_text not in ("on", "off"):
@@ -309,5 +328,5 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         workers=workers, dedup=dedup_text == "on", backing=backing, backing_size=backing_size,
         backing_encrypt=encrypt_text == "on", seal_idle=seal_priority == "idle",
         recompress_level=recompress_level,
-        fuse_options=tuple(fuse),
+        transport=transport, fuse_options=tuple(fuse),
     )

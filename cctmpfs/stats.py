@@ -111,7 +111,8 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
     store = fs.store
     buf = fs.engine.buffer
     others = len(fs.inodes) - c.files - c.dirs
-    slots = store.counters.refs + unsealed   # every other slot holds one reference
+    # Every other slot holds one reference, except UNWRITTEN ones (fallocated).
+    slots = store.counters.refs + unsealed + fs.engine.unwritten_slots
     full_dirs = c.dirs - c.empty_dirs
     inode = (sys.getsizeof(fs.inodes) + c.files * FILE_INODE_BYTES + c.dirs * DIR_INODE_BYTES
              + others * OTHER_INODE_BYTES + c.entries * ENTRY_BYTES + c.name_bytes
@@ -269,7 +270,9 @@ def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> 
     eng = fs.engine
     store = fs.store.counters
     buf = eng.buffer
-    states = {s.value: 0 for s in BlockState}
+    # The buffer's slots and the stored ones; UNWRITTEN slots (fallocated
+    # pages, no content) hold no RAM and are not listed.
+    states = {s.value: 0 for s in BlockState if s is not BlockState.UNWRITTEN}
     for slot in buf.slots:
         states[slot.state.value] += 1
     # Slots, not distinct blocks: every reference is a slot that is either

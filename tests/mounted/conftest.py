@@ -14,6 +14,14 @@ question. Both fixtures unmount at teardown whatever happened, and a session
 sweep (plus atexit) unmounts anything still mounted under this run's
 directories, so nothing stays mounted after the suite.
 
+Every cctmpfs mount runs on each transport (`transport=llfuse` and
+`transport=native`): `mount_cct` depends on the parametrised `transport`
+fixture, so each test that mounts runs once per transport, with the
+transport in its id (`test_x[native]`). Tests that mount through the
+command line, fstab or mount(8) take the `transport` fixture themselves and
+add `transport_option(transport)` to their options. CCTMPFS_TRANSPORTS
+(e.g. `native`) runs a subset.
+
 Mounted tests need root and /dev/fuse. Without them they FAIL, unless
 CCTMPFS_SKIP_MOUNTED=1 is set, which skips them.
 
@@ -47,6 +55,36 @@ XATTR_STATS_SETTLED = "trusted.cctmpfs.stats-settled"
 XATTR_CHECK = "trusted.cctmpfs.check"
 
 PR_SET_PDEATHSIG = 1
+
+#: The transports every mounted test runs on (the mount option transport=).
+ALL_TRANSPORTS = ("llfuse", "native")
+TRANSPORTS_ENV = "CCTMPFS_TRANSPORTS"
+
+
+def selected_transports() -> tuple[str, ...]:
+    text = os.environ.get(TRANSPORTS_ENV, "")
+    chosen = tuple(t for t in text.replace(",", " ").split() if t) or ALL_TRANSPORTS
+    unknown = set(chosen) - set(ALL_TRANSPORTS)
+    if unknown:
+        raise pytest.UsageError(f"{TRANSPORTS_ENV}: unknown transport(s) {sorted(unknown)}")
+    return chosen
+
+
+@pytest.fixture(params=selected_transports())
+def transport(request: pytest.FixtureRequest) -> str:
+    """The transport a test mounts with; every mounting test runs on each."""
+    return request.param
+
+
+def transport_option(transport: str) -> str:
+    return f"transport={transport}"
+
+
+def with_transport(options: str, transport: str) -> str:
+    """options plus transport=..., unless they choose one already."""
+    if any(o.startswith("transport=") for o in options.split(",")):
+        return options
+    return ",".join(filter(None, [options, transport_option(transport)]))
 
 
 # ---- environment -------------------------------------------------------------
@@ -410,8 +448,9 @@ def stop_cctmpfs(m: MountPath, check: bool = True) -> list[str]:
 
 
 @pytest.fixture
-def mount_cct() -> Callable[..., MountPath]:
-    """Factory: mount_cct(options="size=64m,...") -> the mount point (a MountPath).
+def mount_cct(transport: str) -> Callable[..., MountPath]:
+    """Factory: mount_cct(options="size=64m,...") -> the mount point (a MountPath),
+    on the test's transport (unless the options name one).
 
     Every mount made is unmounted at teardown; the test then fails if the
     daemon did not exit cleanly or counted internal errors.
@@ -420,7 +459,7 @@ def mount_cct() -> Callable[..., MountPath]:
 
     def factory(options: str = "", **kw: Any) -> MountPath:
         try:
-            m = start_cctmpfs(options, **kw)
+            m = start_cctmpfs(with_transport(options, transport), **kw)
         except _MountFailed as e:
             pytest.fail(str(e), pytrace=False)
         mounts.append(m)

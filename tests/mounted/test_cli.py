@@ -143,9 +143,9 @@ def mount_daemonized(mp: str, *opts: str, source: str = "clitest") -> int:
 
 # ---- mounting ------------------------------------------------------------------
 
-def test_daemonized_mount_is_usable_when_the_command_returns(daemonized):
+def test_daemonized_mount_is_usable_when_the_command_returns(daemonized, transport):
     mp = daemonized()
-    r = run_cli("myfsname", mp, "-o", "size=32m,mode=0755")
+    r = run_cli("myfsname", mp, "-o", f"size=32m,mode=0755,transport={transport}")
     # The very first thing after the command returns: the mount answers.
     st = os.stat(mp)
     assert r.returncode == 0, r.stderr
@@ -164,11 +164,11 @@ def test_daemonized_mount_is_usable_when_the_command_returns(daemonized):
     assert not mounted_at(mp)
 
 
-def test_daemonized_mount_repeatedly_answers_at_once(daemonized):
+def test_daemonized_mount_repeatedly_answers_at_once(daemonized, transport):
     # The "returns only once usable" promise must hold every time, not by luck.
     for i in range(5):
         mp = daemonized(f"m{i}")
-        r = run_cli("x", mp)
+        r = run_cli("x", mp, "-o", f"transport={transport}")
         try:
             os.listdir(mp)
             os.statvfs(mp)
@@ -180,9 +180,9 @@ def test_daemonized_mount_repeatedly_answers_at_once(daemonized):
 
 
 @pytest.mark.parametrize("unmount", [["umount"], ["fusermount", "-u"]], ids=["umount", "fusermount"])
-def test_unmount_ends_the_daemon(daemonized, unmount):
+def test_unmount_ends_the_daemon(daemonized, unmount, transport):
     mp = daemonized()
-    pid = mount_daemonized(mp, "-o", "size=16m")
+    pid = mount_daemonized(mp, "-o", f"size=16m,transport={transport}")
     Path(mp, "f").write_bytes(os.urandom(300_000))
     r = subprocess.run(unmount + [mp], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -260,6 +260,30 @@ def test_missing_mountpoint(tmp_path, foreground):
     assert daemon_pids(str(mp)) == []
 
 
+@pytest.mark.parametrize("foreground", [False, True], ids=["daemon", "foreground"])
+@pytest.mark.parametrize("cause", ["no-dev-fuse", "no-cap-sys-admin"])
+def test_native_says_why_it_cannot_mount(tmp_path, cause, foreground):
+    """No /dev/fuse (a private mount namespace with an empty /dev), or no
+    permission to mount (CAP_SYS_ADMIN dropped): one line that names the
+    cause, status 1, nothing mounted."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    cmd = cctmpfs_command() + ["src", str(mp), "-o", "transport=native"] \
+        + (["-f"] if foreground else [])
+    if cause == "no-dev-fuse":
+        script = ('mount -t tmpfs tmpfs /dev && touch /dev/null && exec "$@" </dev/null')
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"] + cmd
+        want = "/dev/fuse does not exist"
+    else:
+        cmd = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"] + cmd
+        want = "not permitted: transport=native needs root (CAP_SYS_ADMIN)"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.count("\n") == 1 and want in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not mounted_at(str(mp)) and daemon_pids(str(mp)) == []
+
+
 def test_mountpoint_that_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
@@ -297,7 +321,7 @@ STATS_FIELDS = {
 }
 
 
-def test_stats_json_after_writing_real_files(mount_cct):
+def test_stats_json_after_writing_real_files(mount_cct, transport):
     mp = mount_cct("size=64m")
     total = copy_stdlib_packages(mp)
     assert total > 300_000
@@ -319,6 +343,15 @@ def test_stats_json_after_writing_real_files(mount_cct):
     assert s["blocks"]["dirty"] == 0 and s["blocks"]["sealing"] == 0
     assert s["compression_ratio"] is not None and s["compression_ratio"] > 2.0, s
     assert s["stored_bytes"] < total / 2
+    # The transport, and for native what INIT negotiated: the plain request
+    # model of libfuse 2.9 (issue 18, step 1).
+    assert s["transport"]["name"] == transport
+    if transport == "native":
+        t = s["transport"]
+        assert t["flags"] == ["ASYNC_READ", "BIG_WRITES"], t
+        assert set(t["flags"]) <= set(t["kernel_flags"]) and t["max_write"] == 128 * 1024
+        assert t["protocol"].startswith("7.") and t["bad_requests"] == 0 == t["reply_errors"]
+        assert s["requests"]["init"] == 1 and s["requests"]["create"] > 0
 
     # Unsettled --json works too and keeps the same shape.
     r = run_cli("stats", mp, "--json")
@@ -390,7 +423,7 @@ def test_sealer_cpu_class(mount_cct, priority):
     assert {os.sched_getscheduler(int(t)) for t in tids} == {os.SCHED_OTHER}
 
 
-def test_stats_table(mount_cct):
+def test_stats_table(mount_cct, transport):
     mp = mount_cct("size=64m,compress=lz4,block_size=64k")
     copy_stdlib_packages(mp)
     r = run_cli("stats", mp, "--settle")
@@ -409,6 +442,7 @@ def test_stats_table(mount_cct):
     assert cells["BLOCK"] == "64.0K"
     assert float(cells["COMPR"]) > 1.5
     assert cells["ERRORS"] == "0"
+    assert cells["TRANSPORT"] == transport
 
 
 def assert_failed_only_on_others(r: subprocess.CompletedProcess, ours: list[str]) -> None:

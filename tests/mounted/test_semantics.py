@@ -469,10 +469,16 @@ def test_rename_over_open_file_keeps_old_content_readable(both):
     same(both, scenario)
 
 
-@pytest.mark.xfail(strict=True, reason="llfuse binds libfuse 2.9, which has no RENAME2: "
-                   "the kernel answers EINVAL for any renameat2 flag; needs pyfuse3/libfuse 3")
-def test_rename_noreplace_and_exchange(both):
+def llfuse_cannot(request, transport: str, why: str) -> None:
+    """Mark the test an expected failure on llfuse, which binds libfuse 2.9."""
+    if transport == "llfuse":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=why))
+
+
+def test_rename_noreplace_and_exchange(both, request, transport):
     """renameat2(2) flags, which tmpfs supports (mv -n uses RENAME_NOREPLACE)."""
+    llfuse_cannot(request, transport, "renameat2 flags: libfuse 2.9 has no RENAME2, so the "
+                  "kernel answers EINVAL")
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     AT_FDCWD = -100
@@ -488,13 +494,131 @@ def test_rename_noreplace_and_exchange(both):
         for p in (a, b):
             with open(p, "w") as f:
                 f.write(os.path.basename(p))
+        d = os.path.join(root, "d")
+        os.mkdir(d)
+        open(os.path.join(d, "inner"), "w").close()
         obs = [err(lambda: renameat2(a, b, RENAME_NOREPLACE)),
                err(lambda: renameat2(a, c, RENAME_NOREPLACE)),
-               err(lambda: renameat2(b, c, RENAME_EXCHANGE))]
+               err(lambda: renameat2(b, c, RENAME_EXCHANGE)),
+               err(lambda: renameat2(b, a, RENAME_EXCHANGE)),
+               err(lambda: renameat2(c, d, RENAME_EXCHANGE)),   # a file and a directory
+               err(lambda: renameat2(c, os.path.join(root, "none"), RENAME_EXCHANGE)),
+               err(lambda: renameat2(c, b, RENAME_EXCHANGE | RENAME_NOREPLACE))]
         obs.append(tree(root))
         return obs
 
     same(both, scenario)
+
+
+def test_seek_data_and_hole(both, request, transport):
+    """lseek SEEK_DATA / SEEK_HOLE, as tmpfs answers them at page granularity."""
+    llfuse_cannot(request, transport, "libfuse 2.9 has no LSEEK: the kernel's generic "
+                  "answer is one data extent up to the end")
+
+    def scenario(root):
+        p = os.path.join(root, "sparse")
+        fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            os.pwrite(fd, b"x" * 5000, 3 * MiB + 100)
+            os.pwrite(fd, b"y" * 10, 300 * KiB)
+            os.ftruncate(fd, 8 * MiB)
+            obs = []
+            for off in (0, 4096, 300 * KiB + 5, 301 * KiB, 3 * MiB, 3 * MiB + 9000, 7 * MiB,
+                        8 * MiB, 9 * MiB):
+                obs.append((off, err(lambda: os.lseek(fd, off, os.SEEK_DATA)),
+                            err(lambda: os.lseek(fd, off, os.SEEK_HOLE))))
+            return obs
+        finally:
+            os.close(fd)
+
+    same(both, scenario)
+
+
+def _fallocate(fd: int, mode: int, off: int, length: int) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    if libc.fallocate(fd, mode, off, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def test_fallocate_keep_size_and_punch_hole(both, request, transport):
+    """fallocate(2) modes as tmpfs has them: allocate, KEEP_SIZE, PUNCH_HOLE."""
+    llfuse_cannot(request, transport, "llfuse 1.5 has no fallocate handler: EOPNOTSUPP")
+    KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE = 0x01, 0x02, 0x10
+
+    def scenario(root):
+        p = os.path.join(root, "f")
+        fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            obs = []
+            look = lambda: (os.fstat(fd).st_size, os.fstat(fd).st_blocks)  # noqa: E731
+            obs.append(err(lambda: _fallocate(fd, 0, 5000, 100)))
+            obs.append(look())
+            obs.append(err(lambda: _fallocate(fd, KEEP_SIZE, 0, 64 * KiB)))
+            obs.append(look())
+            os.pwrite(fd, pattern(300 * KiB), 0)
+            obs.append(err(lambda: _fallocate(fd, PUNCH_HOLE | KEEP_SIZE, 1000, 5000)))
+            obs.append(err(lambda: _fallocate(fd, PUNCH_HOLE | KEEP_SIZE, 128 * KiB, 130 * KiB)))
+            obs.append(look())
+            obs.append(hashlib.sha256(os.pread(fd, 400 * KiB, 0)).hexdigest())
+            obs.append(err(lambda: _fallocate(fd, PUNCH_HOLE, 0, 4096)))       # needs KEEP_SIZE
+            obs.append(err(lambda: _fallocate(fd, ZERO_RANGE, 0, 4096)))
+            obs.append(err(lambda: _fallocate(fd, 0, 0, 0)))
+            obs.append((os.lseek(fd, 0, os.SEEK_HOLE), os.lseek(fd, 130 * KiB, os.SEEK_DATA)))
+            return obs
+        finally:
+            os.close(fd)
+
+    same(both, scenario)
+
+
+def test_copy_file_range_as_tmpfs_and_shared_on_native(both, transport):
+    """copy_file_range(2) copies as on tmpfs on both transports (on llfuse the
+    kernel falls back to copying through the page cache). On native, whole
+    stored blocks are shared: a 16 MiB copy adds no stored payload."""
+    cct, ref = both()
+
+    def scenario(root):
+        src, dst = os.path.join(root, "src"), os.path.join(root, "dst")
+        with open(src, "wb") as f:
+            f.write(pattern(16 * MiB + 1000, seed=7))
+        obs = []
+        fi = os.open(src, os.O_RDONLY)
+        fo = os.open(dst, os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            if root == cct:
+                before = cct.stats(settle=True)["stored_bytes"]
+            total = 0
+            while True:
+                n = os.copy_file_range(fi, fo, 64 * MiB, total, total)
+                if n == 0:
+                    break
+                total = n + total
+            obs.append(total)
+            if root == cct and transport == "native":
+                after = cct.stats(settle=True)
+                # Every block is shared, the source's 1000-byte tail block too
+                # (it ends both files); no byte is copied. Dedup alone would
+                # share equal blocks only after copying and hashing them.
+                c = after["counters"]
+                assert (c["copy_shared_blocks"], c["copy_copied_bytes"]) == (16 * MiB // (128 * KiB) + 1, 0)
+                assert after["stored_bytes"] - before < 64 * KiB, (before, after["stored_bytes"])
+            obs.append(err(lambda: os.copy_file_range(fi, fo, 10, 20 * MiB, 0)))   # past the end
+        finally:
+            os.close(fi)
+            os.close(fo)
+        with open(dst, "r+b") as f:            # copy-on-write: the source keeps its bytes
+            f.seek(5 * MiB)
+            f.write(b"changed")
+        for p in (src, dst):
+            with open(p, "rb") as f:
+                obs.append(hashlib.sha256(f.read()).hexdigest())
+        obs.append(os.stat(dst).st_size)
+        return obs
+
+    check_same(scenario, cct, ref)
 
 
 # ---- lifetimes -------------------------------------------------------------------

@@ -72,13 +72,14 @@ def findmnt(output: str) -> dict:
 
 # ---- fstab, mount(8), mount.cctmpfs --------------------------------------------------------
 
-def test_fstab_line_mounts_with_mount8_and_unmounts(tmp_path):
+def test_fstab_line_mounts_with_mount8_and_unmounts(tmp_path, transport):
     mp = tmp_path / "tmp"
     mp.mkdir()
     fstab = tmp_path / "fstab"
     fstab.write_text(
         f"cctmpfs {mp} fuse.cctmpfs "
-        "size=64m,ram=32m,mode=1777,allow_other,defaults,rw,nosuid,nodev,noexec,nofail,_netdev 0 0\n")
+        "size=64m,ram=32m,mode=1777,allow_other,defaults,rw,nosuid,nodev,noexec,nofail,_netdev,"
+        f"transport={transport} 0 0\n")
     r = in_namespace(f"""
         mount -T {fstab} {mp}
         findmnt -J -o TARGET,SOURCE,FSTYPE,OPTIONS {mp} > {tmp_path}/findmnt.json
@@ -111,7 +112,7 @@ def readme_commands() -> list[str]:
     return [b.split("```", 1)[0].strip() for b in blocks]
 
 
-def test_readme_first_command_installs_what_mount8_runs(tmp_path):
+def test_readme_first_command_installs_what_mount8_runs(tmp_path, transport):
     """After the README's first command, whose last steps are
     `... && .venv/bin/pip install -e '.[test]' && examples/install-helpers.sh && examples/demo.sh`,
     `mount -t fuse.cctmpfs` and an fstab line work with no manual step.
@@ -131,10 +132,10 @@ def test_readme_first_command_installs_what_mount8_runs(tmp_path):
     a.mkdir()
     b.mkdir()
     fstab = tmp_path / "fstab"
-    fstab.write_text(f"mytmp {b} fuse.cctmpfs size=16m,mode=1777,nosuid,nodev 0 0\n")
+    fstab.write_text(f"mytmp {b} fuse.cctmpfs size=16m,mode=1777,nosuid,nodev,transport={transport} 0 0\n")
     r = in_namespace(f"""
         test "$(readlink /usr/local/sbin/cctmpfs)" = {BIN_DIR}/cctmpfs
-        env -i /usr/bin/mount -t fuse.cctmpfs -o size=16m cctmpfs {a}
+        env -i /usr/bin/mount -t fuse.cctmpfs -o size=16m,transport={transport} cctmpfs {a}
         env -i /usr/bin/mount -T {fstab} {b}
         echo hello > {a}/f
         cat {a}/f
@@ -211,13 +212,13 @@ def test_fstab_ro_and_bad_options_are_refused_clearly(tmp_path):
     assert "compress=gzip" in bad and "Traceback" not in bad, bad
 
 
-def test_type_cctmpfs_uses_the_mount_cctmpfs_helper(tmp_path):
+def test_type_cctmpfs_uses_the_mount_cctmpfs_helper(tmp_path, transport):
     """`type cctmpfs` (no fuse. prefix): mount(8) runs /sbin/mount.cctmpfs, which
     examples/install-helpers.sh installed (in_namespace runs it)."""
     mp = tmp_path / "tmp"
     mp.mkdir()
     fstab = tmp_path / "fstab"
-    fstab.write_text(f"mytmp {mp} cctmpfs size=16m,mode=1777,nodev,nosuid 0 0\n")
+    fstab.write_text(f"mytmp {mp} cctmpfs size=16m,mode=1777,nodev,nosuid,transport={transport} 0 0\n")
     r = in_namespace(f"""
         test "$(readlink /sbin/mount.cctmpfs)" = {BIN_DIR}/mount.cctmpfs
         mount -T {fstab} {mp}
@@ -233,14 +234,14 @@ def test_type_cctmpfs_uses_the_mount_cctmpfs_helper(tmp_path):
     assert "bogus" in (tmp_path / "fake.err").read_text()
 
 
-def test_daemon_logs_to_the_system_log_not_a_terminal(tmp_path):
+def test_daemon_logs_to_the_system_log_not_a_terminal(tmp_path, transport):
     """A daemonized mount logs to syslog; without /dev/log (as here), to the
     kernel log. The terminal it was started from gets nothing."""
     mp = tmp_path / "tmp"
     mp.mkdir()
     marker = uuid.uuid4().hex[:12]
     r = in_namespace(f"""
-        cctmpfs {marker} {mp} -o size=8m
+        cctmpfs {marker} {mp} -o size=8m,transport={transport}
         umount {mp}
         sleep 0.5
         """)
@@ -264,11 +265,32 @@ def test_sigterm_stops_the_daemon_cleanly(mount_cct):
     assert "Traceback" not in mp.log()
 
 
-def test_sigterm_stops_a_daemonized_mount(tmp_path):
+@pytest.mark.parametrize("transport", ["native"])   # llfuse unmounts by path, as libfuse 2.9
+def test_a_stopped_daemon_unmounts_only_its_own_mount(mount_cct, transport):
+    """A busy mount detached with umount -l keeps its daemon serving; a new
+    mount then takes the mount point. Stopping the first daemon must not
+    unmount the second."""
+    first = mount_cct("size=8m")
+    fd = os.open(os.path.join(first, "busy"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        subprocess.run(["umount", "-l", str(first)], check=True)
+        second = mount_cct("size=8m", mountpoint=str(first))
+        Path(second, "f").write_text("second")
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(timeout=15) == 0
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass      # ENOTCONN: its connection ended with its daemon
+    assert mounted_at(second) and Path(second, "f").read_text() == "second"
+
+
+def test_sigterm_stops_a_daemonized_mount(tmp_path, transport):
     mp = tmp_path / "tmp"
     mp.mkdir()
     r = in_namespace(f"""
-        cctmpfs cctmpfs {mp} -o size=8m
+        cctmpfs cctmpfs {mp} -o size=8m,transport={transport}
         pid=$(pgrep -f "[p]ython.*cctmpfs cctmpfs {mp}")
         echo data > {mp}/f
         kill -TERM $pid
@@ -388,7 +410,7 @@ def test_users_share_a_sticky_root_as_on_tmpfs(two_users, mount_cct, tmpfs_mount
 PROGRAMS = REPO / "tests" / "mounted" / "tmp_programs.py"
 
 
-def run_programs_on_tmp(kind: str, keep: str) -> tuple[dict, str]:
+def run_programs_on_tmp(kind: str, keep: str, transport: str = "llfuse") -> tuple[dict, str]:
     """tmp_programs.py with a fresh `kind` mounted on /tmp, in a private namespace.
 
     Whatever this run needs from the real /tmp (a checkout or venv that lives
@@ -399,7 +421,7 @@ def run_programs_on_tmp(kind: str, keep: str) -> tuple[dict, str]:
                                os.path.realpath(sys.executable))
                      if p.startswith("/tmp/")})
     mount = {"tmpfs": "mount -t tmpfs -o size=2g,mode=1777 tmpfs /tmp",
-             "cctmpfs": "cctmpfs cctmpfs /tmp -o size=2g,mode=1777"}[kind]
+             "cctmpfs": f"cctmpfs cctmpfs /tmp -o size=2g,mode=1777,transport={transport}"}[kind]
     rebind = "\n".join(f"mkdir -p {p}; mount --bind {keep}{p[4:]} {p}" for p in needed)
     after = ("cctmpfs stats --json --settle /tmp | tr -d '\\n'; echo; "
              "cctmpfs check /tmp | tr -d '\\n'; echo") if kind == "cctmpfs" else "echo; echo"
@@ -418,11 +440,11 @@ def run_programs_on_tmp(kind: str, keep: str) -> tuple[dict, str]:
     return json.loads(lines[0]), "\n".join(lines[1:])
 
 
-def test_programs_that_use_tmp_behave_as_on_tmpfs():
+def test_programs_that_use_tmp_behave_as_on_tmpfs(transport):
     keep = tempfile.mkdtemp(prefix="cct-oldtmp.", dir="/var/tmp")
     try:
         ref, _ = run_programs_on_tmp("tmpfs", keep)
-        got, after = run_programs_on_tmp("cctmpfs", keep)
+        got, after = run_programs_on_tmp("cctmpfs", keep, transport)
     finally:
         os.rmdir(keep)
     for name in ref:
@@ -464,7 +486,7 @@ Options=mode=1777,strictatime,nosuid,nodev,size=50%%,nr_inodes=1m
 """
 
 
-def test_systemd_drop_in_is_a_valid_unit_whose_options_mount(tmp_path):
+def test_systemd_drop_in_is_a_valid_unit_whose_options_mount(tmp_path, transport):
     """systemd-analyze reads tmp.mount with the drop-in and finds nothing wrong,
     and the options it gives mount(8) are ones cctmpfs accepts. (PID 1 here is
     not systemd, so the unit itself cannot be started.)"""
@@ -483,9 +505,10 @@ def test_systemd_drop_in_is_a_valid_unit_whose_options_mount(tmp_path):
     mp = tmp_path / "mp"
     mp.mkdir()
     # What mount(8) hands the helper: the options with systemd's %% unescaped.
+    opts = options[0].replace('%%', '%') + f",transport={transport}"
     r = in_namespace(f"""
-        mount.cctmpfs cctmpfs {mp} -f -o {options[0].replace('%%', '%')}
-        mount -t fuse.cctmpfs -o {options[0].replace('%%', '%')} cctmpfs {mp}
+        mount.cctmpfs cctmpfs {mp} -f -o {opts}
+        mount -t fuse.cctmpfs -o {opts} cctmpfs {mp}
         findmnt -n -o FSTYPE,OPTIONS {mp}
         umount {mp}
         """)
@@ -494,14 +517,14 @@ def test_systemd_drop_in_is_a_valid_unit_whose_options_mount(tmp_path):
     assert fstype == "fuse.cctmpfs" and {"nosuid", "nodev"} <= set(opts.split(","))
 
 
-def test_fstab_example_mounts(tmp_path):
+def test_fstab_example_mounts(tmp_path, transport):
     line = next(line for line in (REPO / "examples" / "fstab").read_text().splitlines()
                 if line and not line.startswith("#"))
     source, _target, fstype, options, *_ = line.split()
     mp = tmp_path / "tmp"
     mp.mkdir()
     fstab = tmp_path / "fstab"
-    fstab.write_text(f"{source} {mp} {fstype} {options} 0 0\n")
+    fstab.write_text(f"{source} {mp} {fstype} {options},transport={transport} 0 0\n")
     r = in_namespace(f"""
         mount -T {fstab} {mp}
         findmnt -n -o FSTYPE {mp}
@@ -512,12 +535,12 @@ def test_fstab_example_mounts(tmp_path):
     assert r.stdout.split() == ["fuse.cctmpfs", "1777"]
 
 
-def test_sigkill_leaves_enotconn_until_fusermount_uz_and_a_new_mount(tmp_path):
+def test_sigkill_leaves_enotconn_until_fusermount_uz_and_a_new_mount(tmp_path, transport):
     """What the README says happens when the daemon dies."""
     mp = tmp_path / "tmp"
     mp.mkdir()
     r = in_namespace(f"""
-        cctmpfs cctmpfs {mp} -o size=8m
+        cctmpfs cctmpfs {mp} -o size=8m,transport={transport}
         echo before > {mp}/f
         pid=$(pgrep -f "[p]ython.*cctmpfs cctmpfs {mp}")
         kill -KILL $pid
@@ -525,7 +548,7 @@ def test_sigkill_leaves_enotconn_until_fusermount_uz_and_a_new_mount(tmp_path):
         if stat {mp}/f 2> {tmp_path}/stat.err; then echo "still answering"; exit 1; fi
         if cctmpfs stats {mp} 2> {tmp_path}/stats.err; then echo "stats answered"; exit 1; fi
         fusermount -uz {mp}
-        cctmpfs cctmpfs {mp} -o size=8m
+        cctmpfs cctmpfs {mp} -o size=8m,transport={transport}
         test ! -e {mp}/f                 # the data is gone, as after a reboot
         echo after > {mp}/g
         cat {mp}/g

@@ -26,6 +26,7 @@ def _load_mounted_conftest():
 _m = _load_mounted_conftest()
 
 mount_cct = _m.mount_cct
+transport = _m.transport
 tmpfs_mount = _m.tmpfs_mount
 drop_caches = _m.drop_caches
 _require_mount_environment = _m._require_mount_environment

@@ -404,3 +404,29 @@ def test_discard_device_punches_out_the_whole_used_area(tmp_path) -> None:
 def test_discard_device_without_a_device_does_nothing() -> None:
     h = Harness("none", buffer_blocks=2)
     assert h.eng.discard_device() == 0
+
+
+def test_copy_range_shares_evicted_blocks_and_punch_frees_them(tmp_path) -> None:
+    """copy_range takes references to blocks on the device without reading
+    them; punching both copies frees their records."""
+    h = Harness("zstd", buffer_blocks=2, ram_budget=16 * BS)
+    cold = with_device(h, str(tmp_path / "back"))
+    a = h.create()
+    data = text_data(4 * BS, seed=4)
+    h.write(a, 0, data)
+    h.eng.seal_everything()
+    h.eng.evict(0)
+    c = h.fs.store.counters
+    assert c.device_blocks == 4 and c.stored_bytes == 0
+    reads = cold.counters.cold_reads
+    b = h.create()
+    assert h.fs.copy_range(a, 0, b, 0, 4 * BS) == 4 * BS
+    assert (c.device_blocks, c.refs, c.stored_bytes) == (4, 8, 0)
+    assert cold.counters.cold_reads == reads            # nothing read back
+    assert h.fs.read(b, 0, 4 * BS) == data
+    h.fs.fallocate(a, 3, 0, 4 * BS)    # PUNCH_HOLE | KEEP_SIZE
+    assert c.device_blocks == 4 and c.refs == 4
+    h.fs.fallocate(b, 3, 0, 4 * BS)
+    assert c.device_blocks == 0 and c.refs == 0
+    assert h.fs.read(b, 0, 4 * BS) == bytes(4 * BS)
+    assert check_data(h.fs) == []

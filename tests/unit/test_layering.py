@@ -1,5 +1,7 @@
-"""Import layering: the core never imports llfuse; only fuseops, daemon and
-(lazily) cli do. Checked on the source (AST) and in a fresh interpreter."""
+"""Import layering: the core never imports a transport (nor llfuse); only
+the transport package, daemon and (lazily) cli do, and within the transport
+package only the llfuse binding imports llfuse. Checked on the source (AST)
+and in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -13,13 +15,22 @@ import pytest
 import cctmpfs
 
 PKG_DIR = pathlib.Path(cctmpfs.__file__).resolve().parent
-ADAPTERS = {"fuseops", "daemon", "cli"}
-#: Modules that import llfuse, directly or through another of these.
-LLFUSE_USERS = {"llfuse", "fuseops", "daemon"}
+TRANSPORT_DIR = PKG_DIR / "transport"
+#: The adapters: the transport package (the FUSE bindings), daemon and cli.
+ADAPTERS = {"transport", "daemon", "cli"}
+#: Modules that import llfuse or a transport, directly or through another of these.
+LLFUSE_USERS = {"llfuse", "transport", "daemon"}
+#: The one module that imports llfuse itself.
+LLFUSE_BINDING = "transport/llfuse_ops"
 
 
 def module_names() -> list[str]:
-    return sorted(p.stem for p in PKG_DIR.glob("*.py"))
+    return sorted([p.stem for p in PKG_DIR.glob("*.py")]
+                  + [p.parent.name for p in PKG_DIR.glob("*/__init__.py")])
+
+
+def transport_modules() -> list[str]:
+    return sorted(f"transport/{p.stem}" for p in TRANSPORT_DIR.glob("*.py"))
 
 
 CORE = [m for m in module_names() if m not in ADAPTERS and m != "__main__"]
@@ -41,6 +52,18 @@ def imports(tree: ast.AST, module: str) -> list[tuple[ast.AST, str]]:
                     out.extend((node, a.name) for a in node.names)
                 elif mod.startswith("cctmpfs."):
                     out.append((node, mod.split(".", 1)[1]))
+            elif node.level == 2 and module.startswith("transport/"):
+                # from ..filemap import X, inside cctmpfs/transport/
+                if node.module:
+                    out.append((node, node.module.split(".")[0]))
+                else:
+                    out.extend((node, a.name) for a in node.names)
+            elif node.level == 1 and module.startswith("transport/"):
+                # from .frontend import X, from . import wire: the transport package
+                if node.module:
+                    out.append((node, "transport." + node.module.split(".")[0]))
+                else:
+                    out.extend((node, "transport." + a.name) for a in node.names)
             elif node.module:            # from .filemap import X
                 out.append((node, node.module.split(".")[0]))
             else:                        # from . import fuseops
@@ -50,17 +73,22 @@ def imports(tree: ast.AST, module: str) -> list[tuple[ast.AST, str]]:
 
 def parse(module: str) -> ast.Module:
     path = PKG_DIR / f"{module}.py"
+    if not path.exists():
+        path = PKG_DIR / module / "__init__.py"
     return ast.parse(path.read_text(), filename=str(path))
 
 
 def is_llfuse_user(name: str) -> bool:
-    return name.split(".")[0] in LLFUSE_USERS or name.startswith(("cctmpfs.fuseops", "cctmpfs.daemon"))
+    return name.split(".")[0] in LLFUSE_USERS or name.startswith(
+        ("cctmpfs.fuseops", "cctmpfs.daemon", "cctmpfs.transport"))
 
 
 def test_the_core_is_what_the_package_says() -> None:
     assert {"namespace", "filemap", "blockstore", "codec", "options", "locking", "sealer",
             "stats", "errors"} <= set(CORE)
     assert ADAPTERS <= set(module_names())
+    assert {"transport/frontend", "transport/llfuse_ops", "transport/native",
+            "transport/wire", "transport/mounting"} <= set(transport_modules())
 
 
 @pytest.mark.parametrize("module", CORE)
@@ -102,26 +130,69 @@ def test_cli_imports_llfuse_users_only_inside_functions() -> None:
 
 
 def test_adapters_are_where_llfuse_is_used() -> None:
-    for module in ("fuseops", "daemon"):
-        names = [name for _, name in imports(parse(module), module)]
-        assert "llfuse" in names
+    names = [name for _, name in imports(parse(LLFUSE_BINDING), LLFUSE_BINDING)]
+    assert "llfuse" in names
+    names = [name for _, name in imports(parse("daemon"), "daemon")]
+    assert "transport" in names
+
+
+@pytest.mark.parametrize("module", [m for m in transport_modules() if m != LLFUSE_BINDING])
+def test_only_the_llfuse_binding_imports_llfuse(module: str) -> None:
+    """The native binding, the shared frontend and the package itself run
+    without llfuse: they import neither it nor the llfuse binding (except
+    open_session(), inside a function)."""
+    tree = parse(module)
+    top_level = set()
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        top_level.update(name for _, name in imports(stmt, module))
+    assert "llfuse" not in top_level and "transport.llfuse_ops" not in top_level, module
+    everywhere = [name for _, name in imports(tree, module)]
+    assert "llfuse" not in everywhere, module
+
+
+@pytest.mark.parametrize("module", transport_modules())
+def test_transports_import_only_the_core_and_each_other(module: str) -> None:
+    """Imports only go down: a binding never imports the daemon or the CLI."""
+    for node, name in imports(parse(module), module):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            assert name in CORE or name.startswith("transport."), f"{module}.py:{node.lineno} imports {name}"
+
+
+def loaded_after(code: str, forbidden: str) -> list[str]:
+    """The modules a fresh interpreter has loaded after running code that
+    match forbidden, a boolean expression in the module name m."""
+    script = (f"import sys\n{code}\n"
+              f"print(sorted(m for m in sys.modules if {forbidden}))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return ast.literal_eval(r.stdout.strip())
+
+
+LLFUSE = "m == 'llfuse' or m.startswith('llfuse.')"
 
 
 def test_importing_the_core_and_cli_does_not_load_llfuse() -> None:
     mods = ", ".join(f"cctmpfs.{m}" for m in CORE + ["cli"])
-    code = (f"import sys, {mods}\n"
-            "bad = sorted(m for m in sys.modules if m == 'llfuse' or m.startswith('llfuse.')"
-            " or m in ('cctmpfs.fuseops', 'cctmpfs.daemon'))\n"
-            "print(bad)\n"
-            "sys.exit(1 if bad else 0)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert loaded_after(f"import {mods}", f"{LLFUSE} or m.startswith('cctmpfs.transport')"
+                        " or m in ('cctmpfs.fuseops', 'cctmpfs.daemon')") == []
+
+
+def test_the_native_transport_runs_without_llfuse() -> None:
+    code = ("import cctmpfs.daemon, cctmpfs.transport.native\n"
+            "from cctmpfs.transport import open_session\n"
+            "open_session('native')")
+    assert loaded_after(code, f"{LLFUSE} or m == 'cctmpfs.transport.llfuse_ops'") == []
 
 
 def test_import_checker_finds_llfuse_imports() -> None:
     """The checker itself: each form of importing llfuse is caught."""
     for src in ("import llfuse", "import llfuse as l", "from llfuse import FUSEError",
-                "from . import fuseops", "from .daemon import run", "from cctmpfs import daemon",
+                "from . import transport", "from .transport import open_session",
+                "from .transport.native import Server", "import cctmpfs.transport.native",
+                "from cctmpfs import transport",
+                "from .daemon import run", "from cctmpfs import daemon",
                 "import cctmpfs.fuseops", "def f():\n    import llfuse",
                 "try:\n    import llfuse\nexcept ImportError:\n    pass"):
         names = [n for _, n in imports(ast.parse(src), "x")]

@@ -239,6 +239,27 @@ def test_seal_priority_malformed(ram: int, text: str) -> None:
     assert "seal_priority" in msg and "idle or normal" in msg
 
 
+def test_transport(ram: int) -> None:
+    assert parse().transport == "llfuse"
+    assert parse("transport=llfuse").transport == "llfuse"
+    o = parse("transport=native,workers=4")   # workers= is llfuse's; accepted, unused
+    assert (o.transport, o.workers) == ("native", 4)
+    # The same passed-on options: the native transport maps them to mount(2).
+    assert set(o.fuse_options) == set(parse("workers=4").fuse_options)
+
+
+@pytest.mark.parametrize("opts,word", [("transport=", "transport"), ("transport=fuse3", "fuse3"),
+                                       ("transport=Native", "Native"),
+                                       ("transport=native,auto_unmount", "auto_unmount")])
+def test_transport_refused(ram: int, opts: str, word: str) -> None:
+    assert word in refused(opts)
+
+
+def test_auto_unmount_is_llfuses_for_now(ram: int) -> None:
+    assert "auto_unmount" in parse("auto_unmount").fuse_options
+    assert "transport=native" in refused("auto_unmount,transport=native")
+
+
 # ---- block size, codec ---------------------------------------------------------
 
 @pytest.mark.parametrize("text,expected", [

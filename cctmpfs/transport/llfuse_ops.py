@@ -1,59 +1,38 @@
-"""The llfuse adapter: FUSE requests in, core calls, attributes or errnos out.
+"""The llfuse binding (transport=llfuse): llfuse 1.5 on libfuse 2.9.
 
-This is the only module (with daemon.py) that speaks llfuse. Errors are
-mapped here, once: FsError becomes FUSEError(errno); anything else is a bug,
-logged with its traceback, counted in `internal_errors`, and answered EIO.
-No exception other than FUSEError ever reaches llfuse, because llfuse ends
-its main loop (and /tmp with it) on one.
+This is the only module that speaks llfuse. Its handlers decode llfuse's
+arguments, call the core or the shared Frontend, and encode the answer;
+errors are mapped by the Frontend's boundary and raised as FUSEError, the
+only exception llfuse survives (any other ends its main loop, and /tmp
+with it).
 
 Threading: llfuse calls every handler with `llfuse.lock` held; that lock is
 the core's global lock. Handlers that read or write file data may release it
-inside the core (see cctmpfs/locking.py).
+inside the core (see cctmpfs/locking.py). `workers=` handler threads.
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import functools
-import json
 import logging
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import llfuse
 from llfuse import FUSEError
 
-from . import check as check_mod
-from . import stats as stats_mod
-from .errors import FsError
-from .namespace import Caller, Filesystem, Inode
+from ..namespace import Caller, Inode
+from ..options import MountOptions
+from .frontend import CACHE_TIMEOUT, Frontend
+from .mounting import MountError
 
 log = logging.getLogger(__name__)
-
-#: Kernel caches of entries and attributes. Every change goes through this
-#: kernel, which updates or invalidates its cache itself, so the long llfuse
-#: default (300 s) is safe and saves a GETATTR per stat.
-CACHE_TIMEOUT = 300.0
-
-#: Read-only control names on the root directory, visible to root only (the
-#: kernel allows trusted.* to CAP_SYS_ADMIN alone) and never listed.
-XATTR_STATS = b"trusted.cctmpfs.stats"            # stats JSON
-XATTR_STATS_SETTLED = b"trusted.cctmpfs.stats-settled"  # seal all dirty blocks, then stats
-XATTR_CHECK = b"trusted.cctmpfs.check"            # invariant checker report JSON (check.py)
-CONTROL_XATTRS = (XATTR_STATS, XATTR_STATS_SETTLED, XATTR_CHECK)
-#: On any regular file: where its blocks are (for diagnosis and the device
-#: fault tests), JSON [[index, state, segment or null, offset, length], ...].
-XATTR_BLOCKS = b"trusted.cctmpfs.blocks"
-#: Violations listed in one check report; an xattr value is at most 64 KiB.
-CHECK_REPORT_LIMIT = 100
-#: The kernel asks for this before every write(2) once getxattr exists.
-SECURITY_CAPABILITY = b"security.capability"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def boundary(fn: F) -> F:
-    """Map FsError to FUSEError and any other exception to a logged EIO."""
+    """Count the request; raise the Frontend's errno for any exception as FUSEError."""
 
     # Requests are counted by handler name; "_getxattr" counts as getxattr
     # (its public handler answers the commonest request before calling it).
@@ -66,19 +45,10 @@ def boundary(fn: F) -> F:
             return fn(self, *args)
         except FUSEError:
             raise
-        except FsError as e:
-            raise FUSEError(e.errno) from None
-        except Exception:
-            self.internal_errors += 1
-            log.exception("internal error in %s%r", fn.__name__, _short(args))
-            raise FUSEError(errno.EIO) from None
+        except Exception as e:
+            raise FUSEError(self.frontend.errno_for(e, fn.__name__, args)) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _short(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(f"<{len(a)} bytes>" if isinstance(a, (bytes, bytearray)) and len(a) > 64 else a
-                 for a in args)
 
 
 def _caller(ctx: Any) -> Caller:
@@ -86,18 +56,14 @@ def _caller(ctx: Any) -> Caller:
 
 
 class Operations(llfuse.Operations):
-    def __init__(self, fs: Filesystem) -> None:
+    def __init__(self, frontend: Frontend) -> None:
         super().__init__()
-        self.fs = fs
-        self.block_size = fs.block_size
-        # Both protected by the global lock: handlers run holding it, and the
-        # sealer calls count_internal_error() holding it.
-        self.internal_errors = 0   # handler exceptions other than FsError, answered EIO
-        self.requests: collections.Counter[str] = collections.Counter()  # FUSE requests by handler
-        self.extra_stats: Callable[[], dict[str, Any]] = dict
-        #: The daemon's RSS once mounted, before any file (stats' memory
-        #: breakdown); the daemon sets it.
-        self.runtime_rss: Optional[int] = None
+        self.frontend = frontend
+        self.fs = frontend.fs
+        self.requests = frontend.requests
+        # Bound once: these run for most requests (bytecodes count here).
+        self._attributes = frontend.attributes
+        self._capability_absent = frontend.capability_absent
         #: The answer to a LOOKUP of a missing name: inode 0 is a negative
         #: entry, which the kernel keeps for entry_timeout, where ENOENT
         #: would be asked again on every stat() or open() of that name. Every
@@ -107,51 +73,15 @@ class Operations(llfuse.Operations):
         self._negative_entry.st_ino = 0
         self._negative_entry.entry_timeout = CACHE_TIMEOUT
 
-    def count_internal_error(self) -> None:
-        self.internal_errors += 1
-
     def _entry(self, node: Inode) -> llfuse.EntryAttributes:
         e = llfuse.EntryAttributes()
-        e.st_ino = node.ino
+        (e.st_ino, e.st_size, e.st_blocks, e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns,
+         e.st_mode, e.st_nlink, e.st_uid, e.st_gid, e.st_rdev,
+         e.st_blksize) = self._attributes(node)
         e.generation = 0
         e.entry_timeout = CACHE_TIMEOUT
         e.attr_timeout = CACHE_TIMEOUT
-        e.st_mode = node.mode
-        e.st_nlink = node.nlink
-        e.st_uid = node.uid
-        e.st_gid = node.gid
-        e.st_rdev = node.rdev
-        data = node.data
-        if data is not None:
-            # Inode.size and .blocks_512, without two property calls: this
-            # runs for every LOOKUP, CREATE, GETATTR and SETATTR.
-            e.st_size = data.size
-            e.st_blocks = data.alloc_bytes // 512
-        else:
-            e.st_size = node.size
-            e.st_blocks = 0
-        # cp and friends size their buffers from st_blksize: report the block.
-        e.st_blksize = self.block_size
-        e.st_atime_ns = node.atime_ns
-        e.st_mtime_ns = node.mtime_ns
-        e.st_ctime_ns = node.ctime_ns
         return e
-
-    def stats(self, settle: bool = False) -> dict[str, Any]:
-        """Releases the global lock when settle is set."""
-        if settle:
-            self.fs.engine.seal_everything()
-        return stats_mod.collect(self.fs, self.runtime_rss,
-                                 internal_errors=self.internal_errors,
-                                 requests=dict(sorted(self.requests.items())),
-                                 **self.extra_stats())
-
-    def check(self) -> dict[str, Any]:
-        """The invariant checker's report: its version, the number of
-        violations and the first CHECK_REPORT_LIMIT of them. Never releases the lock."""
-        violations = check_mod.check_all(self.fs)
-        return {"version": check_mod.CHECK_VERSION, "count": len(violations),
-                "violations": violations[:CHECK_REPORT_LIMIT]}
 
     # ---- namespace -----------------------------------------------------
     @boundary
@@ -167,9 +97,8 @@ class Operations(llfuse.Operations):
         for ino, n in inode_list:
             try:
                 self.fs.forget(ino, n)
-            except Exception:
-                self.internal_errors += 1
-                log.exception("internal error in forget(%d, %d)", ino, n)
+            except Exception as e:
+                self.frontend.errno_for(e, "forget", (ino, n))
 
     @boundary
     def getattr(self, inode: int, ctx: Any = None) -> llfuse.EntryAttributes:
@@ -177,6 +106,8 @@ class Operations(llfuse.Operations):
 
     @boundary
     def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> llfuse.EntryAttributes:
+        # llfuse 1.5 hides FATTR_ATIME_NOW/MTIME_NOW: "now" arrives as the
+        # kernel's time, which the core's clock takes in (clock.py).
         node = self.fs.setattr(
             inode,
             size=attr.st_size if fields.update_size else None,
@@ -267,12 +198,8 @@ class Operations(llfuse.Operations):
                 e.st_ino = node.ino
                 e.st_mode = node.mode
                 yield name, e, next_off
-        except FsError as e:
-            raise FUSEError(e.errno) from None
-        except Exception:
-            self.internal_errors += 1
-            log.exception("internal error in readdir(%d, %d)", fh, off)
-            raise FUSEError(errno.EIO) from None
+        except Exception as e:
+            raise FUSEError(self.frontend.errno_for(e, "readdir", (fh, off))) from None
 
     @boundary
     def releasedir(self, fh: int) -> None:
@@ -298,42 +225,60 @@ class Operations(llfuse.Operations):
     def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         # ctx defaults to None: llfuse 1.5 calls getxattr(inode, name) without
         # it to implement XATTR_CREATE / XATTR_REPLACE.
-        if name == SECURITY_CAPABILITY:
+        if self._capability_absent(inode, name):
             # Asked before every write(2): answered here, outside the error
             # boundary, whose extra frame and re-raise double the cost of this
-            # request (0.57 against 1.0 us in a loop). Nothing here can raise
-            # but the FUSEError: a dict lookup and an attribute read.
-            node = self.fs.inodes.get(inode)
-            if node is not None and node.xattrs is None:
-                self.requests["getxattr"] += 1
-                raise FUSEError(errno.ENODATA)
+            # request (0.57 against 1.0 us in a loop). capability_absent()
+            # cannot raise: a dict lookup and an attribute read.
+            self.requests["getxattr"] += 1
+            raise FUSEError(errno.ENODATA)
         return self._getxattr(inode, name)
 
     @boundary
     def _getxattr(self, inode: int, name: bytes) -> bytes:
-        if name == XATTR_BLOCKS:
-            node = self.fs.get(inode)
-            if node.data is None:
-                raise FUSEError(errno.ENODATA)
-            return json.dumps(self.fs.engine.describe(node.data)[:2000]).encode()
-        if inode == llfuse.ROOT_INODE and name in CONTROL_XATTRS:
-            if name == XATTR_CHECK:
-                return json.dumps(self.check()).encode()
-            return json.dumps(self.stats(settle=name == XATTR_STATS_SETTLED)).encode()
-        return self.fs.getxattr(inode, name)
+        return self.frontend.getxattr(inode, name)
 
     @boundary
     def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        if (inode == llfuse.ROOT_INODE and name in CONTROL_XATTRS) or name == XATTR_BLOCKS:
-            raise FUSEError(errno.EPERM)
-        self.fs.setxattr(inode, name, value)
+        # llfuse checks XATTR_CREATE/XATTR_REPLACE itself, through getxattr().
+        self.frontend.setxattr(inode, name, value)
 
     @boundary
     def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        return self.fs.listxattr(inode)
+        return self.frontend.listxattr(inode)
 
     @boundary
     def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        if inode == llfuse.ROOT_INODE and name in CONTROL_XATTRS:
-            raise FUSEError(errno.EPERM)
-        self.fs.removexattr(inode, name)
+        self.frontend.removexattr(inode, name)
+
+
+class LlfuseSession:
+    """One mount through llfuse: mount, serve until unmounted, close."""
+
+    name = "llfuse"
+    #: The global lock: llfuse holds it while any handler runs.
+    lock = llfuse.lock
+
+    def __init__(self) -> None:
+        self._mounted = False
+
+    def mount(self, frontend: Frontend, source: str, mountpoint: str, opts: MountOptions) -> None:
+        frontend.transport_info = lambda: {"name": self.name, "libfuse": "2.9",
+                                           "workers": opts.workers}
+        ops = Operations(frontend)
+        try:
+            llfuse.init(ops, mountpoint, list(opts.fuse_options))
+        except Exception as e:  # noqa: BLE001 - reported to the user, nothing is mounted
+            raise MountError(f"mounting {mountpoint} failed: {e}") from None
+        self._mounted = True
+        self._workers = opts.workers
+
+    def serve(self) -> None:
+        """Until unmounted (umount, fusermount -u) or SIGTERM/SIGINT/SIGHUP,
+        which llfuse turns into the end of its main loop."""
+        llfuse.main(workers=self._workers)
+
+    def close(self) -> None:
+        if self._mounted:
+            self._mounted = False
+            llfuse.close(unmount=True)

@@ -1,0 +1,593 @@
+"""The native binding (transport=native): the kernel's FUSE protocol on
+/dev/fuse, spoken here, without libfuse.
+
+One reader thread reads a request into one reusable buffer, decodes it with
+the precompiled layouts of wire.py through a memoryview, calls the core or
+the shared Frontend under the global lock, and writes the answer with one
+writev(2). The request model is libfuse 2.9's, for now (issue 18, step 1):
+the INIT reply asks for ASYNC_READ and BIG_WRITES only, so there is no
+writeback cache, no HANDLE_KILLPRIV_V2 and no READDIRPLUS, and requests
+stop at MAX_WRITE (128 KiB, the most without MAX_PAGES).
+
+Rules of the loop (the kernel is trusted, but the daemon must outlive a bug):
+* a handler's FsError is its errno; any other exception is logged, counted
+  (internal_errors) and answered EIO by the Frontend's boundary;
+* a request that is short or garbled is logged, counted (bad_requests) and
+  answered EIO; an unknown opcode is answered ENOSYS;
+* FORGET, BATCH_FORGET and INTERRUPT get no answer; a request is never
+  abandoned, so an INTERRUPT changes nothing (its request is answered, and
+  if the kernel gave up on it, that answer is dropped: ENOENT from write,
+  and the lookup reference or open handle it carried is taken back);
+* the loop ends when the kernel ends the connection (ENODEV: umount,
+  fusermount -u, an abort), or on SIGTERM, SIGINT or SIGHUP.
+
+Threading: `run()` is the only reader. It holds the global lock (a
+threading.Lock, `NativeSession.lock`) while a handler runs, never while it
+reads a request or writes an answer; handlers may release it inside the
+core, as under llfuse. The request buffer is the reader's alone: the WRITE
+payload is passed to the core as a memoryview over it, and the core copies
+what it keeps (tests/unit/test_native.py pins that).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import threading
+from typing import Any, Callable, Optional
+
+from ..errors import FsError
+from ..namespace import Caller, Inode
+from ..options import MountOptions
+from . import mounting
+from . import wire as w
+from .frontend import CACHE_TIMEOUT, Frontend
+
+log = logging.getLogger(__name__)
+
+#: The largest WRITE (and READ) the kernel may send: 32 pages, its maximum
+#: without MAX_PAGES, and the block size by default.
+MAX_WRITE = 128 * 1024
+#: The longest COPY_FILE_RANGE answered at once: its reply's size is 32 bits.
+MAX_COPY = (1 << 32) - (1 << 12)
+#: The request buffer: the kernel refuses a read(2) shorter than a WRITE
+#: header plus max_write; a page more, as libfuse has.
+BUFFER_SIZE = MAX_WRITE + 4096
+#: The INIT flags asked for in this step: what libfuse 2.9 asks for llfuse.
+WANTED_FLAGS = w.ASYNC_READ | w.BIG_WRITES
+#: Signals that end the loop and unmount, as under llfuse.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+_HDR = w.IN_HEADER.size
+_OUT = w.OUT_HEADER.size
+_NS = 1_000_000_000
+_UNIQUE = w.INTERRUPT_IN   # a u64: fuse_in_header.unique sits at offset 8
+#: Answers that give the kernel a lookup reference (a fuse_entry_out first).
+_ENTRY_OPS = frozenset({w.LOOKUP, w.MKNOD, w.MKDIR, w.SYMLINK, w.LINK, w.CREATE})
+
+#: What a handler returns: the answer's payload (bytes-like), None for no
+#: answer at all, or an int: an errno to answer, for a hot path that cannot
+#: afford raising FsError (a raise and its catch cost ~1 us here).
+Reply = Optional[Any]
+
+
+class BadRequest(Exception):
+    """A request that does not parse (short, or a name without its NUL)."""
+
+
+class _Stop(BaseException):
+    """Raised by the signal handler to leave a blocking read."""
+
+
+class Server:
+    """Decodes requests, calls the core, encodes answers. One per connection."""
+
+    def __init__(self, fd: int, frontend: Frontend, lock: Any) -> None:
+        self.fd = fd
+        self.frontend = frontend
+        self.fs = frontend.fs
+        self.lock = lock
+        self.buf = bytearray(BUFFER_SIZE)
+        self.mv = memoryview(self.buf)
+        self.counts = [0] * (w.OPCODE_LIMIT + 1)   # requests by opcode; the last: unknown ones
+        self.bad_requests = 0       # short or garbled requests, answered EIO
+        self.dropped_replies = 0    # answers to requests the kernel had given up (ENOENT)
+        self.reply_errors = 0       # answers the kernel refused (a bug: EIO sent instead)
+        #: INIT: (kernel major, minor), what it offered, what we took.
+        self.kernel_version = (0, 0)
+        self.minor = 0
+        self.offered = 0
+        self.flags = 0
+        self.max_readahead = 0
+        self.stopping = False
+        self._waiting = False       # blocked in read(2), where a stop signal may interrupt
+        self._hdr: tuple[int, ...] = ()
+        self._negative_entry = w.ENTRY_OUT.pack(0, 0, CACHE_TIMEOUT, 0, 0, 0, *([0] * 16))
+        self.handlers: list[Optional[Callable[[int, int], Reply]]] = [None] * w.OPCODE_LIMIT
+        self.min_size = [_HDR] * w.OPCODE_LIMIT
+        for op, h in {
+            w.LOOKUP: self.lookup, w.FORGET: self.forget, w.GETATTR: self.getattr,
+            w.SETATTR: self.setattr, w.READLINK: self.readlink, w.SYMLINK: self.symlink,
+            w.MKNOD: self.mknod, w.MKDIR: self.mkdir, w.UNLINK: self.unlink,
+            w.RMDIR: self.rmdir, w.RENAME: self.rename, w.LINK: self.link, w.OPEN: self.open,
+            w.READ: self.read, w.WRITE: self.write, w.STATFS: self.statfs,
+            w.RELEASE: self.release, w.FSYNC: self.empty, w.SETXATTR: self.setxattr,
+            w.GETXATTR: self.getxattr, w.LISTXATTR: self.listxattr,
+            w.REMOVEXATTR: self.removexattr, w.FLUSH: self.empty, w.INIT: self.init,
+            w.OPENDIR: self.opendir, w.READDIR: self.readdir, w.RELEASEDIR: self.releasedir,
+            w.FSYNCDIR: self.empty, w.ACCESS: self.access, w.CREATE: self.create,
+            w.INTERRUPT: self.interrupt, w.DESTROY: self.empty,
+            w.BATCH_FORGET: self.batch_forget, w.RENAME2: self.rename2, w.LSEEK: self.lseek,
+            w.FALLOCATE: self.fallocate, w.COPY_FILE_RANGE: self.copy_file_range,
+        }.items():
+            self.handlers[op] = h
+            self.min_size[op] = _HDR + w.BODY_SIZE[op]
+
+    # ---- the loop --------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until the connection ends (ENODEV) or `stopping` is set."""
+        fd, bufs, buf = self.fd, [self.buf], self.buf
+        readv, writev = os.readv, os.writev
+        unpack_hdr, pack_out = w.IN_HEADER.unpack_from, w.OUT_HEADER.pack
+        handlers, min_size, counts = self.handlers, self.min_size, self.counts
+        lock, frontend = self.lock, self.frontend
+        limit = w.OPCODE_LIMIT
+        try:
+            while not self.stopping:
+                self._waiting = True
+                try:
+                    n = readv(fd, bufs)
+                except OSError as e:
+                    if e.errno == errno.ENODEV:
+                        return          # unmounted, or the connection was aborted
+                    if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                        continue        # ENOENT: the request was interrupted before we read it
+                    raise
+                finally:
+                    self._waiting = False
+                if n < _HDR:
+                    if n == 0:
+                        return          # end of file: not /dev/fuse's way, a socket's (tests)
+                    # Its unique, if it got that far, is answered EIO.
+                    self._bad(_UNIQUE.unpack_from(buf, 8)[0] if n >= 16 else None,
+                              f"{n}-byte request")
+                    continue
+                hdr = unpack_hdr(buf)
+                length, opcode, unique, nodeid = hdr[0], hdr[1], hdr[2], hdr[3]
+                handler = handlers[opcode] if opcode < limit else None
+                if handler is None:
+                    counts[limit] += 1
+                    log.debug("opcode %d not supported: ENOSYS", opcode)
+                    self._send(pack_out(_OUT, -errno.ENOSYS, unique))
+                    continue
+                counts[opcode] += 1
+                if length != n or n < min_size[opcode]:
+                    self._bad(unique, f"opcode {opcode}: {n} bytes read, {length} announced")
+                    continue
+                self._hdr = hdr
+                lock.acquire()
+                try:
+                    payload = handler(nodeid, n)
+                except BadRequest as e:
+                    lock.release()
+                    self._bad(unique, f"opcode {opcode}: {e}")
+                    continue
+                except Exception as e:
+                    err = frontend.errno_for(e, w.OPCODE_NAMES[opcode], (nodeid,))
+                    lock.release()
+                    self._send(pack_out(_OUT, -err, unique))
+                    continue
+                lock.release()
+                if payload is None:
+                    continue            # FORGET, BATCH_FORGET, INTERRUPT
+                if type(payload) is int:
+                    # An errno answered without raising: see getxattr().
+                    self._send(pack_out(_OUT, -payload, unique))
+                    continue
+                try:
+                    writev(fd, [pack_out(_OUT + len(payload), 0, unique), payload])
+                except OSError as e:
+                    self._reply_failed(e, unique, opcode, payload)
+        except _Stop:
+            return
+
+    def _send(self, answer: bytes) -> None:
+        try:
+            os.write(self.fd, answer)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                self.dropped_replies += 1
+            elif e.errno != errno.ENODEV:
+                log.error("error answer refused by the kernel: %s", e.strerror)
+
+    def _reply_failed(self, e: OSError, unique: int, opcode: int, payload: Any) -> None:
+        if e.errno == errno.ENOENT:
+            # The kernel gave the request up (interrupted): it never saw
+            # this answer, so it holds none of the references it carried.
+            self.dropped_replies += 1
+            self._take_back(opcode, payload)
+        elif e.errno != errno.ENODEV:
+            # The kernel refused the answer (EINVAL: malformed): a bug here.
+            # Answer EIO, or the caller would wait for ever.
+            self.reply_errors += 1
+            self.frontend.count_internal_error()
+            log.error("answer to %s refused by the kernel: %s", w.OPCODE_NAMES.get(opcode, opcode),
+                      e.strerror)
+            self._send(w.OUT_HEADER.pack(_OUT, -errno.EIO, unique))
+
+    def _take_back(self, opcode: int, payload: Any) -> None:
+        """Undo what an answer the kernel never received would have given it,
+        as libfuse does for an interrupted open: the lookup reference of an
+        entry, the handle of an open file or directory. Takes the lock."""
+        with self.lock:
+            try:
+                if opcode in _ENTRY_OPS:
+                    nodeid = w.ENTRY_OUT.unpack_from(payload)[0]
+                    if opcode == w.CREATE:
+                        self.fs.release(w.OPEN_OUT.unpack_from(payload, w.ENTRY_OUT.size)[0])
+                    if nodeid:
+                        self.fs.forget(nodeid, 1)
+                elif opcode == w.OPEN:
+                    self.fs.release(w.OPEN_OUT.unpack_from(payload)[0])
+                elif opcode == w.OPENDIR:
+                    self.fs.releasedir(w.OPEN_OUT.unpack_from(payload)[0])
+            except Exception as e:
+                self.frontend.errno_for(e, "taking back an unanswered " + w.OPCODE_NAMES[opcode])
+
+    def _bad(self, unique: Optional[int], why: str) -> None:
+        self.bad_requests += 1
+        log.warning("garbled request (%s): answered EIO", why)
+        if unique is not None:
+            self._send(w.OUT_HEADER.pack(_OUT, -errno.EIO, unique))
+
+    def on_stop_signal(self, signum: int, frame: Any) -> None:
+        """SIGTERM, SIGINT, SIGHUP: end the loop; a blocking read is left at once."""
+        self.stopping = True
+        if self._waiting:
+            raise _Stop
+
+    # ---- decoding helpers --------------------------------------------------------
+    def _name(self, off: int, n: int) -> tuple[bytes, int]:
+        """The NUL-terminated name at off, and the offset after its NUL."""
+        try:
+            end = self.buf.index(0, off, n)
+        except ValueError:
+            raise BadRequest(f"no NUL after the name at {off}") from None
+        return bytes(self.mv[off:end]), end + 1
+
+    def _caller(self) -> Caller:
+        h = self._hdr
+        return Caller(uid=h[4], gid=h[5], pid=h[6])
+
+    def _attr(self, node: Inode) -> tuple[int, ...]:
+        ino, size, blocks, atime, mtime, ctime, mode, nlink, uid, gid, rdev, blksize = \
+            self.frontend.attributes(node)
+        a_s, a_ns = divmod(atime, _NS)
+        m_s, m_ns = divmod(mtime, _NS)
+        c_s, c_ns = divmod(ctime, _NS)
+        return (ino, size, blocks, a_s, m_s, c_s, a_ns, m_ns, c_ns, mode, nlink, uid, gid,
+                rdev, blksize, 0)
+
+    def _entry(self, node: Inode) -> bytes:
+        return w.ENTRY_OUT.pack(node.ino, 0, CACHE_TIMEOUT, CACHE_TIMEOUT, 0, 0, *self._attr(node))
+
+    def _attr_out(self, node: Inode) -> bytes:
+        return w.ATTR_OUT.pack(CACHE_TIMEOUT, 0, 0, *self._attr(node))
+
+    # ---- INIT ----------------------------------------------------------------
+    def init(self, nodeid: int, n: int) -> Reply:
+        major, minor, max_readahead, flags = w.INIT_IN.unpack_from(self.buf, _HDR)
+        if minor >= 36 and flags & w.INIT_EXT and n >= _HDR + w.INIT_IN.size + 4:
+            flags |= w.INIT_IN_FLAGS2.unpack_from(self.buf, _HDR + w.INIT_IN.size)[0] << 32
+        self.kernel_version = (major, minor)
+        if major > w.PROTOCOL_MAJOR:
+            # A newer major: answer ours alone; the kernel then sends an INIT we speak.
+            return w.INIT_OUT.pack(w.PROTOCOL_MAJOR, w.PROTOCOL_MINOR, *([0] * 9))[:8]
+        if major < w.PROTOCOL_MAJOR or minor < w.MIN_KERNEL_MINOR:
+            log.error("kernel FUSE protocol %d.%d is older than 7.%d", major, minor,
+                      w.MIN_KERNEL_MINOR)
+            raise FsError(errno.EPROTO)
+        self.minor = min(minor, w.PROTOCOL_MINOR)
+        self.offered = flags
+        self.flags = WANTED_FLAGS & flags
+        self.max_readahead = max_readahead
+        out = w.INIT_OUT.pack(w.PROTOCOL_MAJOR, self.minor, max_readahead, self.flags & 0xFFFFFFFF,
+                              0, 0, MAX_WRITE, 1, 0, 0, self.flags >> 32)
+        log.info("FUSE %d.%d (kernel %d.%d), flags %s, max_write %d", w.PROTOCOL_MAJOR,
+                 self.minor, major, minor, ",".join(w.flag_names(self.flags)), MAX_WRITE)
+        return out if self.minor >= w.INIT_OUT_COMPAT_MINOR else out[:w.INIT_OUT_COMPAT_SIZE]
+
+    def info(self) -> dict[str, Any]:
+        """What stats says about this binding."""
+        counts = self.counts
+        return {
+            "name": "native",
+            "protocol": f"{w.PROTOCOL_MAJOR}.{self.minor}",
+            "kernel_protocol": "%d.%d" % self.kernel_version,
+            "flags": w.flag_names(self.flags),
+            "kernel_flags": w.flag_names(self.offered),
+            "max_write": MAX_WRITE,
+            "max_readahead": self.max_readahead,
+            "threads": 1,
+            "bad_requests": self.bad_requests,
+            "unknown_requests": counts[w.OPCODE_LIMIT],
+            "dropped_replies": self.dropped_replies,
+            "reply_errors": self.reply_errors,
+        }
+
+    def request_counts(self) -> dict[str, int]:
+        return {w.OPCODE_NAMES[op]: c for op, c in enumerate(self.counts[:w.OPCODE_LIMIT]) if c}
+
+    # ---- namespace -----------------------------------------------------------
+    def lookup(self, nodeid: int, n: int) -> Reply:
+        name, _ = self._name(_HDR, n)
+        node = self.fs.find(nodeid, name)
+        if node is None:
+            # A negative entry: the kernel caches the miss for entry_valid.
+            return self._negative_entry
+        return self._entry(node)
+
+    def forget(self, nodeid: int, n: int) -> Reply:
+        self._forget_one(nodeid, w.FORGET_IN.unpack_from(self.buf, _HDR)[0])
+        return None
+
+    def batch_forget(self, nodeid: int, n: int) -> Reply:
+        count = w.BATCH_FORGET_IN.unpack_from(self.buf, _HDR)[0]
+        base = _HDR + w.BATCH_FORGET_IN.size
+        count = min(count, (n - base) // w.FORGET_ONE.size)
+        unpack = w.FORGET_ONE.unpack_from
+        for k in range(count):
+            self._forget_one(*unpack(self.buf, base + k * w.FORGET_ONE.size))
+        return None
+
+    def _forget_one(self, ino: int, nlookup: int) -> None:
+        # No answer to send: an error is logged and counted here, and the
+        # rest of a batch is still forgotten.
+        try:
+            self.fs.forget(ino, nlookup)
+        except Exception as e:
+            self.frontend.errno_for(e, "forget", (ino, nlookup))
+
+    def getattr(self, nodeid: int, n: int) -> Reply:
+        return self._attr_out(self.fs.getattr(nodeid))
+
+    def setattr(self, nodeid: int, n: int) -> Reply:
+        (valid, _pad, _fh, size, _owner, atime, mtime, _ctime, atimensec, mtimensec, _ctimensec,
+         mode, _u4, uid, gid, _u5) = w.SETATTR_IN.unpack_from(self.buf, _HDR)
+        # FATTR_*_NOW: the kernel's "now" (touch, utimensat(UTIME_NOW)) is
+        # the core's clock's now, which never goes back (clock.py).
+        if valid & w.FATTR_ATIME_NOW:
+            atime_ns: Optional[int] = self.fs.now_ns()
+        else:
+            atime_ns = atime * _NS + atimensec if valid & w.FATTR_ATIME else None
+        if valid & w.FATTR_MTIME_NOW:
+            mtime_ns: Optional[int] = self.fs.now_ns()
+        else:
+            mtime_ns = mtime * _NS + mtimensec if valid & w.FATTR_MTIME else None
+        node = self.fs.setattr(
+            nodeid,
+            size=size if valid & w.FATTR_SIZE else None,
+            mode=mode if valid & w.FATTR_MODE else None,
+            uid=uid if valid & w.FATTR_UID else None,
+            gid=gid if valid & w.FATTR_GID else None,
+            atime_ns=atime_ns, mtime_ns=mtime_ns)
+        return self._attr_out(node)
+
+    def readlink(self, nodeid: int, n: int) -> Reply:
+        return self.fs.readlink(nodeid)
+
+    def symlink(self, nodeid: int, n: int) -> Reply:
+        name, off = self._name(_HDR, n)
+        target, _ = self._name(off, n)
+        return self._entry(self.fs.symlink(nodeid, name, target, self._caller()))
+
+    def mknod(self, nodeid: int, n: int) -> Reply:
+        # Without DONT_MASK the kernel has applied the umask to mode already.
+        mode, rdev, _umask, _pad = w.MKNOD_IN.unpack_from(self.buf, _HDR)
+        name, _ = self._name(_HDR + w.MKNOD_IN.size, n)
+        return self._entry(self.fs.mknod(nodeid, name, mode, rdev, self._caller()))
+
+    def mkdir(self, nodeid: int, n: int) -> Reply:
+        mode, _umask = w.MKDIR_IN.unpack_from(self.buf, _HDR)
+        name, _ = self._name(_HDR + w.MKDIR_IN.size, n)
+        return self._entry(self.fs.mkdir(nodeid, name, mode, self._caller()))
+
+    def unlink(self, nodeid: int, n: int) -> Reply:
+        self.fs.unlink(nodeid, self._name(_HDR, n)[0])
+        return b""
+
+    def rmdir(self, nodeid: int, n: int) -> Reply:
+        self.fs.rmdir(nodeid, self._name(_HDR, n)[0])
+        return b""
+
+    def rename(self, nodeid: int, n: int) -> Reply:
+        newdir = w.RENAME_IN.unpack_from(self.buf, _HDR)[0]
+        return self._rename(nodeid, newdir, _HDR + w.RENAME_IN.size, n)
+
+    def rename2(self, nodeid: int, n: int) -> Reply:
+        # renameat2(2): RENAME_NOREPLACE, RENAME_EXCHANGE and RENAME_WHITEOUT,
+        # as tmpfs (the core checks them; the whiteout is the caller's).
+        newdir, flags, _pad = w.RENAME2_IN.unpack_from(self.buf, _HDR)
+        return self._rename(nodeid, newdir, _HDR + w.RENAME2_IN.size, n, flags)
+
+    def _rename(self, nodeid: int, newdir: int, off: int, n: int, flags: int = 0) -> Reply:
+        old, off = self._name(off, n)
+        new, _ = self._name(off, n)
+        self.fs.rename(nodeid, old, newdir, new, flags, self._caller() if flags else None)
+        return b""
+
+    def link(self, nodeid: int, n: int) -> Reply:
+        old = w.LINK_IN.unpack_from(self.buf, _HDR)[0]
+        name, _ = self._name(_HDR + w.LINK_IN.size, n)
+        return self._entry(self.fs.link(old, nodeid, name))
+
+    # ---- file I/O ----------------------------------------------------------------
+    def open(self, nodeid: int, n: int) -> Reply:
+        # The page cache is kept across opens, as llfuse keeps it: every
+        # change goes through this kernel.
+        return w.OPEN_OUT.pack(self.fs.open(nodeid), w.FOPEN_KEEP_CACHE, 0)
+
+    def create(self, nodeid: int, n: int) -> Reply:
+        _flags, mode, _umask, _open_flags = w.CREATE_IN.unpack_from(self.buf, _HDR)
+        name, _ = self._name(_HDR + w.CREATE_IN.size, n)
+        node = self.fs.create(nodeid, name, mode, self._caller())
+        return self._entry(node) + w.OPEN_OUT.pack(node.ino, w.FOPEN_KEEP_CACHE, 0)
+
+    def lseek(self, nodeid: int, n: int) -> Reply:
+        fh, off, whence, _pad = w.LSEEK_IN.unpack_from(self.buf, _HDR)
+        return w.LSEEK_OUT.pack(self.fs.seek(fh, off, whence))
+
+    def fallocate(self, nodeid: int, n: int) -> Reply:
+        # The handle is the inode number (open()); the kernel drops its own
+        # cached pages of a punched range itself.
+        fh, off, length, mode, _pad = w.FALLOCATE_IN.unpack_from(self.buf, _HDR)
+        self.fs.fallocate(fh, mode, off, length)
+        return b""
+
+    def copy_file_range(self, nodeid: int, n: int) -> Reply:
+        # Whole stored blocks are shared through their refcounts (ranges.py):
+        # `cp` of a big file costs slots, not payload. The answer's size is
+        # 32 bits, so a longer copy is cut to whole pages below 4 GiB; the
+        # caller asks again for the rest, as after any short copy.
+        fh_in, off_in, _node_out, fh_out, off_out, length, flags = \
+            w.COPY_FILE_RANGE_IN.unpack_from(self.buf, _HDR)
+        if flags:
+            raise FsError(errno.EINVAL, "copy_file_range flags")
+        done = self.fs.copy_range(fh_in, off_in, fh_out, off_out, min(length, MAX_COPY))
+        return w.WRITE_OUT.pack(done, 0)
+
+    def read(self, nodeid: int, n: int) -> Reply:
+        fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)
+        return self.fs.read(fh, off, size)
+
+    def write(self, nodeid: int, n: int) -> Reply:
+        fh, off, size, _wf, _owner, _flags, _pad = w.WRITE_IN.unpack_from(self.buf, _HDR)
+        start = _HDR + w.WRITE_IN.size
+        if start + size > n:
+            raise BadRequest(f"WRITE of {size} bytes in a {n}-byte request")
+        # A view over the request buffer: the core copies what it keeps.
+        written = self.fs.write(fh, off, self.mv[start:start + size])
+        return w.WRITE_OUT.pack(written, 0)
+
+    def release(self, nodeid: int, n: int) -> Reply:
+        self.fs.release(w.RELEASE_IN.unpack_from(self.buf, _HDR)[0])
+        return b""
+
+    def empty(self, nodeid: int, n: int) -> Reply:
+        """FLUSH, FSYNC, FSYNCDIR, DESTROY: nothing to do (volatile, as tmpfs)."""
+        return b""
+
+    def interrupt(self, nodeid: int, n: int) -> Reply:
+        return None
+
+    def statfs(self, nodeid: int, n: int) -> Reply:
+        s = self.fs.statfs()
+        return w.KSTATFS.pack(s["f_blocks"], s["f_bfree"], s["f_bavail"], s["f_files"],
+                              s["f_ffree"], s["f_bsize"], s["f_namemax"], s["f_frsize"], 0)
+
+    def access(self, nodeid: int, n: int) -> Reply:
+        self.fs.get(nodeid)   # not asked under default_permissions; the kernel decides
+        return b""
+
+    # ---- directories -------------------------------------------------------------
+    def opendir(self, nodeid: int, n: int) -> Reply:
+        return w.OPEN_OUT.pack(self.fs.opendir(nodeid), 0, 0)
+
+    def readdir(self, nodeid: int, n: int) -> Reply:
+        fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)
+        out = bytearray()
+        pack = w.DIRENT.pack
+        for name, node, next_off in self.fs.readdir(fh, off):
+            namelen = len(name)
+            reclen = (w.DIRENT.size + namelen + 7) & ~7
+            if len(out) + reclen > size:
+                break
+            # The type is the S_IFMT bits as a DT_* value.
+            out += pack(node.ino, next_off, namelen, (node.mode >> 12) & 15)
+            out += name
+            out += bytes(reclen - w.DIRENT.size - namelen)
+        return out
+
+    def releasedir(self, nodeid: int, n: int) -> Reply:
+        self.fs.releasedir(w.RELEASE_IN.unpack_from(self.buf, _HDR)[0])
+        return b""
+
+    # ---- extended attributes -----------------------------------------------------
+    def getxattr(self, nodeid: int, n: int) -> Reply:
+        size = w.GETXATTR_IN.unpack_from(self.buf, _HDR)[0]
+        name, _ = self._name(_HDR + w.GETXATTR_IN.size, n)
+        if self.frontend.capability_absent(nodeid, name):
+            return errno.ENODATA   # asked before every write(2): no raise on this path
+        return self._sized(self.frontend.getxattr(nodeid, name), size)
+
+    def listxattr(self, nodeid: int, n: int) -> Reply:
+        size = w.GETXATTR_IN.unpack_from(self.buf, _HDR)[0]
+        return self._sized(b"".join(name + b"\0" for name in self.frontend.listxattr(nodeid)),
+                           size)
+
+    @staticmethod
+    def _sized(value: bytes, size: int) -> Reply:
+        """A value for a caller with a size-byte buffer: size 0 asks only the
+        length; a buffer too small is ERANGE."""
+        if size == 0:
+            return w.GETXATTR_OUT.pack(len(value), 0)
+        if len(value) > size:
+            raise FsError(errno.ERANGE)
+        return value
+
+    def setxattr(self, nodeid: int, n: int) -> Reply:
+        size, flags = w.SETXATTR_IN.unpack_from(self.buf, _HDR)
+        name, off = self._name(_HDR + w.SETXATTR_IN.size, n)
+        if off + size > n:
+            raise BadRequest(f"SETXATTR value of {size} bytes in a {n}-byte request")
+        self.frontend.setxattr(nodeid, name, bytes(self.mv[off:off + size]), flags)
+        return b""
+
+    def removexattr(self, nodeid: int, n: int) -> Reply:
+        self.frontend.removexattr(nodeid, self._name(_HDR, n)[0])
+        return b""
+
+
+class NativeSession:
+    """One mount through /dev/fuse: mount(2), serve until unmounted, close."""
+
+    name = "native"
+
+    def __init__(self) -> None:
+        #: The global lock, held by the reader while a handler runs.
+        self.lock = threading.Lock()
+        self.fd = -1
+        self.mountpoint = ""
+        self.device: Optional[str] = None   # the mount's "major:minor", to unmount only ours
+        self.server: Optional[Server] = None
+
+    def mount(self, frontend: Frontend, source: str, mountpoint: str, opts: MountOptions) -> None:
+        fd = mounting.open_device()
+        try:
+            # The source travels as fsname=, as options.py sets it for llfuse.
+            self.device = mounting.mount(fd, mountpoint, opts.fuse_options)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd, self.mountpoint = fd, mountpoint
+        self.server = Server(fd, frontend, self.lock)
+        frontend.transport_info = self.server.info
+        frontend.request_counts = self.server.request_counts
+
+    def serve(self) -> None:
+        """Until unmounted, or SIGTERM/SIGINT/SIGHUP (then close() unmounts).
+        Runs in the main thread, which the signal handlers need."""
+        assert self.server is not None
+        previous = {s: signal.signal(s, self.server.on_stop_signal) for s in STOP_SIGNALS}
+        try:
+            self.server.run()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            mounting.unmount(fd, self.mountpoint, self.device)

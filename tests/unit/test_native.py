@@ -1,0 +1,474 @@
+"""The native binding's request loop, without a mount: the test plays the
+kernel on a SOCK_SEQPACKET socket pair (one message per request and per
+answer, as /dev/fuse has them) and checks the wire answers, the error
+rules of the loop, and that the core keeps no view of the request buffer."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import stat
+import struct
+import threading
+from typing import Iterator, Optional
+
+import pytest
+
+from cctmpfs.codec import Codec
+from cctmpfs.namespace import ROOT_INO, Filesystem
+from cctmpfs.transport import native
+from cctmpfs.transport import wire as w
+from cctmpfs.transport.frontend import CACHE_TIMEOUT, Frontend
+
+BS = 16384
+FLAGS_OFFERED = w.ASYNC_READ | w.BIG_WRITES | w.INIT_FLAGS["WRITEBACK_CACHE"] | w.INIT_EXT
+
+
+class Kernel:
+    """The kernel's side of a FUSE connection: sends requests, reads answers."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.unique = 100
+
+    def send(self, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"", *,
+             uid: int = 0, gid: int = 0, pid: int = 1, length: Optional[int] = None) -> int:
+        self.unique += 2
+        total = w.IN_HEADER.size + len(body)
+        hdr = w.IN_HEADER.pack(total if length is None else length, opcode, self.unique, nodeid,
+                               uid, gid, pid, 0, 0)
+        self.sock.send(hdr + body)
+        return self.unique
+
+    def answer(self) -> tuple[int, int, bytes]:
+        """(unique, errno, payload) of the next answer."""
+        msg = self.sock.recv(1 << 20)
+        length, error, unique = w.OUT_HEADER.unpack_from(msg)
+        assert length == len(msg), (length, len(msg))
+        return unique, -error, msg[w.OUT_HEADER.size:]
+
+    def call(self, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"", **kw) -> bytes:  # type: ignore[no-untyped-def]
+        """Send a request; its payload, or OSError with the errno answered."""
+        unique = self.send(opcode, nodeid, body, **kw)
+        got, err, payload = self.answer()
+        assert got == unique
+        if err:
+            raise OSError(err, os.strerror(err))
+        return payload
+
+    def errno_of(self, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"", **kw) -> int:  # type: ignore[no-untyped-def]
+        try:
+            self.call(opcode, nodeid, body, **kw)
+        except OSError as e:
+            return e.errno
+        return 0
+
+    def init(self, major: int = 7, minor: int = 45, flags: int = FLAGS_OFFERED) -> bytes:
+        body = w.INIT_IN.pack(major, minor, 131072, flags & 0xFFFFFFFF) + struct.pack("<I", flags >> 32)
+        return self.call(w.INIT, 0, body + bytes(64 - len(body)))
+
+
+def entry(payload: bytes) -> dict[str, int]:
+    f = w.ENTRY_OUT.unpack(payload[:w.ENTRY_OUT.size])
+    return {"nodeid": f[0], "entry_valid": f[2], "attr_valid": f[3], "ino": f[6], "size": f[7],
+            "mtime_ns": f[10] * 10 ** 9 + f[13], "mode": f[15], "nlink": f[16], "uid": f[17],
+            "gid": f[18], "blksize": f[20]}
+
+
+def attr_out(payload: bytes) -> dict[str, int]:
+    f = w.ATTR_OUT.unpack(payload)
+    return {"ino": f[3], "size": f[4], "atime_ns": f[6] * 10 ** 9 + f[9],
+            "mtime_ns": f[7] * 10 ** 9 + f[10], "mode": f[12], "uid": f[14], "gid": f[15]}
+
+
+def name(text: bytes) -> bytes:
+    return text + b"\0"
+
+
+class Served:
+    def __init__(self, kernel: Kernel, server: native.Server, fs: Filesystem, clock) -> None:  # type: ignore[no-untyped-def]
+        self.k, self.server, self.fs, self.clock = kernel, server, fs, clock
+
+    def create(self, parent: int, filename: bytes, mode: int = 0o644, uid: int = 1000) -> int:
+        out = self.k.call(w.CREATE, parent, w.CREATE_IN.pack(os.O_RDWR, stat.S_IFREG | mode, 0o022, 0)
+                          + name(filename), uid=uid, gid=uid)
+        e = entry(out)
+        fh, open_flags, _ = w.OPEN_OUT.unpack(out[w.ENTRY_OUT.size:])
+        assert fh == e["ino"] and open_flags == w.FOPEN_KEEP_CACHE
+        return e["ino"]
+
+    def write(self, fh: int, off: int, data: bytes) -> int:
+        out = self.k.call(w.WRITE, fh, w.WRITE_IN.pack(fh, off, len(data), 0, 0, 0, 0) + data)
+        return w.WRITE_OUT.unpack(out)[0]
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        return self.k.call(w.READ, fh, w.READ_IN.pack(fh, off, size, 0, 0, 0, 0))
+
+
+def start(fs: Filesystem) -> tuple[Kernel, native.Server, threading.Thread, list[socket.socket]]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.settimeout(10)
+    server = native.Server(ours.fileno(), Frontend(fs), threading.Lock())
+    server.frontend.transport_info = server.info
+    server.frontend.request_counts = server.request_counts
+    t = threading.Thread(target=server.run, name="native-test-reader")
+    t.start()
+    return Kernel(theirs), server, t, [ours, theirs]
+
+
+@pytest.fixture
+def served(clock) -> Iterator[Served]:  # type: ignore[no-untyped-def]
+    fs = Filesystem(block_size=BS, codec=Codec("zstd", 3), buffer_bytes=64 * BS,
+                    size_limit=64 << 20, nr_inodes=1000, clock_ns=clock.ns)
+    k, server, t, socks = start(fs)
+    try:
+        k.init()
+        yield Served(k, server, fs, clock)
+    finally:
+        socks[1].close()           # end of file: the loop returns
+        t.join(10)
+        assert not t.is_alive()
+        socks[0].close()
+
+
+# ---- INIT --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("offered", [FLAGS_OFFERED, w.ASYNC_READ])
+def test_init_asks_for_the_plain_request_model(clock, offered):
+    fs = Filesystem(block_size=BS, clock_ns=clock.ns)
+    k, server, t, socks = start(fs)
+    try:
+        out = k.init(flags=offered)
+        major, minor, max_ra, flags, _bg, _ct, max_write, gran, max_pages, _ma, flags2 = \
+            w.INIT_OUT.unpack(out)
+        assert (major, minor) == (7, 38)
+        assert flags == (w.ASYNC_READ | w.BIG_WRITES) & offered and flags2 == 0
+        assert max_write == native.MAX_WRITE == 128 * 1024 and max_pages == 0
+        assert max_ra == 131072 and gran == 1
+        info = server.info()
+        assert info["kernel_protocol"] == "7.45" and info["protocol"] == "7.38"
+        assert info["flags"] == w.flag_names(flags)
+        assert "WRITEBACK_CACHE" in info["kernel_flags"] or offered == w.ASYNC_READ
+    finally:
+        socks[1].close()
+        t.join(10)
+        socks[0].close()
+
+
+@pytest.mark.parametrize("major,minor,expect", [
+    (7, 31, ("ok", 64, 31)),       # an older kernel: its minor, the full reply
+    (7, 22, ("ok", 24, 22)),       # before 7.23: the 24-byte reply
+    (8, 0, ("ok", 8, 38)),         # a newer major: ours alone, and wait for another INIT
+    (7, 11, ("err", errno.EPROTO, None)),
+    (6, 40, ("err", errno.EPROTO, None)),
+])
+def test_init_follows_the_kernels_version(clock, major, minor, expect):
+    fs = Filesystem(block_size=BS, clock_ns=clock.ns)
+    k, server, t, socks = start(fs)
+    try:
+        body = w.INIT_IN.pack(major, minor, 65536, w.ASYNC_READ | w.BIG_WRITES)
+        unique = k.send(w.INIT, 0, body)
+        got, err, payload = k.answer()
+        assert got == unique
+        if expect[0] == "err":
+            assert err == expect[1]
+        else:
+            assert err == 0 and len(payload) == expect[1]
+            assert struct.unpack_from("<II", payload) == (7, expect[2])
+    finally:
+        socks[1].close()
+        t.join(10)
+        socks[0].close()
+
+
+# ---- requests ----------------------------------------------------------------------
+
+def test_files_directories_and_links_round_trip(served):
+    k = served.k
+    d = entry(k.call(w.MKDIR, ROOT_INO, w.MKDIR_IN.pack(0o755, 0o022) + name(b"d"), uid=7, gid=8))
+    assert stat.S_ISDIR(d["mode"]) and d["uid"] == 7 and d["gid"] == 8 and d["nlink"] == 2
+    assert d["entry_valid"] == d["attr_valid"] == CACHE_TIMEOUT
+    fh = served.create(d["ino"], b"f")
+    assert served.write(fh, 0, b"hello world") == 11
+    assert served.read(fh, 6, 100) == b"world"
+    got = attr_out(k.call(w.GETATTR, fh, w.GETATTR_IN.pack(0, 0, 0)))
+    assert got["size"] == 11 and stat.S_ISREG(got["mode"]) and got["uid"] == 1000
+    assert entry(k.call(w.LOOKUP, d["ino"], name(b"f")))["ino"] == fh
+    ln = entry(k.call(w.LINK, d["ino"], w.LINK_IN.pack(fh) + name(b"g")))
+    assert ln["ino"] == fh and ln["nlink"] == 2
+    sl = entry(k.call(w.SYMLINK, d["ino"], name(b"s") + name(b"f")))
+    assert stat.S_ISLNK(sl["mode"]) and k.call(w.READLINK, sl["ino"]) == b"f"
+    nod = entry(k.call(w.MKNOD, d["ino"], w.MKNOD_IN.pack(stat.S_IFIFO | 0o600, 0, 0o022, 0)
+                       + name(b"p")))
+    assert stat.S_ISFIFO(nod["mode"])
+    k.call(w.RENAME, d["ino"], w.RENAME_IN.pack(ROOT_INO) + name(b"g") + name(b"moved"))
+    assert entry(k.call(w.LOOKUP, ROOT_INO, name(b"moved")))["ino"] == fh
+    k.call(w.RENAME2, ROOT_INO, w.RENAME2_IN.pack(d["ino"], 0, 0) + name(b"moved") + name(b"back"))
+    assert served.fs.find(d["ino"], b"back").ino == fh
+    assert k.errno_of(w.RENAME2, d["ino"], w.RENAME2_IN.pack(d["ino"], 1, 0)
+                      + name(b"back") + name(b"f")) == errno.EEXIST   # RENAME_NOREPLACE
+    k.call(w.UNLINK, d["ino"], name(b"back"))
+    k.call(w.FLUSH, fh, w.FLUSH_IN.pack(fh, 0, 0, 0))
+    k.call(w.FSYNC, fh, w.FSYNC_IN.pack(fh, 0, 0))
+    k.call(w.RELEASE, fh, w.RELEASE_IN.pack(fh, 0, 0, 0))
+    assert k.errno_of(w.RMDIR, ROOT_INO, name(b"d")) == errno.ENOTEMPTY
+    assert k.errno_of(w.UNLINK, ROOT_INO, name(b"nothing")) == errno.ENOENT
+    k.call(w.ACCESS, fh, w.ACCESS_IN.pack(4, 0))
+    st = w.KSTATFS.unpack(k.call(w.STATFS))
+    assert st[5] == 4096 and st[6] == 255 and st[0] == (64 << 20) // 4096
+
+
+def test_a_missing_name_is_a_cached_negative_entry(served):
+    e = entry(served.k.call(w.LOOKUP, ROOT_INO, name(b"missing")))
+    assert e["nodeid"] == 0 and e["entry_valid"] == CACHE_TIMEOUT
+
+
+def test_open_of_a_directory_and_readdir_of_a_file_fail_as_the_core_says(served):
+    k = served.k
+    d = entry(k.call(w.MKDIR, ROOT_INO, w.MKDIR_IN.pack(0o755, 0) + name(b"d")))["ino"]
+    assert k.errno_of(w.OPEN, d, w.OPEN_IN.pack(os.O_RDONLY, 0)) == errno.EISDIR
+    fh = served.create(ROOT_INO, b"f")
+    assert k.errno_of(w.OPENDIR, fh, w.OPEN_IN.pack(0, 0)) == errno.ENOTDIR
+    assert k.errno_of(w.READDIR, ROOT_INO, w.READ_IN.pack(999, 0, 4096, 0, 0, 0, 0)) == errno.EBADF
+
+
+def test_the_core_copies_write_payloads_out_of_the_request_buffer(served):
+    """WRITE hands the core a memoryview over the one request buffer; the
+    next request overwrites that buffer. Small writes, whole blocks and
+    writes across blocks must all read back what was written."""
+    a = served.create(ROOT_INO, b"a")
+    b = served.create(ROOT_INO, b"b")
+    cases = [(0, b"x" * 100), (BS, b"y" * BS), (BS // 2, b"z" * BS), (3 * BS, b"w" * (2 * BS + 7))]
+    for off, data in cases:
+        served.write(a, off, data)
+        served.write(b, 0, bytes([0x55]) * (4 * BS))   # overwrites the request buffer
+    model = bytearray()
+    for off, data in cases:
+        model[len(model):off] = bytes(max(0, off - len(model)))
+        model[off:off + len(data)] = data
+    assert served.read(a, 0, len(model) + 100) == bytes(model)
+    served.fs.engine.seal_everything()
+    assert served.read(a, 0, len(model)) == bytes(model)
+
+
+def test_lseek_data_and_hole_and_rename_flags(served):
+    """LSEEK (SEEK_DATA 3, SEEK_HOLE 4) and RENAME2's flags reach the core."""
+    k = served.k
+    f = served.create(ROOT_INO, b"sparse")
+    served.write(f, 5 * 4096, b"d" * 10)
+    seek = lambda off, whence: w.LSEEK_OUT.unpack(  # noqa: E731
+        k.call(w.LSEEK, f, w.LSEEK_IN.pack(f, off, whence, 0)))[0]
+    assert (seek(0, 3), seek(0, 4), seek(5 * 4096 + 3, 4)) == (5 * 4096, 0, 5 * 4096 + 10)
+    assert k.errno_of(w.LSEEK, f, w.LSEEK_IN.pack(f, 5 * 4096 + 10, 3, 0)) == errno.ENXIO
+    g = served.create(ROOT_INO, b"other")
+    k.call(w.RENAME2, ROOT_INO, w.RENAME2_IN.pack(ROOT_INO, 2, 0) + name(b"sparse") + name(b"other"))
+    assert served.fs.find(ROOT_INO, b"other").ino == f and served.fs.find(ROOT_INO, b"sparse").ino == g
+    k.call(w.RENAME2, ROOT_INO, w.RENAME2_IN.pack(ROOT_INO, 4, 0) + name(b"other") + name(b"moved"),
+           uid=1000, gid=1000)
+    wh = served.fs.find(ROOT_INO, b"other")
+    assert stat.S_ISCHR(wh.mode) and (wh.uid, wh.gid, wh.rdev) == (1000, 1000, 0)
+
+
+def test_readdir_packs_whole_entries_up_to_the_size_asked(served):
+    k = served.k
+    names = {b"file-%03d" % i for i in range(60)} | {b"x" * 255}
+    for n in names:
+        served.create(ROOT_INO, n)
+    dh = w.OPEN_OUT.unpack(k.call(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0)))[0]
+    seen: list[bytes] = []
+    off = 0
+    while True:
+        out = k.call(w.READDIR, ROOT_INO, w.READ_IN.pack(dh, off, 600, 0, 0, 0, 0))
+        assert len(out) <= 600
+        if not out:
+            break
+        pos = 0
+        while pos < len(out):
+            ino, off, namelen, typ = w.DIRENT.unpack_from(out, pos)
+            entry_name = out[pos + w.DIRENT.size:pos + w.DIRENT.size + namelen]
+            assert typ == (stat.S_IFDIR if entry_name in (b".", b"..") else stat.S_IFREG) >> 12
+            seen.append(entry_name)
+            pos += (w.DIRENT.size + namelen + 7) & ~7
+        assert pos == len(out)
+    assert sorted(seen) == sorted(names | {b".", b".."})
+    k.call(w.RELEASEDIR, ROOT_INO, w.RELEASE_IN.pack(dh, 0, 0, 0))
+    assert served.fs.dir_handles == {}
+
+
+def test_forget_batch_forget_and_interrupt_get_no_answer(served):
+    k = served.k
+    ino = served.create(ROOT_INO, b"f")
+    k.call(w.RELEASE, ino, w.RELEASE_IN.pack(ino, 0, 0, 0))
+    k.call(w.UNLINK, ROOT_INO, name(b"f"))
+    k.send(w.INTERRUPT, 0, w.INTERRUPT_IN.pack(12345))
+    k.send(w.FORGET, ino, w.FORGET_IN.pack(1))
+    other = served.create(ROOT_INO, b"g")          # one lookup reference
+    k.call(w.RELEASE, other, w.RELEASE_IN.pack(other, 0, 0, 0))
+    k.call(w.UNLINK, ROOT_INO, name(b"g"))
+    k.send(w.BATCH_FORGET, 0, w.BATCH_FORGET_IN.pack(2, 0) + w.FORGET_ONE.pack(other, 1)
+           + w.FORGET_ONE.pack(999, 1))
+    unique = k.send(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
+    assert k.answer()[0] == unique                  # the first answer after them
+    assert ino not in served.fs.inodes and other not in served.fs.inodes
+    counts = served.server.request_counts()
+    assert counts["interrupt"] == 1 and counts["forget"] == 1 and counts["batch_forget"] == 1
+
+
+def test_xattrs_with_size_probes_flags_and_control_names(served):
+    k = served.k
+    f = served.create(ROOT_INO, b"f")
+
+    def setx(xname: bytes, value: bytes, flags: int = 0) -> int:
+        return k.errno_of(w.SETXATTR, f, w.SETXATTR_IN.pack(len(value), flags) + name(xname) + value)
+
+    def getx(xname: bytes, size: int, ino: int = f) -> bytes:
+        return k.call(w.GETXATTR, ino, w.GETXATTR_IN.pack(size, 0) + name(xname))
+
+    assert setx(b"user.a", b"12345") == 0
+    assert w.GETXATTR_OUT.unpack(getx(b"user.a", 0))[0] == 5
+    assert getx(b"user.a", 5) == b"12345" and getx(b"user.a", 100) == b"12345"
+    with pytest.raises(OSError) as e:
+        getx(b"user.a", 4)
+    assert e.value.errno == errno.ERANGE
+    with pytest.raises(OSError) as e:
+        getx(b"security.capability", 100)
+    assert e.value.errno == errno.ENODATA
+    assert setx(b"user.a", b"x", 1) == errno.EEXIST           # XATTR_CREATE
+    assert setx(b"user.new", b"x", 2) == errno.ENODATA        # XATTR_REPLACE
+    assert setx(b"user.a", b"", 2) == 0 and getx(b"user.a", 10) == b""
+    assert setx(b"user.b", b"\0\1binary\0") == 0 and getx(b"user.b", 64) == b"\0\1binary\0"
+    listing = k.call(w.LISTXATTR, f, w.GETXATTR_IN.pack(0, 0))
+    assert w.GETXATTR_OUT.unpack(listing)[0] == len(b"user.a\0user.b\0")
+    assert k.call(w.LISTXATTR, f, w.GETXATTR_IN.pack(64, 0)) == b"user.a\0user.b\0"
+    assert k.errno_of(w.LISTXATTR, f, w.GETXATTR_IN.pack(3, 0)) == errno.ERANGE
+    k.call(w.REMOVEXATTR, f, name(b"user.a"))
+    assert k.errno_of(w.REMOVEXATTR, f, name(b"user.a")) == errno.ENODATA
+    stats = json.loads(getx(b"trusted.cctmpfs.stats", 65536, ROOT_INO))
+    assert stats["transport"]["name"] == "native" and stats["requests"]["setxattr"] >= 5
+    assert json.loads(getx(b"trusted.cctmpfs.check", 65536, ROOT_INO))["count"] == 0
+    assert k.errno_of(w.SETXATTR, ROOT_INO, w.SETXATTR_IN.pack(1, 0)
+                      + name(b"trusted.cctmpfs.stats") + b"x") == errno.EPERM
+    assert k.errno_of(w.REMOVEXATTR, ROOT_INO, name(b"trusted.cctmpfs.check")) == errno.EPERM
+
+
+def test_setattr_now_is_the_cores_clock(served):
+    k, clock = served.k, served.clock
+    f = served.create(ROOT_INO, b"f")
+    valid = w.FATTR_ATIME | w.FATTR_MTIME | w.FATTR_ATIME_NOW | w.FATTR_MTIME_NOW
+
+    def setattr(valid: int, atime: int = 0, mtime: int = 0, size: int = 0, mode: int = 0) -> dict:
+        body = w.SETATTR_IN.pack(valid, 0, 0, size, 0, atime, mtime, 0, 0, 0, 0, mode, 0, 0, 0, 0)
+        return attr_out(k.call(w.SETATTR, f, body))
+
+    before = clock.now_ns
+    got = setattr(valid)                  # the kernel's "now" fields are 0 here: not used
+    assert got["atime_ns"] > before and got["mtime_ns"] > before and got["atime_ns"] <= clock.now_ns
+    got = setattr(w.FATTR_ATIME | w.FATTR_MTIME, atime=-5, mtime=1000)   # explicit times, as given
+    assert got["atime_ns"] == -5 * 10 ** 9 and got["mtime_ns"] == 1000 * 10 ** 9
+    got = setattr(w.FATTR_SIZE | w.FATTR_MODE, size=12345, mode=0o4751)
+    assert got["size"] == 12345 and got["mode"] == stat.S_IFREG | 0o4751
+
+
+# ---- the rules of the loop ------------------------------------------------------------
+
+def test_garbled_requests_get_eio_and_the_loop_goes_on(served):
+    k = served.k
+    unique = k.send(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0), length=500)   # wrong length
+    assert k.answer()[:2] == (unique, errno.EIO)
+    assert k.errno_of(w.LOOKUP, ROOT_INO, b"no-nul") == errno.EIO
+    assert k.errno_of(w.WRITE, ROOT_INO, w.WRITE_IN.pack(1, 0, 4096, 0, 0, 0, 0) + b"short") == errno.EIO
+    assert k.errno_of(w.SETATTR, ROOT_INO, b"\0" * 10) == errno.EIO                 # too short
+    k.unique += 2
+    k.sock.send(w.IN_HEADER.pack(30, w.GETATTR, k.unique, 1, 0, 0, 0, 0, 0)[:30])   # a 30-byte request
+    assert k.answer()[:2] == (k.unique, errno.EIO)
+    k.sock.send(b"\1\2\3")                                                          # no unique at all
+    assert stat.S_ISDIR(attr_out(k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0)))["mode"])
+    assert served.server.bad_requests == 6
+    assert served.server.frontend.internal_errors == 0
+
+
+def test_unknown_opcodes_get_enosys(served):
+    k = served.k
+    # SETUPMAPPING, TMPFILE (issue 18, step 4), and nonsense.
+    for opcode in (48, 51, 63, 64, 4096, 2 ** 32 - 1):
+        assert k.errno_of(opcode, ROOT_INO, bytes(64)) == errno.ENOSYS
+    assert served.server.info()["unknown_requests"] == 6
+    k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
+
+
+def test_a_handler_bug_is_eio_counted_and_logged(served, monkeypatch, caplog):
+    k = served.k
+
+    def broken(ino: int):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(served.fs, "getattr", broken)
+    assert k.errno_of(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0)) == errno.EIO
+    assert served.server.frontend.internal_errors == 1
+    assert "internal error in getattr" in caplog.text and "a bug" in caplog.text
+    monkeypatch.undo()
+    k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
+    assert not served.server.lock.locked()
+
+
+def test_an_answer_to_an_interrupted_request_is_dropped(clock, monkeypatch):
+    real = os.writev
+    refusals = [errno.ENOENT, errno.EINVAL]
+    #: Answer sizes to drop as if interrupted: CREATE, OPEN, OPENDIR, LOOKUP.
+    interrupted: list[int] = []
+
+    def writev(fd, bufs):  # type: ignore[no-untyped-def]
+        if interrupted and len(bufs[1]) == interrupted[0]:
+            interrupted.pop(0)
+            raise OSError(errno.ENOENT, "interrupted")
+        if refusals and w.OUT_HEADER.unpack_from(bufs[0])[1] == 0 and len(bufs[1]) == w.ATTR_OUT.size:
+            raise OSError(refusals.pop(0), "refused")
+        return real(fd, bufs)
+
+    monkeypatch.setattr(native.os, "writev", writev)
+    fs = Filesystem(block_size=BS, clock_ns=clock.ns)
+    k, server, t, socks = start(fs)
+    try:
+        k.init()
+        k.send(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))      # ENOENT: dropped, no answer
+        unique = k.send(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
+        assert k.answer()[:2] == (unique, errno.EIO)                  # EINVAL: a bug, EIO instead
+        k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
+        info = server.info()
+        assert info["dropped_replies"] == 1 and info["reply_errors"] == 1
+        assert server.frontend.internal_errors == 1
+        # Interrupted opens and lookups: the references their answers carried
+        # are taken back, so an unlinked file is still freed.
+        interrupted[:] = [w.ENTRY_OUT.size + w.OPEN_OUT.size]
+        k.send(w.CREATE, ROOT_INO, w.CREATE_IN.pack(os.O_RDWR, stat.S_IFREG | 0o644, 0, 0) + name(b"f"))
+        ino = entry(k.call(w.LOOKUP, ROOT_INO, name(b"f")))["ino"]
+        node = fs.inodes[ino]
+        assert (node.nlookup, node.open_count) == (1, 0)
+        interrupted[:] = [w.OPEN_OUT.size, w.ENTRY_OUT.size]
+        k.send(w.OPEN, ino, w.OPEN_IN.pack(os.O_RDONLY, 0))
+        k.send(w.LOOKUP, ROOT_INO, name(b"f"))
+        dh = w.OPEN_OUT.unpack(k.call(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0)))[0]
+        assert (node.nlookup, node.open_count) == (1, 0) and list(fs.dir_handles) == [dh]
+        interrupted[:] = [w.OPEN_OUT.size]
+        k.send(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0))
+        k.call(w.UNLINK, ROOT_INO, name(b"f"))
+        k.send(w.FORGET, ino, w.FORGET_IN.pack(1))
+        k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
+        assert ino not in fs.inodes and list(fs.dir_handles) == [dh]
+        assert server.info()["dropped_replies"] == 5 and server.frontend.internal_errors == 1
+    finally:
+        socks[1].close()
+        t.join(10)
+        socks[0].close()
+
+
+def test_a_stop_signal_leaves_only_a_blocking_read():
+    server = native.Server(-1, Frontend(Filesystem(block_size=BS)), threading.Lock())
+    server.on_stop_signal(15, None)        # inside a request: finish it, then stop
+    assert server.stopping
+    server._waiting = True
+    with pytest.raises(native._Stop):
+        server.on_stop_signal(15, None)
+    server.run()                           # stopping: returns without reading
