@@ -97,3 +97,16 @@ def guard_counters(lock: OwnedLock, places: list[tuple[Any, str]]) -> list[str]:
 
         setattr(obj, name, Guarded(**attrs.asdict(counters)))
     return violations
+
+
+def sealer_passes(fs, lock) -> Callable[[threading.Event], None]:  # type: ignore[no-untyped-def]
+    """A background for run_alongside: the sealer's periodic pass and a full
+    seal, under lock, until stopped."""
+
+    def sealer(stop: threading.Event) -> None:
+        while not stop.is_set():
+            with lock:
+                fs.engine.background_pass()
+                fs.engine.seal_everything()
+
+    return sealer

@@ -15,7 +15,7 @@ from cctmpfs.check import check_data
 from cctmpfs.codec import Codec, CodecId
 from cctmpfs.namespace import ROOT_INO, Filesystem
 
-from .conftest import run_alongside
+from .conftest import run_alongside, sealer_passes
 from .test_filemap import BS, ME, POOL, Harness, make_data, random_ops, text_data
 
 
@@ -252,13 +252,7 @@ def test_concurrent_writers_of_identical_content_end_with_one_copy() -> None:
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    def sealer(stop: threading.Event) -> None:
-        while not stop.is_set():
-            with lock:
-                fs.engine.background_pass()
-                fs.engine.seal_everything()
-
-    run_alongside([threading.Thread(target=writer, args=(t,)) for t in range(8)], sealer)
+    run_alongside([threading.Thread(target=writer, args=(t,)) for t in range(8)], sealer_passes(fs, lock))
     assert errors == []
     with lock:
         fs.engine.seal_everything()

@@ -535,7 +535,7 @@ def test_copies_and_punches_race_the_sealer() -> None:
     model and the checker finds nothing."""
     import threading
 
-    from .conftest import run_alongside
+    from .conftest import run_alongside, sealer_passes
 
     lock = threading.Lock()
     fs = new_fs(lock=lock, buffer_bytes=4 * BS)
@@ -567,13 +567,7 @@ def test_copies_and_punches_race_the_sealer() -> None:
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    def sealer(stop: threading.Event) -> None:
-        while not stop.is_set():
-            with lock:
-                fs.engine.background_pass()
-                fs.engine.seal_everything()
-
-    run_alongside([threading.Thread(target=worker, args=(t,)) for t in range(4)], sealer)
+    run_alongside([threading.Thread(target=worker, args=(t,)) for t in range(4)], sealer_passes(fs, lock))
     assert errors == []
     with lock:
         for ino, (_t, want) in results.items():
