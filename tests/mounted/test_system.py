@@ -43,8 +43,9 @@ def in_namespace(script: str, timeout: float = 120) -> subprocess.CompletedProce
     to this environment's console scripts). Inside the namespace both
     directories are overlays whose writes go to a temporary directory, so the
     machine's own are never changed. The script runs with a root shell's PATH
-    (ROOT_PATH, no venv) and starts in / (mount(8) turns a relative source
-    such as `cctmpfs` into a path if the current directory has it)."""
+    (ROOT_PATH, no venv) and starts in an empty directory: mount(8) turns a
+    relative source such as `check` into a path if the current directory has
+    an entry of that name (a CI machine had /check, so `/` is not safe)."""
     assert BIN_DIR, "the cctmpfs console script is not installed beside this Python"
     scratch = tempfile.mkdtemp(prefix="cct-sbin.", dir="/var/tmp")
     overlays = []
@@ -56,10 +57,12 @@ def in_namespace(script: str, timeout: float = 120) -> subprocess.CompletedProce
                         f"overlay {d}")
     install = f"{REPO}/examples/install-helpers.sh {BIN_DIR} >/dev/null"
     env = dict(os.environ, PATH=ROOT_PATH)
+    empty = f"{scratch}/cwd"
+    os.mkdir(empty)
     try:
         return subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
-             "bash", "-euo", "pipefail", "-c", "\n".join(overlays + [install, "cd /", script])],
+             "bash", "-euo", "pipefail", "-c", "\n".join(overlays + [install, f"cd {empty}", script])],
             capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     finally:
         shutil.rmtree(scratch)
