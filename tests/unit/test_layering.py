@@ -201,3 +201,23 @@ def test_import_checker_finds_llfuse_imports() -> None:
                 "import llfuse_extra_stuff_not"):
         names = [n for _, n in imports(ast.parse(src), "x")]
         assert not any(is_llfuse_user(n) for n in names), src
+
+
+def test_a_mount_without_an_encrypted_device_never_loads_cryptography():
+    """`cryptography` adds 6.5 MB to the daemon's RSS (cipher.py), so only a
+    RecordCipher (backing_encrypt with a backing device) may import it; a
+    fresh interpreter that loads the daemon, the CLI and both transports has
+    not, and one that builds a RecordCipher has, and it works."""
+    code = ("import sys, cctmpfs.cli, cctmpfs.daemon, cctmpfs.transport.native, "
+            "cctmpfs.transport.llfuse_ops\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))\n"
+            "from cctmpfs.cipher import RecordCipher, DecryptError\n"
+            "c = RecordCipher()\n"
+            "assert c.open(7, c.seal(7, b'x' * 100)) == b'x' * 100\n"
+            "try:\n"
+            "    c.open(8, c.seal(7, b'y'))\n"
+            "except DecryptError:\n"
+            "    print('refused')\n"
+            "print('cryptography' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:3] == ["[]", "refused", "True"], out.stdout + out.stderr
