@@ -1,9 +1,10 @@
-"""File data: per-file maps of fixed-size logical blocks, the hot buffer, and
-the engine that reads, writes, truncates and seals them.
+"""File data: per-file maps of fixed-size logical blocks, and the engine
+that reads, writes, truncates and seals them.
 
-The engine owns the two slower-moving parts of its job, in their own
-modules: moving cold stored blocks to the backing device and keeping its
-segments clean (eviction.py), and idle recompression (recompress.py).
+Two background parts of the engine's job live in their own modules, and
+the engine owns one of each: moving cold stored blocks to the backing device
+and keeping its segments clean (eviction.py), and idle recompression
+(recompress.py). The hot buffer's accounting is hotbuffer.py's.
 
 A file is a dict {block index: Slot}. A missing index is a hole and costs
 nothing. A slot holds its block uncompressed (`raw`, in the hot buffer),
@@ -36,7 +37,6 @@ copies it first, so the compressor never reads a buffer being changed.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import enum
 import errno
@@ -55,6 +55,7 @@ from .coldstore import ColdReadError, ColdStore, Tally
 from .devlog import Location
 from .errors import FsError
 from .eviction import Evictor
+from .hotbuffer import HotBuffer
 from .locking import GlobalLock, released
 from .recompress import Recompressor
 
@@ -150,71 +151,6 @@ class FileData:
     alloc_bytes: int = 0   # PAGE * pages in the slots' page_mask: what st_blocks and size= count
     seq_end: int = 0       # end offset of the last write, to recognise sequential writers
     read_end: int = 0      # end offset of the last read, to recognise sequential readers
-
-
-class HotBuffer:
-    """The uncompressed blocks in RAM, in least-recently-used order.
-
-    Protected by the global lock. `slots` is ordered by `touched`, oldest
-    first, because touch() moves a slot to the end.
-    """
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.slots: collections.OrderedDict[Slot, None] = collections.OrderedDict()
-        self.dirty_bytes = 0
-        self.clean_bytes = 0
-
-    @property
-    def total_bytes(self) -> int:
-        return self.dirty_bytes + self.clean_bytes
-
-    def charge(self, slot: Slot, now: float) -> None:
-        """Account slot.raw (after any change of raw or state) and mark it used."""
-        self._uncount(slot)
-        slot.charged = len(slot.raw) if slot.raw is not None else 0
-        if slot.dirty:
-            self.dirty_bytes += slot.charged
-        else:
-            self.clean_bytes += slot.charged
-        slot.touched = now
-        self.slots[slot] = None
-        self.slots.move_to_end(slot)
-
-    def add_dirty(self, slot: Slot, now: float) -> None:
-        """charge() for a new dirty slot, without the state checks charge()
-        needs: the in-place write path's accounting."""
-        n = len(slot.raw)  # type: ignore[arg-type]
-        self.dirty_bytes += n
-        slot.charged = n
-        slot.touched = now
-        self.slots[slot] = None   # a new key goes last: most recently used
-
-    def grow_dirty(self, slot: Slot, now: float) -> None:
-        """charge() for a charged dirty slot whose raw grew in place."""
-        n = len(slot.raw)  # type: ignore[arg-type]
-        self.dirty_bytes += n - slot.charged
-        slot.charged = n
-        slot.touched = now
-        self.slots.move_to_end(slot)
-
-    def touch(self, slot: Slot, now: float) -> None:
-        slot.touched = now
-        self.slots.move_to_end(slot)
-
-    def discharge(self, slot: Slot) -> None:
-        """Forget slot; the caller drops or has dropped slot.raw."""
-        if slot in self.slots:
-            self._uncount(slot)
-            del self.slots[slot]
-        slot.charged = 0
-
-    def _uncount(self, slot: Slot) -> None:
-        if slot.charged and slot in self.slots:
-            if slot.dirty:
-                self.dirty_bytes -= slot.charged
-            else:
-                self.clean_bytes -= slot.charged
 
 
 @attrs.define(slots=True)
