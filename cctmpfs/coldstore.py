@@ -1,9 +1,9 @@
 """Evicted blocks on the backing device: moving payloads out (eviction),
 reading them back, freeing them, and cleaning segments.
 
-Pure Python, no llfuse. The data engine (filemap.DataEngine.evict,
-maintain_device, raw_for) hands it the coldest stored blocks, the segments to
-clean, and the evicted blocks to read.
+Pure Python, no llfuse. The data engine (eviction.Evictor, and
+filemap.DataEngine.raw_for) hands it the coldest stored blocks, the segments
+to clean, and the evicted blocks to read.
 
 Threading follows docs/locking.md. Every operation that does I/O is split in
 phases: `plan_*` and `publish_*` run with the global lock held and touch only

@@ -94,7 +94,7 @@ class Device:
         self.counters = DeviceCounters()
         #: False once the device refused a discard as unsupported (logged
         #: once): later discards are skipped. Written only by discard(), which
-        #: one thread at a time runs (DataEngine._device_turn).
+        #: one thread at a time runs (eviction.Evictor.turn).
         self.discard_supported = True
 
     # ---- opening ------------------------------------------------------

@@ -26,7 +26,7 @@ POINTS = {
     "write.apply": "filemap.DataEngine.write, after the space checks, before changing anything",
     "truncate.cut": "filemap.DataEngine.truncate, before cutting blocks",
     "seal.encode": "filemap.DataEngine._encode, unlocked (seal() counts it and retries later)",
-    "recompress.encode": "filemap.DataEngine._recompress_batch, unlocked (the block keeps its payload)",
+    "recompress.encode": "recompress.Recompressor._batch, unlocked (the block keeps its payload)",
     "device.write": "coldstore.ColdStore.write_batch, unlocked (the batch fails, blocks stay)",
     "arena.grow": "arena._map, mapping a payload segment (as ENOMEM: the seal is not published, "
                   "the block stays dirty, a write that needs RAM gets ENOSPC)",

@@ -1,5 +1,10 @@
-"""File data: per-file maps of fixed-size logical blocks, the hot buffer, and
-the engine that reads, writes, truncates and seals them.
+"""File data: per-file maps of fixed-size logical blocks, and the engine
+that reads, writes, truncates and seals them.
+
+Two background parts of the engine's job live in their own modules, and
+the engine owns one of each: moving cold stored blocks to the backing device
+and keeping its segments clean (eviction.py), and idle recompression
+(recompress.py). The hot buffer's accounting is hotbuffer.py's.
 
 A file is a dict {block index: Slot}. A missing index is a hole and costs
 nothing. A slot holds its block uncompressed (`raw`, in the hot buffer),
@@ -32,25 +37,27 @@ copies it first, so the compressor never reads a buffer being changed.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import enum
 import errno
 import logging
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Optional
 
 import attrs
 
 from . import faults
-from .arena import LEN_MASK, RAW_SHIFT, SEG_MASK, SEG_SHIFT, ArenaFull
+from .arena import LEN_MASK, ArenaFull
 from .blockstore import BlockStore, Payload, StoredBlock
 from .codec import Codec, CodecId
 from .coldstore import ColdReadError, ColdStore, Tally
-from .devlog import Location, NoSpace
+from .devlog import Location
 from .errors import FsError
+from .eviction import Evictor
+from .hotbuffer import HotBuffer
 from .locking import GlobalLock, released
+from .recompress import Recompressor
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +74,6 @@ CLEAN_COLD_SECONDS = 10.0
 #: EVICT_LOW: the gap lets writes proceed without waiting for device I/O.
 EVICT_HIGH = 0.90
 EVICT_LOW = 0.80
-#: The cleaner runs while fewer segments than this fraction are free (and
-#: always keeps at least 2: one to evict into, one to clean into).
-CLEAN_FREE_FRACTION = 1 / 16
-#: Cleaning passes one eviction may run when the device has no free segment
-#: before it gives up (ENOSPC for the write that needed the room).
-MAX_CLEANINGS_PER_EVICT = 8
 #: Blocks compressed per lock release. 16 x 128 KiB is ~3-8 ms of zstd work:
 #: long enough to amortise the lock hand-off, short enough to keep latency low.
 SEAL_BATCH = 16
@@ -81,27 +82,6 @@ SEAL_BATCH = 16
 #: (0.5 s) is at most ~0.5% of a CPU of memcpy here, and empties eight
 #: segments a pass when they are nearly empty, as after a partial `rm -rf`.
 COMPACT_BYTES_PER_PASS = 8 << 20
-
-#: Idle recompression (recompress_pass): the mount counts as idle once no
-#: block was sealed, loaded or promoted for this long; its stored blocks are
-#: cold by then. 5 s: ten sealer polls, so a pause between two commands of a
-#: build does not start recompressing what the next command will read.
-RECOMPRESS_QUIET_SECONDS = 5.0
-#: Blocks recompressed per lock release: 8 x 128 KiB at zstd -9 is ~20 ms of
-#: SCHED_IDLE CPU (18.6 ms/MB measured, options.py), so a batch never holds
-#: back newly queued sealing work for long.
-RECOMPRESS_BATCH = 8
-#: Blocks recompressed per sealer pass (every POLL_SECONDS): 64 x 128 KiB =
-#: 8 MiB, ~0.15 s of idle CPU at zstd -9, about a third of one core.
-RECOMPRESS_PER_PASS = 64
-#: Payload handles the candidate scan looks at per pass, bounded so that a
-#: mount of recompressed blocks costs the idle pass little (~1 ms).
-RECOMPRESS_SCAN_PER_PASS = 8192
-#: A recompressed payload is kept only if it saves at least 1/64 of the old
-#: one and at least 32 bytes: below that the decode cost of a stronger level
-#: is not paid back (the arena has no per-payload overhead to recover).
-RECOMPRESS_MIN_SAVING_SHIFT = 6
-RECOMPRESS_MIN_SAVING_BYTES = 32
 
 _ZEROS = bytes(1 << 20)
 _ZEROS_MV = memoryview(_ZEROS)
@@ -173,71 +153,6 @@ class FileData:
     read_end: int = 0      # end offset of the last read, to recognise sequential readers
 
 
-class HotBuffer:
-    """The uncompressed blocks in RAM, in least-recently-used order.
-
-    Protected by the global lock. `slots` is ordered by `touched`, oldest
-    first, because touch() moves a slot to the end.
-    """
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.slots: collections.OrderedDict[Slot, None] = collections.OrderedDict()
-        self.dirty_bytes = 0
-        self.clean_bytes = 0
-
-    @property
-    def total_bytes(self) -> int:
-        return self.dirty_bytes + self.clean_bytes
-
-    def charge(self, slot: Slot, now: float) -> None:
-        """Account slot.raw (after any change of raw or state) and mark it used."""
-        self._uncount(slot)
-        slot.charged = len(slot.raw) if slot.raw is not None else 0
-        if slot.dirty:
-            self.dirty_bytes += slot.charged
-        else:
-            self.clean_bytes += slot.charged
-        slot.touched = now
-        self.slots[slot] = None
-        self.slots.move_to_end(slot)
-
-    def add_dirty(self, slot: Slot, now: float) -> None:
-        """charge() for a new dirty slot, without the state checks charge()
-        needs: the in-place write path's accounting."""
-        n = len(slot.raw)  # type: ignore[arg-type]
-        self.dirty_bytes += n
-        slot.charged = n
-        slot.touched = now
-        self.slots[slot] = None   # a new key goes last: most recently used
-
-    def grow_dirty(self, slot: Slot, now: float) -> None:
-        """charge() for a charged dirty slot whose raw grew in place."""
-        n = len(slot.raw)  # type: ignore[arg-type]
-        self.dirty_bytes += n - slot.charged
-        slot.charged = n
-        slot.touched = now
-        self.slots.move_to_end(slot)
-
-    def touch(self, slot: Slot, now: float) -> None:
-        slot.touched = now
-        self.slots.move_to_end(slot)
-
-    def discharge(self, slot: Slot) -> None:
-        """Forget slot; the caller drops or has dropped slot.raw."""
-        if slot in self.slots:
-            self._uncount(slot)
-            del self.slots[slot]
-        slot.charged = 0
-
-    def _uncount(self, slot: Slot) -> None:
-        if slot.charged and slot in self.slots:
-            if slot.dirty:
-                self.dirty_bytes -= slot.charged
-            else:
-                self.clean_bytes -= slot.charged
-
-
 @attrs.define(slots=True)
 class EngineCounters:
     """Cumulative data-path counters (since mount), one comment each.
@@ -257,20 +172,6 @@ class EngineCounters:
     device_full: int = 0       # evictions that found no free segment on the device
     copy_shared_blocks: int = 0   # blocks copy_range shared (a reference, no data copied)
     copy_copied_bytes: int = 0    # bytes copy_range copied through read and write (the edges)
-
-
-@attrs.define(slots=True)
-class RecompressCounters:
-    """Cumulative counters of idle recompression (since mount), one comment
-    each. Protected by the global lock."""
-
-    recompressed: int = 0      # blocks whose payload was replaced by a stronger one
-    bytes_saved: int = 0       # payload bytes those replacements saved
-    no_gain: int = 0           # blocks recompressed but kept: the new payload was not smaller by the margin
-    discarded: int = 0         # results thrown away: the block was freed, evicted or moved meanwhile
-    errors: int = 0            # blocks whose decode or recompression raised; left as they were, not tried again
-    arena_full: int = 0        # results not stored: the arena had no room; left as they were
-    passes: int = 0            # sealer passes that recompressed at least one batch
 
 
 @attrs.frozen
@@ -311,16 +212,9 @@ class DataEngine:
         #: (fallocated pages), for the memory estimate (stats.py).
         self.unwritten_slots = 0
         self.counters = EngineCounters()
-        self.recompress_counters = RecompressCounters()
-        #: Idle recompression state: the activity (seals, loads, promotions)
-        #: seen at the last pass, when it last changed, and the arena
-        #: segment id the candidate scan resumes after.
-        self._rc_activity: tuple[int, int, int] = (-1, -1, -1)
-        self._rc_quiet_since = 0.0
-        self._rc_cursor = -1
-        #: A scan went round every segment and found nothing to recompress,
-        #: with no activity since: idle passes skip the scan until there is.
-        self._rc_exhausted = False
+        #: Idle recompression of cold stored blocks (recompress.py).
+        self.recompressor = Recompressor(self)
+        self.recompress_counters = self.recompressor.counters
         #: `with self._unlocked:` releases the global lock for the body
         #: (one stateless instance, entered by any thread).
         self._unlocked = released(lock)
@@ -337,7 +231,8 @@ class DataEngine:
             contextlib.nullcontext
         #: The backing device's cold store, if there is one (attach_cold).
         self.cold: Optional[ColdStore] = None
-        self._device_busy = False   # a thread is building segments (_device_turn)
+        #: Eviction to it, cleaning and discards (eviction.py).
+        self.evictor = Evictor(self)
         #: Fingerprint of an all-zero full block: such a block becomes a hole
         #: after a 2 us hash and a scan, without being compressed.
         self._zero_fingerprint = store.fingerprint(_ZEROS_MV[:block_size]) if store.dedup else None
@@ -1092,142 +987,23 @@ class DataEngine:
             self.evict(int(EVICT_LOW * self.ram_budget))
 
     # ---- eviction to the backing device -----------------------------------------
-    @contextlib.contextmanager
-    def _device_turn(self) -> Iterator[None]:
-        """One thread at a time builds segments (the sealer's evictions and
-        cleaning, a writer's make_room): a segment read for cleaning must not
-        be discarded and reused by another thread before it is planned.
-        Waits with the lock released."""
-        while self._device_busy:
-            with released(self.lock):
-                time.sleep(0.001)
-        self._device_busy = True
-        try:
-            yield
-        finally:
-            self._device_busy = False
-
     def evict(self, target: int) -> int:
         """Move the least recently used stored blocks to the backing device
-        until RAM in use is at most target, one segment per lock release.
-        Each batch fills a whole segment when RAM holds enough stored blocks,
-        even past target: a segment written a quarter full would cost the
-        cleaner three quarters later. When the device has no free segment,
-        a batch cleans the emptiest segments first and fills up with
-        evictions. Releases the global lock. Returns the blocks evicted."""
-        cold = self.cold
-        if cold is None:
-            return 0
-        order = self.store.ram_order
-        assert order is not None
-        done = 0
-        with self._device_turn():
-            clean: list[int] = []
-            cleanings = 0   # bounded: on a device full of live data, cleaning only shuffles
-            while order and self.ram_in_use() > target:
-                cands, got = [], 0
-                read = self.store.payload_bytes
-                for b in order:   # least recently used first
-                    # A copy, made under the lock (~60 us for a 2 MiB
-                    # segment's worth): the segment is written unlocked,
-                    # while compaction may move the payload in the arena.
-                    payload = read(b)
-                    cands.append((b, b.codec, payload))
-                    got += len(payload)
-                    if got >= cold.log.segment_size:
-                        break
-                try:
-                    n, planned = self._device_batch(cands, clean)
-                except NoSpace:
-                    if cold.to_discard:
-                        self._discard_emptied()   # emptied segments become free
-                        continue
-                    if not clean and cleanings < MAX_CLEANINGS_PER_EVICT:
-                        clean = cold.pick_segments_to_clean(limit=4)
-                        cleanings += 1
-                        if clean:
-                            continue
-                    self.counters.device_full += 1   # cleaning did not make room either
-                    break
-                done += n
-                if not planned or (not n and not clean):
-                    break   # a write error, or every block changed: try again later
-                clean = []
-        return done
+        until RAM in use is at most target (Evictor.evict). Releases the
+        global lock. Returns the blocks evicted."""
+        return self.evictor.evict(target)
 
     def maintain_device(self) -> None:
-        """Discard emptied segments, and clean while free segments run low.
-        Releases the global lock."""
-        cold = self.cold
-        if cold is None:
-            return
-        with self._device_turn():
-            self._discard_emptied()
-            log_ = cold.log
-            if log_.free_segments < max(2, int(log_.nsegments * CLEAN_FREE_FRACTION)):
-                victims = cold.pick_segments_to_clean(limit=4)
-                if victims:
-                    try:
-                        self._device_batch([], victims)
-                    except NoSpace:
-                        self.counters.device_full += 1
-
-    def _device_batch(self, cands: list[tuple[StoredBlock, int, bytes]],
-                      clean: list[int]) -> tuple[int, bool]:
-        """Build, write and publish one segment: live records of the clean
-        segments, then the eviction candidates. Releases the global lock.
-        Returns (blocks evicted, whether anything was planned)."""
-        cold = self.cold
-        assert cold is not None
-        cleaning = []
-        if clean:
-            tally = Tally()
-            with released(self.lock):
-                for seg in clean:
-                    data = cold.read_segment(seg, tally)
-                    if data is not None:
-                        cleaning.append((seg, data))
-            cold.apply(tally)
-        batch = cold.plan(cands, cleaning)
-        if batch is None:
-            return 0, False
-        with released(self.lock):
-            cold.write_batch(batch)
-        evicted = cold.publish(batch)
-        for p in evicted:
-            self.store.evicted(p.owner, p.held)
-        if cleaning:
-            cold.note_cleaned([seg for seg, _ in cleaning])
-        self._discard_emptied()
-        return len(evicted), True
-
-    def _discard_emptied(self) -> None:
-        """Discard segments with nothing live, then let the log reuse them.
-        Releases the global lock."""
-        cold = self.cold
-        assert cold is not None
-        segs = cold.take_discards()
-        if segs:
-            tally = Tally()
-            with released(self.lock):
-                cold.discard(segs, tally)
-            cold.apply(tally)
-            cold.finish_discards(segs)
+        """Discard emptied segments, and clean while free segments run low
+        (Evictor.maintain). Releases the global lock."""
+        self.evictor.maintain()
 
     def discard_device(self) -> int:
         """At unmount: discard the backing device's whole used area
-        (ColdStore.discard_used_area). Call it last, once no other thread
-        uses the filesystem: evicted blocks cannot be read back after it.
-        Releases the global lock. Returns the bytes discarded."""
-        cold = self.cold
-        if cold is None:
-            return 0
-        with self._device_turn():
-            tally = Tally()
-            with released(self.lock):
-                done = cold.discard_used_area(tally)
-            cold.apply(tally)
-        return done
+        (Evictor.discard_device). Call it last, once no other thread uses
+        the filesystem. Releases the global lock. Returns the bytes
+        discarded."""
+        return self.evictor.discard_device()
 
     def queued_pass(self) -> int:
         """Seal the blocks queued for sealing. Releases the global lock.
@@ -1272,128 +1048,11 @@ class DataEngine:
         return done
 
     # ---- idle recompression ------------------------------------------------------
-    def _busy(self) -> bool:
-        """There is sealing work: queued slots or dirty blocks. Lock held."""
-        return bool(self.seal_queue) or self.buffer.dirty_bytes > 0
-
     def recompress_pass(self) -> int:
-        """Recompress cold blocks at the codec's recompress_level, as zram's
-        `recompress` does, while the mount is idle: nothing sealed, loaded or
-        promoted for RECOMPRESS_QUIET_SECONDS and no sealing work. At most
-        RECOMPRESS_PER_PASS blocks, in batches of RECOMPRESS_BATCH; stops
-        between batches as soon as there is sealing work. Releases the
-        global lock. Returns the blocks recompressed."""
-        if not self.codec.recompress_level:
-            return 0
-        c = self.counters
-        now = self.clock()
-        activity = (c.seals, c.loads, c.promotions)
-        if activity != self._rc_activity or self._busy():
-            self._rc_activity = activity
-            self._rc_quiet_since = now
-            self._rc_exhausted = False
-            return 0
-        if now - self._rc_quiet_since < RECOMPRESS_QUIET_SECONDS or self._rc_exhausted:
-            return 0
-        cands = self._recompress_candidates(RECOMPRESS_PER_PASS)
-        done = 0
-        for i in range(0, len(cands), RECOMPRESS_BATCH):
-            if self._busy():
-                break   # sealing work comes first
-            done += self._recompress_batch(cands[i:i + RECOMPRESS_BATCH])
-        if cands:
-            self.recompress_counters.passes += 1
-        return done
-
-    def _recompress_candidates(self, limit: int) -> list[tuple[StoredBlock, int]]:
-        """Up to limit (block, handle) pairs of live blocks in RAM that the
-        codec would recompress and that were not recompressed yet, scanning
-        the arena's segments in id order from where the last scan stopped.
-        Lock held; never releases it."""
-        arena = self.arena
-        codec = self.codec
-        ids = sorted(arena.segments)
-        if not ids:
-            return []
-        start = next((i for i, sid in enumerate(ids) if sid > self._rc_cursor), 0)
-        found: dict[int, tuple[StoredBlock, int]] = {}
-        scanned = 0
-        seen = 0
-        for sid in ids[start:] + ids[:start]:
-            seen += 1
-            seg = arena.segments[sid]
-            for b in seg.owners:   # dead and moved ones included: checked by handle
-                h = b.payload
-                if type(h) is int and b.refs > 0 and h >> SEG_SHIFT & SEG_MASK == sid and \
-                        not b.settled and codec.recompresses(b.codec):
-                    found[id(b)] = (b, h)
-            scanned += len(seg.owners)
-            if len(found) >= limit:
-                break   # the rest of this segment is seen again next pass
-            self._rc_cursor = sid
-            if scanned >= RECOMPRESS_SCAN_PER_PASS:
-                break
-        if not found and seen == len(ids):
-            self._rc_exhausted = True
-        return list(found.values())[:limit]
-
-    def _recompress_batch(self, cands: list[tuple[StoredBlock, int]]) -> int:
-        """Decode and recompress the payloads of cands unlocked (at the
-        sealer's CPU class), then publish each one only if its block is
-        still live at the same handle and the new payload is smaller by the
-        margin. Releases the global lock. Returns the blocks published."""
-        store = self.store
-        rc = self.recompress_counters
-        # Copies made under the lock (~10 us for a 100 KiB payload): the
-        # arena's bytes at a handle never change, but compaction may release
-        # the segment once the lock is released.
-        # An earlier batch released the lock: cands found before it may
-        # have changed since.
-        jobs = []
-        for b, h in cands:
-            p = b.payload
-            if b.refs <= 0 or type(p) is not int or p != h or b.settled:
-                rc.discarded += 1
-            else:
-                jobs.append((b, h, b.codec, store.payload_bytes(b)))
-        if not jobs:
-            return 0
-        results: list[Optional[bytes]] = []
-        cpu = self.compress_cpu()   # decided under the lock, entered without it
-        with released(self.lock), cpu:
-            for _b, h, cid, old in jobs:
-                try:
-                    faults.hit("recompress.encode")
-                    raw = self.codec.decompress(cid, old, h >> RAW_SHIFT)
-                    results.append(self.codec.compress_strong(raw))
-                except Exception as e:  # noqa: BLE001 - the block keeps its payload
-                    log.error("recompressing a block failed (it keeps its payload): %r", e)
-                    results.append(None)
-        done = 0
-        for (b, h, _cid, old), new in zip(jobs, results):
-            if new is None:
-                rc.errors += 1
-                if b.refs > 0:
-                    store.settle(b)   # not tried again: one log line per block, not one per pass
-                continue
-            p = b.payload
-            if b.refs <= 0 or type(p) is not int or p != h or b.settled:
-                rc.discarded += 1   # freed, evicted or moved by compaction meanwhile
-                continue
-            n = len(old)
-            if len(new) > n - max(n >> RECOMPRESS_MIN_SAVING_SHIFT, RECOMPRESS_MIN_SAVING_BYTES):
-                rc.no_gain += 1
-                store.settle(b)
-                continue
-            try:
-                saved = store.recompressed(b, h, new)
-            except ArenaFull:
-                rc.arena_full += 1
-                continue
-            rc.recompressed += 1
-            rc.bytes_saved += saved
-            done += 1
-        return done
+        """Recompress cold blocks while the mount is idle
+        (Recompressor.idle_pass). Releases the global lock. Returns the
+        blocks recompressed."""
+        return self.recompressor.idle_pass()
 
     def seal_everything(self) -> None:
         """Seal all dirty blocks now (tests, and stats that want settled

@@ -33,8 +33,8 @@ CODEC_NAMES = ("zstd", "lz4", "none")
 DEFAULT_ZSTD_LEVEL = 3
 ZSTD_LEVELS = range(-7, 23)
 #: Idle recompression (recompress=LEVEL|off): the zstd level the sealer
-#: recompresses cold blocks at when the mount is idle (filemap.py,
-#: recompress_pass). Measured here on the 1,618 128 KiB blocks (52.2 MB) of
+#: recompresses cold blocks at when the mount is idle (recompress.py,
+#: Recompressor.idle_pass). Measured here on the 1,618 128 KiB blocks (52.2 MB) of
 #: /usr/lib/python3.11 (benchmark in docs/memory.md), stored bytes against
 #: level 3 and CPU to compress:
 #:     level  6:  -6.9%   14.3 ms/MB   (1.54 MB saved per CPU second)

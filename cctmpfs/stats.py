@@ -242,7 +242,7 @@ def _arena(fs: Filesystem) -> dict[str, Any]:
 
 
 def _recompress(fs: Filesystem) -> dict[str, Any]:
-    """Idle recompression (recompress=, filemap.DataEngine.recompress_pass)."""
+    """Idle recompression (recompress=, recompress.Recompressor)."""
     eng = fs.engine
     rc = eng.recompress_counters
     return {

@@ -84,8 +84,8 @@ def is_llfuse_user(name: str) -> bool:
 
 
 def test_the_core_is_what_the_package_says() -> None:
-    assert {"namespace", "filemap", "blockstore", "codec", "options", "locking", "sealer",
-            "stats", "errors"} <= set(CORE)
+    assert {"namespace", "filemap", "hotbuffer", "eviction", "recompress", "blockstore",
+            "codec", "options", "locking", "sealer", "stats", "errors"} <= set(CORE)
     assert ADAPTERS <= set(module_names())
     assert {"transport/frontend", "transport/llfuse_ops", "transport/native",
             "transport/wire", "transport/mounting"} <= set(transport_modules())

@@ -1,6 +1,7 @@
-"""Idle recompression (filemap.DataEngine.recompress_pass, issue 15 item 5):
-cold blocks get the stronger zstd level when the mount is idle, and a block
-that changes while it is recompressed unlocked keeps its old payload."""
+"""Idle recompression (recompress.Recompressor, through
+DataEngine.recompress_pass, issue 15 item 5): cold blocks get the stronger
+zstd level when the mount is idle, and a block that changes while it is
+recompressed unlocked keeps its old payload."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from cctmpfs.arena import RAW_SHIFT
 from cctmpfs.blockstore import RECOMPRESSED_TYPE, new_block
 from cctmpfs.check import check_all
 from cctmpfs.codec import CodecId
-from cctmpfs.filemap import RECOMPRESS_QUIET_SECONDS
+from cctmpfs.recompress import RECOMPRESS_QUIET_SECONDS
 
 from .test_arena import CallbackLock, remove
 from .test_filemap import Harness
@@ -183,7 +184,7 @@ def test_a_block_changed_during_the_unlocked_recompression_is_not_published(
 def test_blocks_sealed_after_the_scan_ran_dry_are_recompressed_too() -> None:
     h = make(files=4)
     first = settle(h)
-    assert first > 0 and h.eng._rc_exhausted
+    assert first > 0 and h.eng.recompressor.exhausted
     ino = h.create()                       # new work ends the dry spell
     assert h.write(ino, 0, source_text(40_000, 77))
     h.fs.release(ino)
