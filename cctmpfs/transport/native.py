@@ -34,8 +34,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import signal
 import threading
+import time
 from typing import Any, Callable, Optional
 
 from ..errors import FsError
@@ -44,6 +46,7 @@ from ..options import MountOptions
 from . import mounting
 from . import wire as w
 from .frontend import CACHE_TIMEOUT, Frontend
+from .spin import SpinPolicy
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ class _Stop(BaseException):
 class Server:
     """Decodes requests, calls the core, encodes answers. One per connection."""
 
-    def __init__(self, fd: int, frontend: Frontend, lock: Any) -> None:
+    def __init__(self, fd: int, frontend: Frontend, lock: Any, spin_us: int = 0) -> None:
         self.fd = fd
         self.frontend = frontend
         self.fs = frontend.fs
@@ -104,6 +107,14 @@ class Server:
         self.stopping = False
         self._waiting = False       # blocked in read(2), where a stop signal may interrupt
         self._hdr: tuple[int, ...] = ()
+        #: Adaptive polling (spin=, spin.py): None when off. With it the fd
+        #: is non-blocking and a blocking wait is poll(2), then a read.
+        self.spin: Optional[SpinPolicy] = None
+        if spin_us:
+            self.spin = SpinPolicy(spin_us)
+            os.set_blocking(fd, False)
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)
         self._negative_entry = w.ENTRY_OUT.pack(0, 0, CACHE_TIMEOUT, 0, 0, 0, *([0] * 16))
         self.handlers: list[Optional[Callable[[int, int], Reply]]] = [None] * w.OPCODE_LIMIT
         self.min_size = [_HDR] * w.OPCODE_LIMIT
@@ -134,19 +145,39 @@ class Server:
         handlers, min_size, counts = self.handlers, self.min_size, self.counts
         lock, frontend = self.lock, self.frontend
         limit = w.OPCODE_LIMIT
+        spin, clock = self.spin, time.monotonic_ns
+        started = clock()               # spin: when the request being served was read
         try:
             while not self.stopping:
-                self._waiting = True
                 try:
-                    n = readv(fd, bufs)
+                    if spin is None:
+                        self._waiting = True
+                        try:
+                            n = readv(fd, bufs)
+                        finally:
+                            self._waiting = False
+                    else:
+                        # The last request, answered or not, earns its credit.
+                        # The fd is non-blocking: a request already queued is
+                        # read at once, else spin and then block (_wait).
+                        now = clock()
+                        spin.served(now - started)
+                        started = now
+                        try:
+                            n = readv(fd, bufs)
+                            spin.queued()
+                        except BlockingIOError:
+                            n = self._wait(spin, now)
+                            if n < 0:
+                                continue    # stopping
+                            started = clock()
                 except OSError as e:
                     if e.errno == errno.ENODEV:
                         return          # unmounted, or the connection was aborted
                     if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                        started = clock()   # the wait earns no credit
                         continue        # ENOENT: the request was interrupted before we read it
                     raise
-                finally:
-                    self._waiting = False
                 if n < _HDR:
                     if n == 0:
                         return          # end of file: not /dev/fuse's way, a socket's (tests)
@@ -192,6 +223,40 @@ class Server:
                     self._reply_failed(e, unique, opcode, payload)
         except _Stop:
             return
+
+    def _wait(self, spin: SpinPolicy, now: int) -> int:
+        """No request was queued at now: spin (read without blocking) while
+        the policy allows, then block in poll(2). The request's length, or -1
+        when a stop signal came. OSError from a read propagates (ENODEV...)."""
+        fd, bufs, readv, clock = self.fd, [self.buf], os.readv, time.monotonic_ns
+        deadline = spin.begin(now)
+        if deadline:
+            while not self.stopping:
+                try:
+                    n = readv(fd, bufs)
+                except BlockingIOError:
+                    now = clock()
+                    if now >= deadline:
+                        spin.missed(now)
+                        break
+                    continue
+                spin.caught(clock())
+                return n
+            else:
+                return -1
+        self._waiting = True
+        try:
+            while not self.stopping:    # a stop signal may have come before _waiting was set
+                self._poller.poll()     # a stop signal raises _Stop here
+                try:
+                    n = readv(fd, bufs)
+                except BlockingIOError:
+                    continue            # the request went (interrupted) before we read it
+                spin.woke(clock())
+                return n
+            return -1
+        finally:
+            self._waiting = False
 
     def _send(self, answer: bytes) -> None:
         try:
@@ -311,6 +376,7 @@ class Server:
             "max_write": MAX_WRITE,
             "max_readahead": self.max_readahead,
             "threads": 1,
+            "spin": self.spin.info() if self.spin is not None else {"window_us": 0},
             "bad_requests": self.bad_requests,
             "unknown_requests": counts[w.OPCODE_LIMIT],
             "dropped_replies": self.dropped_replies,
@@ -572,7 +638,7 @@ class NativeSession:
             os.close(fd)
             raise
         self.fd, self.mountpoint = fd, mountpoint
-        self.server = Server(fd, frontend, self.lock)
+        self.server = Server(fd, frontend, self.lock, spin_us=opts.spin_us)
         frontend.transport_info = self.server.info
         frontend.request_counts = self.server.request_counts
 

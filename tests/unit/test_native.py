@@ -107,10 +107,11 @@ class Served:
         return self.k.call(w.READ, fh, w.READ_IN.pack(fh, off, size, 0, 0, 0, 0))
 
 
-def start(fs: Filesystem) -> tuple[Kernel, native.Server, threading.Thread, list[socket.socket]]:
+def start(fs: Filesystem, spin_us: int = 0) -> tuple[Kernel, native.Server, threading.Thread,
+                                                     list[socket.socket]]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.settimeout(10)
-    server = native.Server(ours.fileno(), Frontend(fs), threading.Lock())
+    server = native.Server(ours.fileno(), Frontend(fs), threading.Lock(), spin_us=spin_us)
     server.frontend.transport_info = server.info
     server.frontend.request_counts = server.request_counts
     t = threading.Thread(target=server.run, name="native-test-reader")
