@@ -58,8 +58,15 @@ MAX_COPY = (1 << 32) - (1 << 12)
 #: The request buffer: the kernel refuses a read(2) shorter than a WRITE
 #: header plus max_write; a page more, as libfuse has.
 BUFFER_SIZE = MAX_WRITE + 4096
+#: READDIRPLUS, used as the kernel sees fit (READDIRPLUS_AUTO): for the
+#: first batch of a listing and after lookups in the directory (`ls -l`,
+#: `du`, `find -type`), each entry comes with its attributes and a lookup
+#: reference, which saves a LOOKUP per entry; a bare `ls -f` gets plain
+#: READDIR after the first batch, 5x denser (32 bytes an entry, not 160).
+READDIRPLUS_FLAGS = w.DO_READDIRPLUS | w.READDIRPLUS_AUTO
 #: The INIT flags asked for in this step: what libfuse 2.9 asks for llfuse.
 WANTED_FLAGS = w.ASYNC_READ | w.BIG_WRITES
+WANTED_FLAGS |= READDIRPLUS_FLAGS
 #: Signals that end the loop and unmount, as under llfuse.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -69,11 +76,26 @@ _NS = 1_000_000_000
 _UNIQUE = w.INTERRUPT_IN   # a u64: fuse_in_header.unique sits at offset 8
 #: Answers that give the kernel a lookup reference (a fuse_entry_out first).
 _ENTRY_OPS = frozenset({w.LOOKUP, w.MKNOD, w.MKDIR, w.SYMLINK, w.LINK, w.CREATE})
+#: A READDIRPLUS record's entry that gives no reference (nodeid 0).
+_NO_ENTRY = bytes(w.ENTRY_OUT.size)
 
 #: What a handler returns: the answer's payload (bytes-like), None for no
 #: answer at all, or an int: an errno to answer, for a hot path that cannot
 #: afford raising FsError (a raise and its catch cost ~1 us here).
 Reply = Optional[Any]
+
+
+def _direntplus_nodeids(payload: Any) -> list[int]:
+    """The nodeids (each a lookup reference) of a READDIRPLUS answer's records."""
+    out, pos, end = [], 0, len(payload)
+    base = w.DIRENTPLUS_NAME_OFFSET
+    while pos + base <= end:
+        nodeid = w.ENTRY_OUT.unpack_from(payload, pos)[0]
+        namelen = w.DIRENT.unpack_from(payload, pos + w.ENTRY_OUT.size)[2]
+        if nodeid:
+            out.append(nodeid)
+        pos += (base + namelen + 7) & ~7
+    return out
 
 
 class BadRequest(Exception):
@@ -128,6 +150,7 @@ class Server:
             w.GETXATTR: self.getxattr, w.LISTXATTR: self.listxattr,
             w.REMOVEXATTR: self.removexattr, w.FLUSH: self.empty, w.INIT: self.init,
             w.OPENDIR: self.opendir, w.READDIR: self.readdir, w.RELEASEDIR: self.releasedir,
+            w.READDIRPLUS: self.readdirplus,
             w.FSYNCDIR: self.empty, w.ACCESS: self.access, w.CREATE: self.create,
             w.INTERRUPT: self.interrupt, w.DESTROY: self.empty,
             w.BATCH_FORGET: self.batch_forget, w.RENAME2: self.rename2, w.LSEEK: self.lseek,
@@ -229,7 +252,7 @@ class Server:
         the policy allows, then block in poll(2). The request's length, or -1
         when a stop signal came. OSError from a read propagates (ENODEV...)."""
         fd, bufs, readv, clock = self.fd, [self.buf], os.readv, time.monotonic_ns
-        deadline = spin.begin(now)
+        deadline = spin.begin(now, self.frontend.background_busy())
         if deadline:
             while not self.stopping:
                 try:
@@ -298,6 +321,9 @@ class Server:
                     self.fs.release(w.OPEN_OUT.unpack_from(payload)[0])
                 elif opcode == w.OPENDIR:
                     self.fs.releasedir(w.OPEN_OUT.unpack_from(payload)[0])
+                elif opcode == w.READDIRPLUS:
+                    for nodeid in _direntplus_nodeids(payload):
+                        self.fs.forget(nodeid, 1)
             except Exception as e:
                 self.frontend.errno_for(e, "taking back an unanswered " + w.OPCODE_NAMES[opcode])
 
@@ -574,6 +600,35 @@ class Server:
             out += pack(node.ino, next_off, namelen, (node.mode >> 12) & 15)
             out += name
             out += bytes(reclen - w.DIRENT.size - namelen)
+        return out
+
+    def readdirplus(self, nodeid: int, n: int) -> Reply:
+        """fuse_direntplus records: each entry's attributes and a lookup
+        reference (nlookup + 1), which the kernel takes for every record in
+        the answer, whether or not the caller's buffer had room for it, and
+        gives back with FORGET. `.` and `..` go with nodeid 0 and no
+        reference: the kernel links neither (fuse_direntplus_link skips
+        them) and would never forget one, as libfuse does. The references
+        are taken once the answer is complete; if the kernel never gets it,
+        _take_back() returns them."""
+        fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)
+        out = bytearray()
+        pack, entry, base = w.DIRENT.pack, self._entry, w.DIRENTPLUS_NAME_OFFSET
+        linked = []
+        for name, node, next_off in self.fs.readdir(fh, off):
+            namelen = len(name)
+            reclen = (base + namelen + 7) & ~7
+            if len(out) + reclen > size:
+                break
+            if name == b"." or name == b"..":
+                out += _NO_ENTRY
+            else:
+                out += entry(node)
+                linked.append(node)
+            out += pack(node.ino, next_off, namelen, (node.mode >> 12) & 15)
+            out += name
+            out += bytes(reclen - base - namelen)
+        self.fs.referenced(linked)
         return out
 
     def releasedir(self, nodeid: int, n: int) -> Reply:

@@ -72,6 +72,7 @@ class SpinCounters:
     waits: int = 0        # blocking waits (after a spin that missed, or without one)
     skipped_far: int = 0  # waits that did not spin: the last request came too long after its wait
     skipped_budget: int = 0  # waits that did not spin: the credit was spent
+    skipped_busy: int = 0    # waits that did not spin: the sealer was at work
 
 
 class SpinPolicy:
@@ -103,12 +104,17 @@ class SpinPolicy:
         self.counters.queued += 1
         self.close = True
 
-    def begin(self, now: int) -> int:
-        """No request waits: the deadline to spin until, or 0 to block now."""
+    def begin(self, now: int, busy: bool = False) -> int:
+        """No request waits: the deadline to spin until, or 0 to block now.
+        busy: another thread of the daemon needs the CPU (the sealer)."""
         self.wait_start = now
         c = self.counters
         if not self.close:
             c.skipped_far += 1
+            c.waits += 1
+            return 0
+        if busy:
+            c.skipped_busy += 1
             c.waits += 1
             return 0
         if self.credit_ns < self.min_spin_ns:
