@@ -475,6 +475,21 @@ def test_readdirplus_gives_a_reference_per_entry_sent_and_none_for_dots(served):
     assert list(fs.inodes) == [ROOT_INO]
 
 
+def test_readdirplus_answers_are_capped(served):
+    k = served.k
+    for i in range(400):
+        served.create(ROOT_INO, b"g%04d" % i)
+    dh = w.OPEN_OUT.unpack(k.call(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0)))[0]
+    records = readdirplus(k, dh, 0, 128 * 1024)
+    size = sum((w.DIRENTPLUS_NAME_OFFSET + len(r[2]) + 7) & ~7 for r in records)
+    assert native.READDIRPLUS_MAX - 168 < size <= native.READDIRPLUS_MAX
+    # The rest follows from the last offset, each entry once.
+    rest = readdirplus(k, dh, records[-1][1], 128 * 1024)
+    rest += readdirplus(k, dh, rest[-1][1], 128 * 1024)
+    assert len({r[2] for r in records + rest}) == len(records + rest) == 402
+    k.call(w.RELEASEDIR, ROOT_INO, w.RELEASE_IN.pack(dh, 0, 0, 0))
+
+
 def test_readdirplus_skips_what_was_unlinked_since_the_listing_began(served):
     k, fs = served.k, served.fs
     for i in range(10):

@@ -258,6 +258,7 @@ def test_transport_refused(ram: int, opts: str, word: str) -> None:
 def test_spin(ram: int) -> None:
     from cctmpfs.options import DEFAULT_SPIN_US, MAX_SPIN_US
     assert parse("transport=native").spin_us == DEFAULT_SPIN_US
+    assert parse("transport=native,spin=200").spin_us == 200
     assert parse("transport=native,spin=0").spin_us == 0
     assert parse(f"transport=native,spin={MAX_SPIN_US}").spin_us == MAX_SPIN_US
     # llfuse's C loop cannot poll: spin=0 says what it does anyway.

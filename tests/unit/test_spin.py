@@ -8,7 +8,7 @@ import pytest
 from cctmpfs.codec import Codec
 from cctmpfs.namespace import Filesystem
 from cctmpfs.transport import wire as w
-from cctmpfs.transport.spin import CREDIT_WINDOWS, WAKE_ALLOWANCE_NS, SpinPolicy
+from cctmpfs.transport.spin import CREDIT_WINDOWS, WAKE_ALLOWANCE_NS, CpuCrowding, SpinPolicy
 
 US = 1000
 
@@ -128,11 +128,51 @@ def test_credit_is_capped() -> None:
     assert r.p.credit_ns == CREDIT_WINDOWS * 50 * US
 
 
+def test_no_spin_while_the_sealer_works_or_the_cpus_are_taken() -> None:
+    busy, crowded = [False], [False]
+    r = Reader(100, busy=lambda: busy[0], crowded=lambda now: crowded[0])  # type: ignore[arg-type]
+    r.serve(400)
+    r.next_request(0)
+    r.serve(30)
+    assert r.next_request(10) == "caught"
+    busy[0] = True
+    r.serve(30)
+    assert r.next_request(10) == "slept"
+    busy[0], crowded[0] = False, True
+    r.serve(30)
+    assert r.next_request(10) == "slept"
+    crowded[0] = False
+    r.serve(30)
+    assert r.next_request(10) == "caught"
+    c = r.p.counters
+    assert (c.skipped_busy, c.skipped_crowded, c.hits) == (1, 1, 2)
+
+
+def test_crowding_is_more_runnable_tasks_than_cpus_sampled_now_and_then() -> None:
+    lines = [b"3.1 2.0 1.0 3/160 999\n", b"0.1 0.2 0.3 2/160 999\n", b"1 1 1 1/1 1\n"]
+    reads = []
+
+    def read() -> bytes:
+        reads.append(1)
+        return lines[len(reads) - 1]
+
+    c = CpuCrowding(read, cpus=2)
+    t = 10 ** 12
+    assert c(t) is True                            # 3 running on 2 CPUs
+    assert c(t + CpuCrowding.SAMPLE_NS - 1) is True and len(reads) == 1   # not sampled again
+    assert c(t + CpuCrowding.SAMPLE_NS) is False   # 2 running: the reader and one more
+    assert len(reads) == 2
+    bad = CpuCrowding(lambda: b"garbage", cpus=2)
+    assert bad(t) is False
+    real = CpuCrowding()                           # this machine's /proc/loadavg parses
+    assert real(t) in (True, False) and real.cpus >= 1
+
+
 def test_stats_fields() -> None:
     info = SpinPolicy(200).info()
     assert info["window_us"] == 200 and info["hit_rate"] is None
     assert {"spin_ns", "spins", "hits", "sleeps", "queued", "waits", "skipped_far",
-            "skipped_budget"} <= set(info)
+            "skipped_budget", "skipped_busy", "skipped_crowded"} <= set(info)
 
 
 # ---- the loop, spinning ------------------------------------------------------------
