@@ -94,19 +94,16 @@ NATIVE_UNSUPPORTED = frozenset({"auto_unmount"})
 #: Adaptive polling of /dev/fuse (spin=MICROSECONDS, transport/spin.py):
 #: after an answer the reader keeps reading without blocking for up to this
 #: long, while requests come close together, before it sleeps. 0 = off.
-#: Off by default: measured here it never paid (2 vCPUs shared with other
-#: jobs, load 3-7; ratios to spin=0, medians of 3-6 interleaved rounds):
+#: Off by default: measured here it gave no consistent gain (2 vCPUs shared
+#: with other jobs, load 3-7; ratios to spin=0, medians of interleaved
+#: rounds; docs/locking.md, "Spinning", has the table):
 #:   spin=200 with no checks: untar of the stdlib 2.0x the time (1.10 s
 #:     against 0.54), and 1.7x the daemon CPU (0.56 s against 0.33);
-#:   spin=200 with the sealer check only: fio random 4 KiB reads 0.82x the
-#:     IOPS at 18.2 us of daemon CPU a request against 12.2, though the spins
-#:     caught 97% of the requests; small-file creates beside a CPU-bound loop
-#:     1.56x the time at 1.8x the daemon CPU;
-#:   as built (sealer and crowding checks): random 4 KiB reads 0.85x at 17.1
-#:     us a request (99% caught: fio and the reader alone leave the machine
-#:     uncrowded); in a full fsbench run at load 4-5 the checks stopped nearly
-#:     every spin (357 in 12 minutes with spin=200) and spin=50/100/200 came
-#:     out as noise: untar 1.24/0.97/0.77x, creates 1.39/1.31/1.15x.
+#:   as built (sealer and crowding checks), fio random 4 KiB reads: 0.85x
+#:     the IOPS in one run (load 4-7) and 1.22x in another (load 3-4), at
+#:     17.1 against 12.2 and 25.1 against 21.0 us of daemon CPU a request;
+#:     in a full fsbench run at load 4-5 the checks stopped nearly every
+#:     spin and spin=50/100/200 came out as noise (untar 1.24/0.97/0.77x).
 #: The win shared/bench/native_mem.py measured (untar 0.62x -> 0.19x of
 #: llfuse) was on an idle machine, with no sealer beside the reader. Turn
 #: it on (spin=200) where bursts of small requests meet idle CPUs.
