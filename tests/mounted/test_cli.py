@@ -443,6 +443,7 @@ def test_stats_table(mount_cct, transport):
     assert float(cells["COMPR"]) > 1.5
     assert cells["ERRORS"] == "0"
     assert cells["TRANSPORT"] == transport
+    assert cells["SPIN"] == ("off" if transport == "native" else "-")
 
 
 def assert_failed_only_on_others(r: subprocess.CompletedProcess, ours: list[str]) -> None:
