@@ -122,7 +122,20 @@ COLUMNS = [
     ("INODES", lambda m, s: str(s["inodes"])),
     ("ERRORS", lambda m, s: str(s["internal_errors"])),
     ("TRANSPORT", lambda m, s: (s.get("transport") or {}).get("name", "-")),
+    ("SPIN", lambda m, s: _spin(s)),
 ]
+
+
+def _spin(s: dict[str, Any]) -> str:
+    """transport=native's polling (spin=): off, or the share of spins that
+    caught a request ("on" before the first spin); "-" for llfuse."""
+    spin = (s.get("transport") or {}).get("spin")
+    if spin is None:
+        return "-"
+    if not spin.get("window_us"):
+        return "off"
+    rate = spin.get("hit_rate")
+    return "on" if rate is None else f"{rate * 100:.0f}%"
 
 
 def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:

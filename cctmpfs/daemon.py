@@ -138,6 +138,7 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
                                     # Sealer batches compressed at SCHED_IDLE and at normal priority.
                                     "seal_batches_idle": sealer.idle_batches,
                                     "seal_batches_normal": sealer.normal_batches}
+    frontend.background_busy = lambda: sealer.working
     try:
         session.mount(frontend, source, mountpoint, opts)
     except MountError as e:

@@ -314,6 +314,13 @@ class Filesystem:
         node.nlookup += 1
         return node
 
+    @staticmethod
+    def referenced(nodes: list[Inode]) -> None:
+        """The kernel took one lookup reference on each of nodes, as from
+        lookup(): the entries of a READDIRPLUS answer."""
+        for node in nodes:
+            node.nlookup += 1
+
     def forget(self, ino: int, n: int) -> None:
         """The kernel dropped n lookup references. Never raises."""
         node = self.inodes.get(ino)

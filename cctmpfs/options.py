@@ -91,6 +91,28 @@ DEFAULT_TRANSPORT = "llfuse"
 NATIVE_UNSUPPORTED = frozenset({"auto_unmount"})
 
 
+#: Adaptive polling of /dev/fuse (spin=MICROSECONDS, transport/spin.py):
+#: after an answer the reader keeps reading without blocking for up to this
+#: long, while requests come close together, before it sleeps. 0 = off.
+#: Off by default: measured here it gave no consistent gain (2 vCPUs shared
+#: with other jobs, load 3-7; ratios to spin=0, medians of interleaved
+#: rounds; docs/locking.md, "Spinning", has the table):
+#:   spin=200 with no checks: untar of the stdlib 2.0x the time (1.10 s
+#:     against 0.54), and 1.7x the daemon CPU (0.56 s against 0.33);
+#:   as built (sealer and crowding checks), fio random 4 KiB reads: 0.85x
+#:     the IOPS in one run (load 4-7) and 1.22x in another (load 3-4), at
+#:     17.1 against 12.2 and 25.1 against 21.0 us of daemon CPU a request;
+#:     in a full fsbench run at load 4-5 the checks stopped nearly every
+#:     spin and spin=50/100/200 came out as noise (untar 1.24/0.97/0.77x).
+#: The win shared/bench/native_mem.py measured (untar 0.62x -> 0.19x of
+#: llfuse) was on an idle machine, with no sealer beside the reader. Turn
+#: it on (spin=200) where bursts of small requests meet idle CPUs.
+DEFAULT_SPIN_US = 0
+#: The largest window accepted: past 10 ms a "spin" is a busy sleep, not a
+#: bridge over a vCPU wake-up (55-75 us here).
+MAX_SPIN_US = 10_000
+
+
 def total_ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -117,6 +139,7 @@ class MountOptions:
     seal_idle: bool = True   # the sealer compresses at SCHED_IDLE while it can (seal_priority=idle|normal)
     recompress_level: int = 0   # zstd level cold blocks are recompressed at when idle; 0: off (recompress=)
     transport: str = DEFAULT_TRANSPORT  # how FUSE requests arrive (transport=, one of TRANSPORTS)
+    spin_us: int = 0         # transport=native: adaptive polling window, microseconds; 0: off (spin=)
     fuse_options: tuple[str, ...] = ()
 
     @property
@@ -179,6 +202,26 @@ def _parse_recompress(text: Optional[str], codec: str, level: int) -> int:
     return n
 
 
+def _parse_spin(text: Optional[str], transport: str) -> int:
+    """spin=MICROSECONDS -> the window, 0 for off. Only the native transport
+    polls: llfuse's loop is libfuse's C loop, which always blocks. There an
+    explicit spin= other than 0 is refused rather than ignored, so that a
+    mount never silently lacks what its options ask for; spin=0 is what
+    llfuse does anyway, and is accepted."""
+    if text is None:
+        return DEFAULT_SPIN_US if transport == "native" else 0
+    if not text.isdigit() or len(text) > 6:
+        raise OptionError(f"spin={text[:40]}: must be a number of microseconds, "
+                          f"0 (off) to {MAX_SPIN_US}")
+    n = int(text)
+    if n > MAX_SPIN_US:
+        raise OptionError(f"spin={text}: at most {MAX_SPIN_US} microseconds")
+    if n and transport != "native":
+        raise OptionError(f"spin={text}: needs transport=native (llfuse's loop cannot poll); "
+                          "use spin=0 or leave it out")
+    return n
+
+
 def _parse_codec(text: str) -> tuple[str, int]:
     name, colon, level_text = text.partition(":")
     if name not in CODEC_NAMES:
@@ -218,7 +261,8 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
             raise OptionError("ro: cctmpfs is a read-write /tmp; mount it rw")
         if key in ("size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress",
                    "block_size", "ram", "buffer", "workers", "dedup", "backing",
-                   "backing_size", "backing_encrypt", "seal_priority", "recompress", "transport"):
+                   "backing_size", "backing_encrypt", "seal_priority", "recompress", "transport",
+                   "spin"):
             if not eq or value == "":
                 raise OptionError(f"{key}: needs a value ({key}=...)")
             ours[key] = value
@@ -277,6 +321,8 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     if transport not in TRANSPORTS:
         raise OptionError(f"transport={transport}: must be {' or '.join(TRANSPORTS)}")
 
+    spin_us = _parse_spin(ours.get("spin"), transport)
+
     workers = _parse_int("workers", ours.get("workers", "1"))
     if not 1 <= workers <= 64:
         raise OptionError(f"workers={ours['workers']}: must be 1..64")
@@ -328,5 +374,5 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         workers=workers, dedup=dedup_text == "on", backing=backing, backing_size=backing_size,
         backing_encrypt=encrypt_text == "on", seal_idle=seal_priority == "idle",
         recompress_level=recompress_level,
-        transport=transport, fuse_options=tuple(fuse),
+        transport=transport, spin_us=spin_us, fuse_options=tuple(fuse),
     )

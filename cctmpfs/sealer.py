@@ -57,6 +57,10 @@ class Sealer:
         self.trimmer = Trimmer()
         #: seal_priority=idle was asked for and this process can use SCHED_IDLE.
         self.idle_priority = idle_priority and cpuprio.available()
+        #: True while the thread runs a pass (it needs a CPU and, between
+        #: codec calls, the GIL). Written by the thread alone; read unlocked
+        #: by the native reader, which does not spin then (transport/spin.py).
+        self.working = False
         self.idle_batches = 0     # batches this thread compressed at SCHED_IDLE
         self.normal_batches = 0   # batches it compressed at normal priority
 
@@ -104,6 +108,7 @@ class Sealer:
             scan = time.monotonic() - last_scan >= POLL_SECONDS
             if scan:
                 last_scan = time.monotonic()
+            self.working = True
             self.lock.acquire()
             try:
                 if scan:
@@ -115,5 +120,6 @@ class Sealer:
                 self.on_error(e)
             finally:
                 self.lock.release()
+                self.working = False
             if scan:
                 self.trimmer.maybe_trim()

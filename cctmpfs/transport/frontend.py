@@ -81,6 +81,11 @@ class Frontend:
         self.request_counts: Callable[[], dict[str, int]] = dict
         #: What the binding says about itself in stats: {"name": ..., ...}.
         self.transport_info: Callable[[], dict[str, Any]] = dict
+        #: True while a background thread of the daemon (the sealer in a
+        #: pass) has CPU work: the native reader does not spin then, since a
+        #: spinning reader would take the CPU and the GIL it needs
+        #: (transport/spin.py). The daemon sets it; read without the lock.
+        self.background_busy: Callable[[], bool] = lambda: False
         #: Figures of other parts of the daemon (the sealer's), merged into stats.
         self.extra_stats: Callable[[], dict[str, Any]] = dict
 

@@ -60,6 +60,7 @@ CREATE = 35
 INTERRUPT = 36        # no reply
 DESTROY = 38
 BATCH_FORGET = 42     # no reply
+READDIRPLUS = 44      # answered with fuse_direntplus records: an entry (a lookup reference) + a dirent
 FALLOCATE = 43
 RENAME2 = 45
 LSEEK = 46            # SEEK_DATA / SEEK_HOLE only: the kernel does SET/CUR/END itself
@@ -89,6 +90,8 @@ INIT_FLAGS = {
 ASYNC_READ = INIT_FLAGS["ASYNC_READ"]
 BIG_WRITES = INIT_FLAGS["BIG_WRITES"]
 INIT_EXT = INIT_FLAGS["INIT_EXT"]
+DO_READDIRPLUS = INIT_FLAGS["DO_READDIRPLUS"]
+READDIRPLUS_AUTO = INIT_FLAGS["READDIRPLUS_AUTO"]
 
 
 def flag_names(flags: int) -> list[str]:
@@ -133,6 +136,9 @@ INIT_OUT = struct.Struct("<IIIIHHIIHHI28x")    # major minor max_readahead flags
 #                                                congestion_threshold max_write time_gran max_pages
 #                                                map_alignment flags2 unused[7]
 DIRENT = struct.Struct("<QQII")                # ino off namelen type, then the name, padded to 8
+#: fuse_direntplus: a fuse_entry_out, then a fuse_dirent; the name starts
+#: here (FUSE_NAME_OFFSET_DIRENTPLUS) and the record is padded to 8 bytes.
+DIRENTPLUS_NAME_OFFSET = ENTRY_OUT.size + DIRENT.size
 
 INIT_IN = struct.Struct("<IIII")               # major minor max_readahead flags (7.6+)
 INIT_IN_FLAGS2 = struct.Struct("<I")           # flags2, after them (7.36+, with INIT_EXT)
@@ -171,6 +177,7 @@ for _s, _size in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128
                   (LSEEK_IN, 24), (LSEEK_OUT, 8), (FALLOCATE_IN, 32),
                   (COPY_FILE_RANGE_IN, 56)):
     assert _s.size == _size, (_s.format, _s.size, _size)
+assert DIRENTPLUS_NAME_OFFSET == 152
 
 #: Where the fixed part of a request's arguments ends and its names or data
 #: begin (after the 40-byte header), per opcode: a request shorter than
@@ -184,6 +191,7 @@ BODY_SIZE = {
     REMOVEXATTR: 0, FLUSH: 0, INIT: INIT_IN.size, OPENDIR: 0, READDIR: READ_IN.size,
     RELEASEDIR: RELEASE_IN.size, FSYNCDIR: 0, ACCESS: 0, CREATE: CREATE_IN.size,
     INTERRUPT: INTERRUPT_IN.size, DESTROY: 0, BATCH_FORGET: BATCH_FORGET_IN.size,
+    READDIRPLUS: READ_IN.size,
     RENAME2: RENAME2_IN.size, LSEEK: LSEEK_IN.size, FALLOCATE: FALLOCATE_IN.size,
     COPY_FILE_RANGE: COPY_FILE_RANGE_IN.size,
 }
@@ -198,6 +206,6 @@ OPCODE_NAMES = {
     REMOVEXATTR: "removexattr", FLUSH: "flush", INIT: "init", OPENDIR: "opendir",
     READDIR: "readdir", RELEASEDIR: "releasedir", FSYNCDIR: "fsyncdir", ACCESS: "access",
     CREATE: "create", INTERRUPT: "interrupt", DESTROY: "destroy",
-    BATCH_FORGET: "batch_forget", RENAME2: "rename2", LSEEK: "lseek", FALLOCATE: "fallocate",
+    BATCH_FORGET: "batch_forget", READDIRPLUS: "readdirplus", RENAME2: "rename2", LSEEK: "lseek", FALLOCATE: "fallocate",
     COPY_FILE_RANGE: "copy_file_range",
 }

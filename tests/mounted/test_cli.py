@@ -344,11 +344,11 @@ def test_stats_json_after_writing_real_files(mount_cct, transport):
     assert s["compression_ratio"] is not None and s["compression_ratio"] > 2.0, s
     assert s["stored_bytes"] < total / 2
     # The transport, and for native what INIT negotiated: the plain request
-    # model of libfuse 2.9 (issue 18, step 1).
+    # model of libfuse 2.9 (issue 18, step 1) and READDIRPLUS (step 3).
     assert s["transport"]["name"] == transport
     if transport == "native":
         t = s["transport"]
-        assert t["flags"] == ["ASYNC_READ", "BIG_WRITES"], t
+        assert t["flags"] == ["ASYNC_READ", "BIG_WRITES", "DO_READDIRPLUS", "READDIRPLUS_AUTO"], t
         assert set(t["flags"]) <= set(t["kernel_flags"]) and t["max_write"] == 128 * 1024
         assert t["protocol"].startswith("7.") and t["bad_requests"] == 0 == t["reply_errors"]
         assert s["requests"]["init"] == 1 and s["requests"]["create"] > 0
@@ -443,6 +443,7 @@ def test_stats_table(mount_cct, transport):
     assert float(cells["COMPR"]) > 1.5
     assert cells["ERRORS"] == "0"
     assert cells["TRANSPORT"] == transport
+    assert cells["SPIN"] == ("off" if transport == "native" else "-")
 
 
 def assert_failed_only_on_others(r: subprocess.CompletedProcess, ours: list[str]) -> None:

@@ -56,3 +56,13 @@ def test_subcommands_take_no_flag_of_the_mount_form(name: str, monkeypatch) -> N
         cli.SUBCOMMANDS[name]([])
     short = {s for a in parsers[0]._actions for s in a.option_strings if not s.startswith("--")}
     assert short == {"-h"}, short
+
+
+@pytest.mark.parametrize("transport,cell", [
+    ({"name": "llfuse"}, "-"),
+    ({"name": "native", "spin": {"window_us": 0}}, "off"),
+    ({"name": "native", "spin": {"window_us": 200, "hit_rate": None}}, "on"),
+    ({"name": "native", "spin": {"window_us": 200, "hit_rate": 0.9762}}, "98%"),
+])
+def test_the_spin_column(transport: dict, cell: str) -> None:
+    assert cli._spin({"transport": transport}) == cell

@@ -107,10 +107,11 @@ class Served:
         return self.k.call(w.READ, fh, w.READ_IN.pack(fh, off, size, 0, 0, 0, 0))
 
 
-def start(fs: Filesystem) -> tuple[Kernel, native.Server, threading.Thread, list[socket.socket]]:
+def start(fs: Filesystem, spin_us: int = 0) -> tuple[Kernel, native.Server, threading.Thread,
+                                                     list[socket.socket]]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.settimeout(10)
-    server = native.Server(ours.fileno(), Frontend(fs), threading.Lock())
+    server = native.Server(ours.fileno(), Frontend(fs), threading.Lock(), spin_us=spin_us)
     server.frontend.transport_info = server.info
     server.frontend.request_counts = server.request_counts
     t = threading.Thread(target=server.run, name="native-test-reader")
@@ -144,7 +145,8 @@ def test_init_asks_for_the_plain_request_model(clock, offered):
         major, minor, max_ra, flags, _bg, _ct, max_write, gran, max_pages, _ma, flags2 = \
             w.INIT_OUT.unpack(out)
         assert (major, minor) == (7, 38)
-        assert flags == (w.ASYNC_READ | w.BIG_WRITES) & offered and flags2 == 0
+        assert flags == native.WANTED_FLAGS & offered and flags2 == 0
+        assert native.WANTED_FLAGS & native.READDIRPLUS_FLAGS == native.READDIRPLUS_FLAGS
         assert max_write == native.MAX_WRITE == 128 * 1024 and max_pages == 0
         assert max_ra == 131072 and gran == 1
         info = server.info()
@@ -411,6 +413,129 @@ def test_a_handler_bug_is_eio_counted_and_logged(served, monkeypatch, caplog):
     monkeypatch.undo()
     k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
     assert not served.server.lock.locked()
+
+
+def readdirplus(k: Kernel, dh: int, off: int, size: int) -> list[tuple[int, int, bytes, int]]:
+    """[(nodeid, next offset, name, ino)] of one READDIRPLUS answer."""
+    out = k.call(w.READDIRPLUS, ROOT_INO, w.READ_IN.pack(dh, off, size, 0, 0, 0, 0))
+    assert len(out) <= size
+    records, pos = [], 0
+    while pos < len(out):
+        e = entry(out[pos:pos + w.ENTRY_OUT.size])
+        ino, next_off, namelen, typ = w.DIRENT.unpack_from(out, pos + w.ENTRY_OUT.size)
+        start = pos + w.DIRENTPLUS_NAME_OFFSET
+        records.append((e["nodeid"], next_off, out[start:start + namelen], ino))
+        if e["nodeid"]:
+            assert (e["ino"], e["mode"] >> 12) == (ino, typ)
+        pos += (w.DIRENTPLUS_NAME_OFFSET + namelen + 7) & ~7
+    assert pos == len(out)
+    return records
+
+
+def test_readdirplus_gives_a_reference_per_entry_sent_and_none_for_dots(served):
+    k, fs = served.k, served.fs
+    names = {b"f%03d" % i for i in range(40)} | {b"y" * 255}
+    for n in names:
+        served.create(ROOT_INO, n)
+    k.call(w.MKDIR, ROOT_INO, w.MKDIR_IN.pack(0o40755, 0) + name(b"sub"))
+    names.add(b"sub")
+    before = {n.ino: n.nlookup for n in fs.inodes.values()}
+    dh = w.OPEN_OUT.unpack(k.call(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0)))[0]
+    seen: list[tuple[int, int, bytes, int]] = []
+    off = 0
+    while True:
+        # 700 bytes: 3-4 records an answer; a record that does not fit waits for the next.
+        records = readdirplus(k, dh, off, 700)
+        if not records:
+            break
+        seen += records
+        off = records[-1][1]
+    assert sorted(r[2] for r in seen) == sorted(names | {b".", b".."})
+    for nodeid, _off, entry_name, ino in seen:
+        if entry_name in (b".", b".."):
+            assert nodeid == 0 and ino == ROOT_INO
+        else:
+            assert nodeid == ino
+    # One reference for every record sent, none for the dots (root's stays 1).
+    after = {n.ino: n.nlookup for n in fs.inodes.values()}
+    assert after[ROOT_INO] == before[ROOT_INO] == 1
+    assert all(after[ino] == before[ino] + 1 for ino in after if ino != ROOT_INO)
+    # FORGET gives them all back (CREATE's and MKDIR's too) and RELEASE
+    # closes what CREATE opened: unlinked, every file is freed.
+    for ino in after:
+        if ino != ROOT_INO and fs.inodes[ino].open_count:
+            k.call(w.RELEASE, ino, w.RELEASE_IN.pack(ino, 0, 0, 0))
+    forgets = [(ino, after[ino]) for ino in after if ino != ROOT_INO]
+    k.send(w.BATCH_FORGET, 0, w.BATCH_FORGET_IN.pack(len(forgets), 0)
+           + b"".join(w.FORGET_ONE.pack(*f) for f in forgets))
+    for n in names - {b"sub"}:
+        k.call(w.UNLINK, ROOT_INO, name(n))
+    k.call(w.RMDIR, ROOT_INO, name(b"sub"))
+    k.call(w.RELEASEDIR, ROOT_INO, w.RELEASE_IN.pack(dh, 0, 0, 0))
+    assert list(fs.inodes) == [ROOT_INO]
+
+
+def test_readdirplus_answers_are_capped(served):
+    k = served.k
+    for i in range(400):
+        served.create(ROOT_INO, b"g%04d" % i)
+    dh = w.OPEN_OUT.unpack(k.call(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0)))[0]
+    records = readdirplus(k, dh, 0, 128 * 1024)
+    size = sum((w.DIRENTPLUS_NAME_OFFSET + len(r[2]) + 7) & ~7 for r in records)
+    assert native.READDIRPLUS_MAX - 168 < size <= native.READDIRPLUS_MAX
+    # The rest follows from the last offset, each entry once.
+    rest = readdirplus(k, dh, records[-1][1], 128 * 1024)
+    rest += readdirplus(k, dh, rest[-1][1], 128 * 1024)
+    assert len({r[2] for r in records + rest}) == len(records + rest) == 402
+    k.call(w.RELEASEDIR, ROOT_INO, w.RELEASE_IN.pack(dh, 0, 0, 0))
+
+
+def test_readdirplus_skips_what_was_unlinked_since_the_listing_began(served):
+    k, fs = served.k, served.fs
+    for i in range(10):
+        served.create(ROOT_INO, b"f%d" % i)
+    dh = w.OPEN_OUT.unpack(k.call(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0)))[0]
+    first = readdirplus(k, dh, 0, 3 * 168)     # ".", "..", f0
+    k.call(w.UNLINK, ROOT_INO, name(b"f5"))
+    k.call(w.UNLINK, ROOT_INO, name(first[-1][2]))
+    rest = readdirplus(k, dh, first[-1][1], 1 << 16)
+    got = [r[2] for r in rest]
+    assert b"f5" not in got and len(got) == 8
+    k.call(w.RELEASEDIR, ROOT_INO, w.RELEASE_IN.pack(dh, 0, 0, 0))
+    # The entry listed before its unlink holds its references (CREATE's and
+    # READDIRPLUS's) until FORGET.
+    gone = fs.inodes[first[-1][0]]
+    assert gone.nlink == 0 and gone.nlookup == 2
+
+
+def test_an_interrupted_readdirplus_takes_its_references_back(clock, monkeypatch):
+    real = os.writev
+    drop = []
+
+    def writev(fd, bufs):  # type: ignore[no-untyped-def]
+        if drop and len(bufs[1]) > 2 * w.DIRENTPLUS_NAME_OFFSET:
+            drop.pop()
+            raise OSError(errno.ENOENT, "interrupted")
+        return real(fd, bufs)
+
+    monkeypatch.setattr(native.os, "writev", writev)
+    fs = Filesystem(block_size=BS, clock_ns=clock.ns)
+    k, server, t, socks = start(fs)
+    try:
+        k.init()
+        for i in range(5):
+            k.call(w.MKNOD, ROOT_INO, w.MKNOD_IN.pack(stat.S_IFREG | 0o644, 0, 0, 0) + name(b"n%d" % i))
+        counts = {n.ino: n.nlookup for n in fs.inodes.values()}
+        dh = w.OPEN_OUT.unpack(k.call(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0)))[0]
+        drop.append(1)
+        k.send(w.READDIRPLUS, ROOT_INO, w.READ_IN.pack(dh, 0, 4096, 0, 0, 0, 0))
+        k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
+        assert server.info()["dropped_replies"] == 1
+        assert {n.ino: n.nlookup for n in fs.inodes.values()} == counts
+    finally:
+        socks[1].close()
+        t.join(10)
+        socks[0].close()
 
 
 def test_an_answer_to_an_interrupted_request_is_dropped(clock, monkeypatch):

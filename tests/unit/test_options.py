@@ -255,6 +255,30 @@ def test_transport_refused(ram: int, opts: str, word: str) -> None:
     assert word in refused(opts)
 
 
+def test_spin(ram: int) -> None:
+    from cctmpfs.options import DEFAULT_SPIN_US, MAX_SPIN_US
+    assert parse("transport=native").spin_us == DEFAULT_SPIN_US
+    assert parse("transport=native,spin=200").spin_us == 200
+    assert parse("transport=native,spin=0").spin_us == 0
+    assert parse(f"transport=native,spin={MAX_SPIN_US}").spin_us == MAX_SPIN_US
+    # llfuse's C loop cannot poll: spin=0 says what it does anyway.
+    assert parse().spin_us == 0
+    assert parse("spin=0").spin_us == 0
+    # spin= passes nothing on to the kernel.
+    assert set(parse("transport=native,spin=50").fuse_options) == set(parse().fuse_options)
+
+
+@pytest.mark.parametrize("opts,word", [("transport=native,spin=", "spin"),
+                                       ("transport=native,spin=-1", "spin=-1"),
+                                       ("transport=native,spin=1.5", "microseconds"),
+                                       ("transport=native,spin=10001", "at most"),
+                                       ("transport=native,spin=" + "9" * 50, "microseconds"),
+                                       ("spin=100", "transport=native"),
+                                       ("transport=llfuse,spin=1", "transport=native")])
+def test_spin_refused(ram: int, opts: str, word: str) -> None:
+    assert word in refused(opts)
+
+
 def test_auto_unmount_is_llfuses_for_now(ram: int) -> None:
     assert "auto_unmount" in parse("auto_unmount").fuse_options
     assert "transport=native" in refused("auto_unmount,transport=native")
