@@ -8,6 +8,7 @@ that names the option, so a typo in fstab never mounts with silent defaults.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Optional
@@ -15,6 +16,8 @@ from typing import Optional
 import attrs
 
 from .errors import OptionError
+
+log = logging.getLogger(__name__)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -90,6 +93,44 @@ DEFAULT_TRANSPORT = "llfuse"
 #: mount(2), as root; auto_unmount needs fusermount).
 NATIVE_UNSUPPORTED = frozenset({"auto_unmount"})
 
+#: The INIT flags transport=native asks the kernel for, each switchable by
+#: its lowercased linux/fuse.h name (`fuse_off=NAME[:NAME...]` removes,
+#: `fuse_on=` adds; colons, because fstab splits options on commas), and
+#: whether it is asked for by default. The one definition: the transport
+#: maps each name to its bit (transport/wire.py INIT_FLAGS) and asks for
+#: the enabled ones the kernel offers; `stats` shows offered, asked and
+#: negotiated. A kernel that offers fewer flags works, only slower. To add
+#: a flag: a line here, and its semantics in the transport.
+INIT_SWITCHES: dict[str, bool] = {
+    # READs of one file may be in flight together (readahead): as libfuse 2.9.
+    "async_read": True,
+    # Up to 1 MiB per READ and WRITE (max_pages 256) instead of 128 KiB:
+    # a quarter of the requests for sequential I/O.
+    "max_pages": True,
+    # OPEN carries O_TRUNC and the daemon truncates, instead of a SETATTR
+    # before it: one request less per `> file`.
+    "atomic_o_trunc": True,
+    # Lookups and readdirs of one directory are not serialised by the
+    # kernel (the daemon has one reader, so this only removes kernel waits).
+    "parallel_dirops": True,
+    # The kernel drops cached pages when it sees mtime or size change.
+    "auto_inval_data": True,
+    # The daemon clears suid/sgid (and security.capability) on write,
+    # truncate and chown itself, so the kernel no longer asks
+    # GETXATTR(security.capability) before every write(2).
+    "handle_killpriv_v2": True,
+    # The kernel caches writes and owns size and mtime while pages are
+    # dirty. Off by default: the full-filesystem safety under it (bounded
+    # dirty bytes, a reserve, FOPEN_DIRECT_IO near full; issue 18) is not
+    # built yet, and without it a full mount can lose acknowledged bytes.
+    "writeback_cache": False,
+    # READDIRPLUS (entries with their attributes) and the kernel's choice of
+    # when to use it: off until the transport answers READDIRPLUS.
+    "readdirplus": False,
+    "readdirplus_auto": False,
+}
+DEFAULT_FUSE_FLAGS = frozenset(n for n, on in INIT_SWITCHES.items() if on)
+
 
 def total_ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -117,6 +158,8 @@ class MountOptions:
     seal_idle: bool = True   # the sealer compresses at SCHED_IDLE while it can (seal_priority=idle|normal)
     recompress_level: int = 0   # zstd level cold blocks are recompressed at when idle; 0: off (recompress=)
     transport: str = DEFAULT_TRANSPORT  # how FUSE requests arrive (transport=, one of TRANSPORTS)
+    #: The INIT_SWITCHES names transport=native asks for (fuse_off=, fuse_on=).
+    fuse_flags: frozenset[str] = DEFAULT_FUSE_FLAGS
     fuse_options: tuple[str, ...] = ()
 
     @property
@@ -200,6 +243,24 @@ def _parse_codec(text: str) -> tuple[str, int]:
     return name, level
 
 
+def _parse_fuse_switches(off: Optional[str], on: Optional[str]) -> frozenset[str]:
+    """The INIT_SWITCHES names enabled by default, less fuse_off=, plus
+    fuse_on= (colon-separated names). OptionError names an unknown one."""
+    flags = set(DEFAULT_FUSE_FLAGS)
+    for key, text, add in (("fuse_off", off, False), ("fuse_on", on, True)):
+        if text is None:
+            continue
+        for name in text.split(":"):
+            if name not in INIT_SWITCHES:
+                raise OptionError(f"{key}={text[:80]}: unknown flag {name[:40]!r} "
+                                  f"(known: {':'.join(INIT_SWITCHES)})")
+            if add:
+                flags.add(name)
+            else:
+                flags.discard(name)
+    return frozenset(flags)
+
+
 def split_option_strings(option_strings: list[str]) -> list[str]:
     """Split `-o a,b=c` strings into single options, dropping empty ones."""
     out: list[str] = []
@@ -218,7 +279,8 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
             raise OptionError("ro: cctmpfs is a read-write /tmp; mount it rw")
         if key in ("size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress",
                    "block_size", "ram", "buffer", "workers", "dedup", "backing",
-                   "backing_size", "backing_encrypt", "seal_priority", "recompress", "transport"):
+                   "backing_size", "backing_encrypt", "seal_priority", "recompress", "transport",
+                   "fuse_off", "fuse_on"):
             if not eq or value == "":
                 raise OptionError(f"{key}: needs a value ({key}=...)")
             ours[key] = value
@@ -285,6 +347,12 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
             if opt in NATIVE_UNSUPPORTED:
                 raise OptionError(f"{opt}: not supported with transport=native yet")
 
+    fuse_flags = _parse_fuse_switches(ours.get("fuse_off"), ours.get("fuse_on"))
+    if transport != "native" and ("fuse_off" in ours or "fuse_on" in ours):
+        # Accepted, as workers= is under native: one fstab line can switch
+        # transport= alone. libfuse 2.9 negotiates its own flags.
+        log.info("fuse_off=/fuse_on= apply to transport=native only: ignored")
+
     dedup_text = ours.get("dedup", "on")
     if dedup_text not in ("on", "off"):
         raise OptionError(f"dedup={dedup_text}: must be on or off")
@@ -328,5 +396,5 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         workers=workers, dedup=dedup_text == "on", backing=backing, backing_size=backing_size,
         backing_encrypt=encrypt_text == "on", seal_idle=seal_priority == "idle",
         recompress_level=recompress_level,
-        transport=transport, fuse_options=tuple(fuse),
+        transport=transport, fuse_flags=fuse_flags, fuse_options=tuple(fuse),
     )

@@ -89,6 +89,18 @@ INIT_FLAGS = {
 ASYNC_READ = INIT_FLAGS["ASYNC_READ"]
 BIG_WRITES = INIT_FLAGS["BIG_WRITES"]
 INIT_EXT = INIT_FLAGS["INIT_EXT"]
+ATOMIC_O_TRUNC = INIT_FLAGS["ATOMIC_O_TRUNC"]
+MAX_PAGES = INIT_FLAGS["MAX_PAGES"]
+WRITEBACK_CACHE = INIT_FLAGS["WRITEBACK_CACHE"]
+HANDLE_KILLPRIV_V2 = INIT_FLAGS["HANDLE_KILLPRIV_V2"]
+#: Switch names (options.INIT_SWITCHES) whose fuse.h name differs from the
+#: lowercased flag: FUSE_DO_READDIRPLUS is switched as `readdirplus`.
+SWITCH_ALIASES = {"readdirplus": "DO_READDIRPLUS"}
+
+
+def switch_bit(name: str) -> int:
+    """The INIT flag of a switch name (options.INIT_SWITCHES)."""
+    return INIT_FLAGS[SWITCH_ALIASES.get(name, name.upper())]
 
 
 def flag_names(flags: int) -> list[str]:
@@ -114,6 +126,12 @@ FATTR_KILL_SUIDGID = 1 << 11
 
 FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
+
+#: fuse_write_in.write_flags
+WRITE_CACHE = 1 << 0          # a writeback of cached pages; the handle is any open one
+WRITE_KILL_SUIDGID = 1 << 2   # HANDLE_KILLPRIV_V2: clear suid/sgid (the writer lacks CAP_FSETID)
+#: fuse_open_in.open_flags, fuse_create_in.open_flags
+OPEN_KILL_SUIDGID = 1 << 0    # HANDLE_KILLPRIV_V2: O_TRUNC by a caller without CAP_FSETID
 
 # ---- layouts -------------------------------------------------------------------
 IN_HEADER = struct.Struct("<IIQQIIIHH")     # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding

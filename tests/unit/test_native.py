@@ -18,6 +18,7 @@ import pytest
 
 from cctmpfs.codec import Codec
 from cctmpfs.namespace import ROOT_INO, Filesystem
+from cctmpfs.options import DEFAULT_FUSE_FLAGS, INIT_SWITCHES, parse_options
 from cctmpfs.transport import native
 from cctmpfs.transport import wire as w
 from cctmpfs.transport.frontend import CACHE_TIMEOUT, Frontend
@@ -107,10 +108,11 @@ class Served:
         return self.k.call(w.READ, fh, w.READ_IN.pack(fh, off, size, 0, 0, 0, 0))
 
 
-def start(fs: Filesystem) -> tuple[Kernel, native.Server, threading.Thread, list[socket.socket]]:
+def start(fs: Filesystem, switches: frozenset[str] = DEFAULT_FUSE_FLAGS,
+          ) -> tuple[Kernel, native.Server, threading.Thread, list[socket.socket]]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.settimeout(10)
-    server = native.Server(ours.fileno(), Frontend(fs), threading.Lock())
+    server = native.Server(ours.fileno(), Frontend(fs), threading.Lock(), switches)
     server.frontend.transport_info = server.info
     server.frontend.request_counts = server.request_counts
     t = threading.Thread(target=server.run, name="native-test-reader")
@@ -135,8 +137,11 @@ def served(clock) -> Iterator[Served]:  # type: ignore[no-untyped-def]
 
 # ---- INIT --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("offered", [FLAGS_OFFERED, w.ASYNC_READ])
-def test_init_asks_for_the_plain_request_model(clock, offered):
+ALL_SWITCHES = sum(w.switch_bit(n) for n in INIT_SWITCHES)
+
+
+@pytest.mark.parametrize("offered", [FLAGS_OFFERED | ALL_SWITCHES, w.ASYNC_READ])
+def test_init_asks_for_the_switched_on_flags_the_kernel_offers(clock, offered):
     fs = Filesystem(block_size=BS, clock_ns=clock.ns)
     k, server, t, socks = start(fs)
     try:
@@ -144,13 +149,41 @@ def test_init_asks_for_the_plain_request_model(clock, offered):
         major, minor, max_ra, flags, _bg, _ct, max_write, gran, max_pages, _ma, flags2 = \
             w.INIT_OUT.unpack(out)
         assert (major, minor) == (7, 38)
-        assert flags == (w.ASYNC_READ | w.BIG_WRITES) & offered and flags2 == 0
-        assert max_write == native.MAX_WRITE == 128 * 1024 and max_pages == 0
+        asked = w.BIG_WRITES | sum(w.switch_bit(n) for n in DEFAULT_FUSE_FLAGS)
+        assert flags == asked & offered and flags2 == 0
+        assert not flags & w.WRITEBACK_CACHE          # off by default (issue 18)
+        if offered & w.MAX_PAGES:
+            assert (max_write, max_pages) == (1 << 20, 256)
+        else:
+            # An older kernel: 128 KiB requests.
+            assert (max_write, max_pages) == (native.MAX_WRITE, 0) == (128 * 1024, 0)
         assert max_ra == 131072 and gran == 1
         info = server.info()
         assert info["kernel_protocol"] == "7.45" and info["protocol"] == "7.38"
         assert info["flags"] == w.flag_names(flags)
-        assert "WRITEBACK_CACHE" in info["kernel_flags"] or offered == w.ASYNC_READ
+        assert info["asked_flags"] == w.flag_names(asked)
+        assert info["kernel_flags"] == w.flag_names(offered)
+        assert (info["max_write"], info["max_pages"]) == (max_write, max_pages)
+    finally:
+        socks[1].close()
+        t.join(10)
+        socks[0].close()
+
+
+@pytest.mark.parametrize("off", ["max_pages", "handle_killpriv_v2:atomic_o_trunc"])
+def test_fuse_off_removes_flags_from_what_is_asked(clock, off):
+    opts = parse_options([f"transport=native,fuse_off={off},fuse_on=writeback_cache"])
+    fs = Filesystem(block_size=BS, clock_ns=clock.ns)
+    k, server, t, socks = start(fs, opts.fuse_flags)
+    try:
+        flags = w.INIT_OUT.unpack(k.init(flags=FLAGS_OFFERED | ALL_SWITCHES))[3]
+        for name in off.split(":"):
+            assert not flags & w.switch_bit(name)
+        assert flags & w.WRITEBACK_CACHE
+        assert flags & w.ASYNC_READ
+        assert len(server.buf) == server.max_write + native.BUFFER_SLACK
+        if off == "max_pages":
+            assert server.max_write == native.MAX_WRITE
     finally:
         socks[1].close()
         t.join(10)
