@@ -74,6 +74,12 @@ BASE_FLAGS = w.BIG_WRITES
 #: Switches (options.INIT_SWITCHES) this transport does not answer yet:
 #: never asked for, whatever fuse_on= says.
 UNANSWERED = frozenset({"readdirplus", "readdirplus_auto"})
+# ATOMIC_O_TRUNC is asked for only with HANDLE_KILLPRIV_V2. Without it the
+# kernel clears suid/sgid itself, but on open(O_TRUNC) under ATOMIC_O_TRUNC
+# it skips the SETATTR that would carry the new mode (6.18 fuse_setattr
+# returns early for ATTR_OPEN), and the daemon cannot tell a caller with
+# CAP_FSETID: suid would survive a truncate by its owner, unlike on tmpfs
+# (tests/mounted/test_native_flags.py, kernel_kills).
 #: Signals that end the loop and unmount, as under llfuse.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -111,6 +117,8 @@ class Server:
         self.wanted = BASE_FLAGS
         for name in switches - UNANSWERED:
             self.wanted |= w.switch_bit(name)
+        if not self.wanted & w.HANDLE_KILLPRIV_V2:
+            self.wanted &= ~w.ATOMIC_O_TRUNC
         #: max_write offered at INIT; the buffer must hold a WRITE that big.
         self.max_write = MAX_WRITE_PAGES if self.wanted & w.MAX_PAGES else MAX_WRITE
         self.buf = bytearray(self.max_write + BUFFER_SLACK)
@@ -317,6 +325,8 @@ class Server:
         self.minor = min(minor, w.PROTOCOL_MINOR)
         self.offered = flags
         self.flags = self.wanted & flags
+        if not self.flags & w.HANDLE_KILLPRIV_V2:
+            self.flags &= ~w.ATOMIC_O_TRUNC
         if self.flags & w.MAX_PAGES:
             self.max_pages = MAX_PAGES
         else:

@@ -404,6 +404,58 @@ def test_setattr_now_is_the_cores_clock(served):
     assert got["size"] == 12345 and got["mode"] == stat.S_IFREG | 0o4751
 
 
+def test_killpriv_v2_flags_clear_setid_bits_and_capability(served):
+    """WRITE_KILL_SUIDGID, FATTR_KILL_SUIDGID and OPEN_KILL_SUIDGID with
+    O_TRUNC clear suid, sgid only with group-exec, and security.capability;
+    a WRITE without the flag (a writer with CAP_FSETID) keeps them."""
+    k, fs = served.k, served.fs
+
+    def fresh(filename: bytes, mode: int) -> int:
+        f = served.create(ROOT_INO, filename)
+        fs.setattr(f, mode=mode)
+        fs.setxattr(f, b"security.capability", b"cap")
+        fs.setxattr(f, b"user.keep", b"v")
+        return f
+
+    def mode_and_xattrs(f: int) -> tuple[int, list[bytes]]:
+        return stat.S_IMODE(fs.get(f).mode), sorted(fs.listxattr(f))
+
+    f = fresh(b"plain-write", 0o6755)
+    served.write(f, 0, b"x")
+    assert mode_and_xattrs(f) == (0o6755, [b"security.capability", b"user.keep"])
+    for mode, left in ((0o6755, 0o755), (0o6745, 0o2745), (0o2711, 0o711)):
+        f = fresh(b"w%o" % mode, mode)
+        k.call(w.WRITE, f, w.WRITE_IN.pack(f, 0, 1, w.WRITE_KILL_SUIDGID, 0, 0, 0) + b"x")
+        assert mode_and_xattrs(f) == (left, [b"user.keep"])
+        f = fresh(b"s%o" % mode, mode)
+        body = w.SETATTR_IN.pack(w.FATTR_SIZE | w.FATTR_KILL_SUIDGID, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                 0, 0, 0, 0, 0)
+        assert attr_out(k.call(w.SETATTR, f, body))["mode"] == stat.S_IFREG | left
+        f = fresh(b"o%o" % mode, mode)
+        served.write(f, 0, b"data")
+        fh = w.OPEN_OUT.unpack(k.call(w.OPEN, f, w.OPEN_IN.pack(os.O_WRONLY | os.O_TRUNC,
+                                                              w.OPEN_KILL_SUIDGID)))[0]
+        assert mode_and_xattrs(f) == (left, [b"user.keep"]) and fs.get(f).size == 0
+        k.call(w.RELEASE, f, w.RELEASE_IN.pack(fh, 0, 0, 0))
+    # O_TRUNC without the kill flag (CAP_FSETID): truncates, keeps the bits.
+    f = fresh(b"root-trunc", 0o4755)
+    served.write(f, 0, b"data")
+    k.call(w.OPEN, f, w.OPEN_IN.pack(os.O_RDWR | os.O_TRUNC, 0))
+    assert fs.get(f).size == 0 and stat.S_IMODE(fs.get(f).mode) == 0o4755
+
+
+def test_setattr_takes_the_kernels_ctime(served):
+    """WRITEBACK_CACHE: the kernel owns ctime and sends it (FATTR_CTIME)."""
+    k, clock = served.k, served.clock
+    f = served.create(ROOT_INO, b"f")
+    t = clock.now_ns - 5 * 10 ** 9
+    body = w.SETATTR_IN.pack(w.FATTR_MTIME | w.FATTR_CTIME, 0, 0, 0, 0, 0, t // 10 ** 9,
+                             t // 10 ** 9, 0, t % 10 ** 9, t % 10 ** 9, 0, 0, 0, 0, 0)
+    k.call(w.SETATTR, f, body)
+    node = served.fs.get(f)
+    assert node.ctime_ns == node.mtime_ns == t
+
+
 # ---- the rules of the loop ------------------------------------------------------------
 
 def test_garbled_requests_get_eio_and_the_loop_goes_on(served):

@@ -1,0 +1,166 @@
+"""The INIT flags of transport=native (options.INIT_SWITCHES) through a
+mount: what stats reports, and the semantics each flag moves onto the
+daemon, compared with a real tmpfs. Every test runs on both transports;
+under llfuse the kernel does what these flags hand to the daemon, so the
+same observations must come out."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import struct
+from typing import Any
+
+import pytest
+
+from conftest import read_stats
+from test_semantics import as_user, both, describe, err, same  # noqa: F401 - both: a fixture
+
+pytestmark = pytest.mark.mounted
+
+CAP = b"security.capability"
+#: A valid vfs_cap_data (revision 2, CAP_NET_BIND_SERVICE permitted): the
+#: kernel checks the format before any filesystem sees it.
+CAP_VALUE = struct.pack("<IIIII", 0x02000000, 1 << 10, 0, 0, 0)
+
+
+def test_stats_show_offered_asked_and_negotiated_flags(mount_cct, transport):
+    mp = mount_cct("size=64m,fuse_off=auto_inval_data:parallel_dirops")
+    info = read_stats(mp)["transport"]
+    assert info["name"] == transport
+    if transport != "native":
+        return
+    for key in ("kernel_flags", "asked_flags", "flags", "max_write", "max_pages"):
+        assert key in info
+    assert "AUTO_INVAL_DATA" not in info["asked_flags"]
+    assert "PARALLEL_DIROPS" not in info["asked_flags"]
+    assert "AUTO_INVAL_DATA" in info["kernel_flags"]        # 6.18 offers everything
+    assert set(info["flags"]) == set(info["asked_flags"]) & set(info["kernel_flags"])
+    assert "HANDLE_KILLPRIV_V2" in info["flags"] and "WRITEBACK_CACHE" not in info["flags"]
+    assert (info["max_write"], info["max_pages"]) == (1 << 20, 256)
+
+
+def test_fuse_off_max_pages_keeps_128k_requests(mount_cct, transport):
+    if transport != "native":
+        pytest.skip("libfuse 2.9 negotiates its own request size")
+    mp = mount_cct("size=64m,fuse_off=max_pages")
+    info = read_stats(mp)["transport"]
+    assert (info["max_write"], info["max_pages"]) == (128 * 1024, 0)
+    assert "MAX_PAGES" not in info["flags"]
+
+
+@pytest.mark.parametrize("block_size", ["16k", "128k", "1m"])
+def test_one_mib_requests_span_blocks(mount_cct, transport, block_size):
+    """A 1 MiB WRITE (MAX_PAGES) covers 64, 8 or 1 blocks, unaligned too;
+    the buffer is the smallest allowed, so the core evicts while it writes."""
+    mp = mount_cct(f"size=256m,block_size={block_size},buffer=2m")
+    data = os.urandom(5 << 20)
+    p = os.path.join(mp, "f")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        assert os.pwrite(fd, data[:4 << 20], 0) == 4 << 20
+        assert os.pwrite(fd, data[3000:3000 + (1 << 20) + 5], (1 << 20) - 7) == (1 << 20) + 5
+    finally:
+        os.close(fd)
+    expect = bytearray(data[:4 << 20])
+    expect[(1 << 20) - 7:(2 << 20) - 2] = data[3000:3000 + (1 << 20) + 5]
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1")
+    with open(p, "rb") as f:
+        got = f.read()
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(expect).hexdigest()
+    if transport == "native":
+        s = read_stats(mp)
+        assert s["requests"]["write"] <= 6   # 1 MiB each, not 128 KiB
+        assert s["internal_errors"] == 0
+
+
+# ---- HANDLE_KILLPRIV_V2: suid, sgid and security.capability ----------------------
+
+MODES = [0o6755, 0o6745, 0o4755, 0o2755, 0o2745, 0o755]
+OPS = ["write", "truncate", "o_trunc", "chown", "chgrp"]
+
+
+def _op(path: str, op: str, uid: int, gid: int) -> Any:
+    if op == "write":
+        with open(path, "ab") as f:
+            return f.write(b"more")
+    if op == "truncate":
+        return os.truncate(path, 1)
+    if op == "o_trunc":
+        return os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))
+    if op == "chown":
+        return os.chown(path, uid, -1)
+    return os.chown(path, -1, gid)
+
+
+@pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,fuse_off=handle_killpriv_v2"],
+                         ids=["killpriv_v2", "kernel_kills"])
+@pytest.mark.parametrize("writer", [1001, 0], ids=["user", "root"])
+def test_write_truncate_chown_drop_privileges_as_tmpfs(both, cct_options, writer):
+    """setuid/setgid (with and without group-exec) and file capabilities
+    after write, truncate, open(O_TRUNC), chown and chgrp, by the owner
+    (no CAP_FSETID) and by root."""
+
+    def scenario(root: str) -> list[Any]:
+        obs: list[Any] = []
+        for mode in MODES:
+            for op in OPS:
+                for with_cap in (False, True):
+                    p = os.path.join(root, f"{mode:o}-{op}-{int(with_cap)}")
+                    with open(p, "wb") as f:
+                        f.write(b"content")
+                    os.chown(p, 1001, 1001)
+                    os.chmod(p, mode)
+                    if with_cap:
+                        os.setxattr(p, CAP, CAP_VALUE)
+                    obs.append((p[len(root):], as_user(writer, writer,
+                                                       lambda: _op(p, op, 1001, 1001))))
+                    obs.append(describe(p))
+                    obs.append(err(lambda: os.getxattr(p, CAP) == CAP_VALUE))
+        return obs
+
+    same(both, scenario, cct_options, "size=64m")
+
+
+@pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,fuse_off=atomic_o_trunc"],
+                         ids=["atomic_o_trunc", "setattr"])
+def test_open_o_trunc_as_tmpfs(both, cct_options):
+    """O_TRUNC (the daemon truncates under ATOMIC_O_TRUNC): size 0, mtime
+    and ctime changed even for an empty file, data gone after a re-read;
+    O_CREAT|O_TRUNC of a new file; O_RDONLY|O_TRUNC."""
+
+    def scenario(root: str) -> list[Any]:
+        obs: list[Any] = []
+        p = os.path.join(root, "f")
+        with open(p, "wb") as f:
+            f.write(os.urandom(300_000))
+        fd = os.open(p, os.O_RDWR | os.O_TRUNC)
+        obs.append(os.fstat(fd).st_size)
+        obs.append(os.pread(fd, 10, 0))
+        os.write(fd, b"abc")
+        os.close(fd)
+        obs.append(describe(p))
+        with open(p, "rb") as f:
+            obs.append(f.read())
+        e = os.path.join(root, "empty")
+        open(e, "w").close()
+        os.utime(e, ns=(10**18, 10**18))
+        os.close(os.open(e, os.O_WRONLY | os.O_TRUNC))
+        st = os.stat(e)
+        obs.append((st.st_size, st.st_mtime_ns > 10**18, st.st_ctime_ns > 10**18))
+        n = os.path.join(root, "new")
+        os.close(os.open(n, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o640))
+        obs.append(describe(n))
+        with open(p, "wb") as f:
+            f.write(b"xyz")
+        obs.append(err(lambda: os.close(os.open(p, os.O_RDONLY | os.O_TRUNC))))
+        obs.append(describe(p))
+        os.chmod(p, 0o444)
+        obs.append(as_user(1001, 1001, lambda: os.open(p, os.O_WRONLY | os.O_TRUNC)))
+        obs.append(describe(p))
+        return obs
+
+    same(both, scenario, cct_options, "size=64m")
