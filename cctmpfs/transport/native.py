@@ -537,7 +537,10 @@ class Server:
             # data, as the VFS does.
             self.fs.kill_privileges(fh)
         # A view over the request buffer: the core copies what it keeps.
-        written = self.fs.write(fh, off, self.mv[start:start + size])
+        # WRITE_CACHE: a writeback of cached pages; the kernel owns mtime
+        # and ctime then, and sends its own (SETATTR, FATTR_CTIME).
+        written = self.fs.write(fh, off, self.mv[start:start + size],
+                                not write_flags & w.WRITE_CACHE)
         return w.WRITE_OUT.pack(written, 0)
 
     def release(self, nodeid: int, n: int) -> Reply:

@@ -164,3 +164,167 @@ def test_open_o_trunc_as_tmpfs(both, cct_options):
         return obs
 
     same(both, scenario, cct_options, "size=64m")
+
+
+# ---- WRITEBACK_CACHE -----------------------------------------------------------------
+
+WB = "size=256m,fuse_on=writeback_cache"
+
+
+def _drop_caches() -> None:
+    """Write back, then make the kernel forget pages and inodes: what it
+    shows next is what the daemon stored."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def _times(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def test_writeback_cache_is_negotiated_when_switched_on(mount_cct, transport):
+    if transport != "native":
+        pytest.skip("transport=native only")
+    info = read_stats(mount_cct(WB))["transport"]
+    assert "WRITEBACK_CACHE" in info["flags"]
+
+
+def test_writeback_times_and_sizes_survive_the_kernel_forgetting(mount_cct, transport):
+    """The kernel owns size, mtime and ctime while it caches a file, and
+    sends them (SETATTR with FATTR_CTIME) on close and fsync: after it
+    forgets the inode, the daemon's figures are the ones it showed, and
+    they never go back."""
+    mp = mount_cct(WB)
+    p = os.path.join(mp, "f")
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"a" * 5000)
+    os.fsync(fd)
+    after_fsync = _times(p)
+    os.pwrite(fd, b"b" * 10, 70_000)
+    os.close(fd)
+    seen = _times(p)
+    assert seen[0] == 70_010 and seen[1] >= after_fsync[1] and seen[2] >= after_fsync[2]
+    _drop_caches()
+    assert _times(p) == seen
+    # An explicit time, then a write: the write's stamp is "now", not earlier.
+    os.utime(p, ns=(10 ** 18, 10 ** 18))
+    with open(p, "r+b") as f:
+        f.write(b"c")
+    t = _times(p)
+    assert t[1] > 10 ** 18 - 10 ** 17 and t[1] < 2 * 10 ** 18   # a present-day stamp
+    _drop_caches()
+    assert _times(p) == t
+    # touch after a write never sets an earlier mtime (make compares them).
+    with open(p, "r+b") as f:
+        f.write(b"d")
+    before = os.stat(p).st_mtime_ns
+    os.utime(p)
+    assert os.stat(p).st_mtime_ns >= before
+    with open(p, "rb") as f:
+        data = f.read()
+    assert data[:2] == b"da" and data[70_000:70_010] == b"b" * 10 and len(data) == 70_010
+
+
+def test_writeback_semantics_as_tmpfs(both):
+    """O_APPEND with two writers, truncate racing cached writes, a
+    write-only handle whose partial-page write needs the page read, mmap
+    MAP_SHARED both ways, O_DIRECT beside cached writes, fsync and close."""
+    import mmap
+
+    def scenario(root: str) -> list[Any]:
+        obs: list[Any] = []
+        # Two appenders, interleaved.
+        a = os.path.join(root, "append")
+        f1 = os.open(a, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+        f2 = os.open(a, os.O_WRONLY | os.O_APPEND)
+        for i in range(200):
+            os.write(f1 if i % 3 else f2, b"%d-" % i * (1 + i % 7))
+        os.close(f1)
+        os.close(f2)
+        with open(a, "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        # Truncate while another handle has cached writes past the new end.
+        t = os.path.join(root, "trunc")
+        w = os.open(t, os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(w, b"\x9b" * (3 << 20))
+        os.truncate(t, 1000)
+        os.pwrite(w, b"after", 5000)
+        obs.append(os.fstat(w).st_size)
+        obs.append(os.pread(w, 10, 995))
+        obs.append(os.pread(w, 4010, 996).count(b"\0"))
+        os.ftruncate(w, 2 << 20)
+        os.pwrite(w, b"x" * 100, (1 << 20) + 5)
+        os.ftruncate(w, (1 << 20) + 50)
+        os.close(w)
+        with open(t, "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        # A write-only handle, pages not cached: a partial-page write.
+        o = os.path.join(root, "wronly")
+        with open(o, "wb") as f:
+            f.write(bytes(range(256)) * 64)
+        _drop_caches()
+        w = os.open(o, os.O_WRONLY)
+        os.pwrite(w, b"XYZ", 5000)
+        os.close(w)
+        with open(o, "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        # mmap MAP_SHARED: written through the map, read with read(2), and back.
+        m = os.path.join(root, "mmap")
+        with open(m, "wb") as f:
+            f.truncate(3 * 4096 + 100)
+        with open(m, "r+b") as f:
+            mm = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED)
+            mm[10:20] = b"0123456789"
+            mm[3 * 4096 + 50:3 * 4096 + 60] = b"abcdefghij"
+            f.seek(4096)
+            f.write(b"via write")
+            f.flush()
+            obs.append(mm[4096:4105])
+            mm.flush()
+            mm.close()
+        with open(m, "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        obs.append(os.stat(m).st_size)
+        # O_DIRECT beside cached writes of the same file.
+        d = os.path.join(root, "direct")
+        with open(d, "wb") as f:
+            f.write(b"c" * 10000)
+        buf = mmap.mmap(-1, 8192)
+        buf.write(b"D" * 8192)
+        fd = os.open(d, os.O_RDWR | os.O_DIRECT)
+        os.pwrite(fd, buf, 4096)
+        os.close(fd)
+        with open(d, "r+b") as f:
+            f.seek(9000)
+            f.write(b"tail")
+        with open(d, "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        obs.append(os.stat(d).st_size)
+        # fsync and close answer 0; the bytes are there after the kernel forgets.
+        s = os.path.join(root, "sync")
+        fd = os.open(s, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.write(fd, b"s" * 100_000)
+        obs.append(os.fsync(fd))
+        os.write(fd, b"t" * 10)
+        obs.append(os.close(fd))
+        _drop_caches()
+        obs.append(describe(s))
+        for name in ("append", "trunc", "wronly", "mmap", "direct"):
+            obs.append(describe(os.path.join(root, name)))
+        return obs
+
+    same(both, scenario, WB, "size=256m")
+
+
+def test_stats_sync_first_under_writeback(mount_cct, transport):
+    """`cctmpfs stats` syncs the mount, so bytes the kernel still holds count."""
+    from cctmpfs.cli import read_stats as cli_read_stats
+    mp = mount_cct(WB)
+    fd = os.open(os.path.join(mp, "f"), os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, os.urandom(3 << 20))
+        assert cli_read_stats(mp)["files_bytes"] == 3 << 20
+    finally:
+        os.close(fd)
