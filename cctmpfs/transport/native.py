@@ -53,6 +53,7 @@ from ..options import DEFAULT_FUSE_FLAGS, MountOptions
 from . import mounting
 from . import wire as w
 from .frontend import CACHE_TIMEOUT, Frontend
+from .writeback import WritebackGuard
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,16 @@ class Server:
             self.wanted |= w.switch_bit(name)
         if not self.wanted & w.HANDLE_KILLPRIV_V2:
             self.wanted &= ~w.ATOMIC_O_TRUNC
+        #: With the writeback cache: the reserve, FOPEN_DIRECT_IO near full,
+        #: failed writebacks (writeback.py); None without.
+        self.guard: Optional[WritebackGuard] = None
+        if self.wanted & w.WRITEBACK_CACHE:
+            # Opens near full are FOPEN_DIRECT_IO; this keeps mmap(MAP_SHARED)
+            # of them working (7.39+; the bit is in flags2, so INIT_EXT).
+            self.wanted |= w.DIRECT_IO_ALLOW_MMAP | w.INIT_EXT
+            fs = self.fs
+            self.guard = WritebackGuard(fd, lambda: fs.statfs()["f_bavail"] * 4096,
+                                        fs.engine.size_limit)
         #: max_write offered at INIT; the buffer must hold a WRITE that big.
         self.max_write = MAX_WRITE_PAGES if self.wanted & w.MAX_PAGES else MAX_WRITE
         self.buf = bytearray(self.max_write + BUFFER_SLACK)
@@ -327,6 +338,8 @@ class Server:
         self.flags = self.wanted & flags
         if not self.flags & w.HANDLE_KILLPRIV_V2:
             self.flags &= ~w.ATOMIC_O_TRUNC
+        if not self.flags & w.WRITEBACK_CACHE:
+            self.guard = None
         if self.flags & w.MAX_PAGES:
             self.max_pages = MAX_PAGES
         else:
@@ -357,6 +370,7 @@ class Server:
             "max_write": self.max_write,
             "max_pages": self.max_pages,
             "max_readahead": self.max_readahead,
+            "writeback": self.guard.info() if self.guard is not None else None,
             "threads": 1,
             "bad_requests": self.bad_requests,
             "unknown_requests": counts[w.OPCODE_LIMIT],
@@ -487,9 +501,15 @@ class Server:
             except BaseException:
                 self.fs.release(fh)
                 raise
-        # The page cache is kept across opens, as llfuse keeps it: every
-        # change goes through this kernel.
-        return w.OPEN_OUT.pack(fh, w.FOPEN_KEEP_CACHE, 0)
+        return w.OPEN_OUT.pack(fh, self._open_flags(), 0)
+
+    def _open_flags(self) -> int:
+        """The page cache is kept across opens, as llfuse keeps it: every
+        change goes through this kernel. Under the writeback cache with free
+        space down to the reserve: no cache, so write(2) gets ENOSPC."""
+        if self.guard is not None and self.guard.near_full():
+            return w.FOPEN_DIRECT_IO
+        return w.FOPEN_KEEP_CACHE
 
     def create(self, nodeid: int, n: int) -> Reply:
         # A new file: O_TRUNC and OPEN_KILL_SUIDGID in open_flags change
@@ -497,7 +517,7 @@ class Server:
         _flags, mode, _umask, _open_flags = w.CREATE_IN.unpack_from(self.buf, _HDR)
         name, _ = self._name(_HDR + w.CREATE_IN.size, n)
         node = self.fs.create(nodeid, name, mode, self._caller())
-        return self._entry(node) + w.OPEN_OUT.pack(node.ino, w.FOPEN_KEEP_CACHE, 0)
+        return self._entry(node) + w.OPEN_OUT.pack(node.ino, self._open_flags(), 0)
 
     def lseek(self, nodeid: int, n: int) -> Reply:
         fh, off, whence, _pad = w.LSEEK_IN.unpack_from(self.buf, _HDR)
@@ -539,8 +559,14 @@ class Server:
         # A view over the request buffer: the core copies what it keeps.
         # WRITE_CACHE: a writeback of cached pages; the kernel owns mtime
         # and ctime then, and sends its own (SETATTR, FATTR_CTIME).
-        written = self.fs.write(fh, off, self.mv[start:start + size],
-                                not write_flags & w.WRITE_CACHE)
+        if not write_flags & w.WRITE_CACHE:
+            return w.WRITE_OUT.pack(self.fs.write(fh, off, self.mv[start:start + size]), 0)
+        try:
+            written = self.fs.write(fh, off, self.mv[start:start + size], False)
+        except FsError as e:
+            if self.guard is not None:
+                self.guard.writeback_failed(nodeid, e.errno)
+            raise
         return w.WRITE_OUT.pack(written, 0)
 
     def release(self, nodeid: int, n: int) -> Reply:
@@ -645,6 +671,8 @@ class NativeSession:
             raise
         self.fd, self.mountpoint = fd, mountpoint
         self.server = Server(fd, frontend, self.lock, opts.fuse_flags)
+        if self.server.guard is not None:
+            self.server.guard.start(self.device)
         frontend.transport_info = self.server.info
         frontend.request_counts = self.server.request_counts
 
@@ -660,6 +688,8 @@ class NativeSession:
                 signal.signal(s, h)
 
     def close(self) -> None:
+        if self.server is not None and self.server.guard is not None:
+            self.server.guard.stop()
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             mounting.unmount(fd, self.mountpoint, self.device)

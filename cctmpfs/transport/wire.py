@@ -93,6 +93,7 @@ ATOMIC_O_TRUNC = INIT_FLAGS["ATOMIC_O_TRUNC"]
 MAX_PAGES = INIT_FLAGS["MAX_PAGES"]
 WRITEBACK_CACHE = INIT_FLAGS["WRITEBACK_CACHE"]
 HANDLE_KILLPRIV_V2 = INIT_FLAGS["HANDLE_KILLPRIV_V2"]
+DIRECT_IO_ALLOW_MMAP = INIT_FLAGS["DIRECT_IO_ALLOW_MMAP"]
 #: Switch names (options.INIT_SWITCHES) whose fuse.h name differs from the
 #: lowercased flag: FUSE_DO_READDIRPLUS is switched as `readdirplus`.
 SWITCH_ALIASES = {"readdirplus": "DO_READDIRPLUS"}
@@ -181,13 +182,17 @@ LSEEK_OUT = struct.Struct("<Q")                # offset
 FALLOCATE_IN = struct.Struct("<QQQII")         # fh offset length mode padding
 COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out off_out len flags
 
+# ---- notifications (daemon to kernel: unique 0, the code in the error field) ----
+NOTIFY_INVAL_INODE = 2
+NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino off len (off < 0: attributes only; len <= 0: to the end)
+
 for _s, _size in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128),
                   (ATTR_OUT, 104), (OPEN_OUT, 16), (WRITE_OUT, 8), (KSTATFS, 80),
                   (INIT_OUT, 64), (DIRENT, 24), (INIT_IN, 16), (SETATTR_IN, 88),
                   (MKNOD_IN, 16), (CREATE_IN, 16), (READ_IN, 40), (RELEASE_IN, 24),
                   (FLUSH_IN, 24), (FSYNC_IN, 16), (RENAME2_IN, 16), (GETATTR_IN, 16),
                   (LSEEK_IN, 24), (LSEEK_OUT, 8), (FALLOCATE_IN, 32),
-                  (COPY_FILE_RANGE_IN, 56)):
+                  (COPY_FILE_RANGE_IN, 56), (NOTIFY_INVAL_INODE_OUT, 24)):
     assert _s.size == _size, (_s.format, _s.size, _size)
 
 #: Where the fixed part of a request's arguments ends and its names or data
