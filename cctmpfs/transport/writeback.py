@@ -22,7 +22,17 @@ acknowledged:
 3. **Failed writebacks are reported**, by the kernel, at fsync(2) and at
    close(2) (it records the WRITE's error on the file's mapping), and the
    kernel's cached pages of that file are dropped (NOTIFY_INVAL_INODE), so
-   a read shows what the daemon stored. The notification is written by a
+   a read shows what the daemon stored. The kernel's size is not corrected:
+   under the writeback cache 6.18 keeps its own i_size of a cached regular
+   file whatever the daemon answers (fuse_change_attributes), until it
+   forgets the inode; then stat shows the stored size.
+
+What this does not give (why writeback_cache is off by default): a writer
+that opened its file while space was plentiful keeps the cache, so past
+full its write(2)s still succeed and it learns of ENOSPC only at fsync or
+close. tmpfs fails the write(2) itself; a `cat /dev/zero > f` would run on
+here (tests/mounted/test_semantics.py, test_enospc_at_size_keeps_existing_files,
+fails with fuse_on=writeback_cache for that reason). The notification is written by a
    thread of its own: the kernel may write back dirty pages of the inode
    (WRITE requests) before it returns from the notification's write(2),
    and only the reader answers them; sent from the reader, that would
@@ -96,6 +106,11 @@ class WritebackGuard:
         # Written by the notifier thread only; read by stats (an int: atomic).
         self.notify_errors = 0
         self._queue: queue.SimpleQueue[Optional[int]] = queue.SimpleQueue()
+        #: Inodes queued and not yet sent: added by the reader, removed by the
+        #: notifier just before it sends (set.add/discard are atomic under
+        #: the GIL). A full mount fails a WRITE per dirty MiB; this keeps it
+        #: to one notification per inode at a time.
+        self._pending: set[int] = set()
         self._thread: Optional[threading.Thread] = None
 
     def start(self, device: Optional[str]) -> None:
@@ -125,6 +140,9 @@ class WritebackGuard:
         self.failed_writebacks += 1
         if err == errno.ENOSPC:
             log.warning("writeback of inode %d failed: no space (reported at fsync/close)", ino)
+        if ino in self._pending:
+            return      # one queued notification covers every failure until it is sent
+        self._pending.add(ino)
         self.notifications += 1
         self._queue.put(ino)
 
@@ -142,6 +160,7 @@ class WritebackGuard:
             ino = self._queue.get()
             if ino is None:
                 return
+            self._pending.discard(ino)
             # offset 0, length 0: the attributes and every cached page.
             msg = w.OUT_HEADER.pack(body_len, w.NOTIFY_INVAL_INODE, 0) + \
                 w.NOTIFY_INVAL_INODE_OUT.pack(ino, 0, 0)
