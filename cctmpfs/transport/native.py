@@ -563,6 +563,11 @@ class Server:
             return w.WRITE_OUT.pack(self.fs.write(fh, off, self.mv[start:start + size]), 0)
         try:
             written = self.fs.write(fh, off, self.mv[start:start + size], False)
+            if written < size:
+                # Short at size= (as tmpfs's write(2) would be): the kernel
+                # does not retry the rest of a writeback, so it is an error
+                # the kernel reports at fsync and close.
+                raise FsError(errno.ENOSPC, "short writeback")
         except FsError as e:
             if self.guard is not None:
                 self.guard.writeback_failed(nodeid, e.errno)

@@ -557,3 +557,55 @@ def test_a_stop_signal_leaves_only_a_blocking_read():
     with pytest.raises(native._Stop):
         server.on_stop_signal(15, None)
     server.run()                           # stopping: returns without reading
+
+
+# ---- the writeback guard (writeback.py) ------------------------------------------------
+
+def test_failed_writebacks_send_one_inval_inode_per_inode_from_another_thread():
+    from cctmpfs.transport.writeback import WritebackGuard
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.settimeout(10)
+    free = [100 << 20]
+    guard = WritebackGuard(ours.fileno(), lambda: free[0], 64 << 20)
+    assert guard.reserve == 16 << 20            # a quarter of size=, at most 32 MiB
+    try:
+        guard.start(None)                       # no bdi to bound: logged, reserve kept
+        assert not guard.near_full() and guard.direct_opens == 0
+        free[0] = 16 << 20
+        assert guard.near_full() and guard.direct_opens == 1
+        # The reader is not blocked by the notification: queued, sent by the thread.
+        guard.writeback_failed(7, errno.ENOSPC)
+        msg = theirs.recv(1 << 16)
+        length, code, unique = w.OUT_HEADER.unpack_from(msg)
+        assert (length, code, unique) == (len(msg), w.NOTIFY_INVAL_INODE, 0) and length == 40
+        assert w.NOTIFY_INVAL_INODE_OUT.unpack_from(msg, w.OUT_HEADER.size) == (7, 0, 0)
+        assert guard.info()["failed_writebacks"] == 1 and guard.info()["inval_notifications"] == 1
+    finally:
+        guard.stop()
+        ours.close()
+        theirs.close()
+
+
+def test_a_failed_writeback_write_is_answered_with_its_errno(clock):
+    fs = Filesystem(block_size=BS, size_limit=BS, clock_ns=clock.ns)
+    k, server, t, socks = start(fs, DEFAULT_FUSE_FLAGS | {"writeback_cache"})
+    try:
+        k.init(flags=FLAGS_OFFERED | ALL_SWITCHES)
+        assert server.guard is not None
+        server.guard.start(None)
+        out = k.call(w.CREATE, ROOT_INO, w.CREATE_IN.pack(os.O_RDWR, stat.S_IFREG | 0o644, 0, 0)
+                     + name(b"f"))
+        f = entry(out)["ino"]
+        # The whole 16 KiB mount is within the 1 MiB reserve: opened uncached.
+        assert w.OPEN_OUT.unpack(out[w.ENTRY_OUT.size:])[1] == w.FOPEN_DIRECT_IO
+        body = w.WRITE_IN.pack(f, 0, 2 * BS, w.WRITE_CACHE, 0, 0, 0) + os.urandom(2 * BS)
+        assert k.errno_of(w.WRITE, f, body) == errno.ENOSPC
+        assert server.guard.failed_writebacks == 1
+        # The notification arrives on the same connection, unique 0.
+        assert k.answer()[:2] == (0, -w.NOTIFY_INVAL_INODE)
+    finally:
+        if server.guard is not None:
+            server.guard.stop()
+        socks[1].close()
+        t.join(10)
+        socks[0].close()
