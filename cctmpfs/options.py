@@ -8,7 +8,6 @@ that names the option, so a typo in fstab never mounts with silent defaults.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from typing import Optional
@@ -16,8 +15,6 @@ from typing import Optional
 import attrs
 
 from .errors import OptionError
-
-log = logging.getLogger(__name__)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -348,10 +345,8 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
                 raise OptionError(f"{opt}: not supported with transport=native yet")
 
     fuse_flags = _parse_fuse_switches(ours.get("fuse_off"), ours.get("fuse_on"))
-    if transport != "native" and ("fuse_off" in ours or "fuse_on" in ours):
-        # Accepted, as workers= is under native: one fstab line can switch
-        # transport= alone. libfuse 2.9 negotiates its own flags.
-        log.info("fuse_off=/fuse_on= apply to transport=native only: ignored")
+    # Under transport=llfuse these are checked, then ignored with a log line
+    # (transport/llfuse_ops.py), as workers= is under native.
 
     dedup_text = ours.get("dedup", "on")
     if dedup_text not in ("on", "off"):

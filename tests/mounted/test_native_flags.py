@@ -31,6 +31,8 @@ def test_stats_show_offered_asked_and_negotiated_flags(mount_cct, transport):
     info = read_stats(mp)["transport"]
     assert info["name"] == transport
     if transport != "native":
+        # Accepted and ignored, with a line in the log.
+        assert "fuse_off=/fuse_on= apply to transport=native only: ignored" in mp.log()
         return
     for key in ("kernel_flags", "asked_flags", "flags", "max_write", "max_pages"):
         assert key in info

@@ -461,10 +461,8 @@ def test_unknown_fuse_flag_is_an_option_error_naming_it(ram: int, opt: str) -> N
     assert opt.split("=")[0] in str(e.value) or "async_read" in str(e.value)
 
 
-def test_fuse_off_on_llfuse_is_accepted_and_logged(ram: int, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("INFO", logger="cctmpfs.options"):
-        opts = parse_options(["fuse_off=max_pages"])
-    assert opts.transport == "llfuse"
-    assert "transport=native only" in caplog.text
+def test_fuse_off_on_llfuse_is_accepted_but_still_checked(ram: int) -> None:
+    opts = parse_options(["fuse_off=max_pages"])
+    assert opts.transport == "llfuse" and "max_pages" not in opts.fuse_flags
     with pytest.raises(OptionError):
-        parse_options(["fuse_off=nonsense"])   # still checked: a typo fails on any transport
+        parse_options(["fuse_off=nonsense"])   # a typo fails on any transport
