@@ -8,7 +8,8 @@ writev(2). The INIT reply asks for the flags switched on in
 options.INIT_SWITCHES (`fuse_off=`, `fuse_on=`) that the kernel offers:
 1 MiB requests (MAX_PAGES), ATOMIC_O_TRUNC, PARALLEL_DIROPS,
 AUTO_INVAL_DATA and HANDLE_KILLPRIV_V2 by default; WRITEBACK_CACHE only when
-switched on (issue 18 step 2: its full-filesystem safety is not built).
+switched on (a handle opened before the mount filled keeps the cache, and
+its writer learns of ENOSPC only at fsync or close: writeback.py).
 What each flag moves onto the daemon:
 * ATOMIC_O_TRUNC: OPEN carries O_TRUNC, and the daemon truncates;
 * HANDLE_KILLPRIV_V2: the daemon clears suid/sgid/security.capability
@@ -338,7 +339,8 @@ class Server:
         self.flags = self.wanted & flags
         if not self.flags & w.HANDLE_KILLPRIV_V2:
             self.flags &= ~w.ATOMIC_O_TRUNC
-        if not self.flags & w.WRITEBACK_CACHE:
+        if not self.flags & w.WRITEBACK_CACHE and self.guard is not None:
+            self.guard.stop()
             self.guard = None
         if self.flags & w.MAX_PAGES:
             self.max_pages = MAX_PAGES
