@@ -13,6 +13,7 @@ alone cannot tell a subcommand from a mount: command() decides by the flags.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import json
 import os
@@ -52,7 +53,25 @@ class NotCctmpfsError(StatsError):
 
 
 def read_stats(mountpoint: str, settle: bool = False) -> dict[str, Any]:
+    """Syncs the mount first: under transport=native with writeback_cache
+    the kernel holds written data the daemon has not seen yet, and the
+    figures would be short of it."""
+    sync_mount(mountpoint)
     return read_control(mountpoint, XATTR_STATS_SETTLED if settle else XATTR_STATS)
+
+
+def sync_mount(mountpoint: str) -> None:
+    """syncfs(2) of one mount: the kernel writes back its dirty pages and
+    times (WRITEs and SETATTRs the daemon answers) and returns when they
+    are answered. Best effort: stats are still worth reading without it."""
+    try:
+        fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).syncfs(fd)
+    finally:
+        os.close(fd)
 
 
 def read_control(mountpoint: str, name: str) -> dict[str, Any]:

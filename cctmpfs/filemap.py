@@ -377,6 +377,15 @@ class DataEngine:
         while pos < end:
             idx, boff = divmod(pos, bs)
             n = min(bs - boff, end - pos)
+            slot = f.blocks.get(idx) if sequential and n == bs else None
+            if slot is not None and slot.raw is None and slot.stored is not None:
+                # A whole stored block of a stream (1 MiB READs span 8): as
+                # the one-block fast path, decoded without entering the buffer.
+                out = self._stream_block(f, idx, slot)
+                if out is not None:
+                    pieces.append(out)
+                    pos += n
+                    continue
             raw = self.raw_for(f, idx, hot=not sequential)
             if raw is None:
                 pieces.append(_ZEROS_MV[:n])

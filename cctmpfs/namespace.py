@@ -46,6 +46,8 @@ RENAME_NOREPLACE = 1 << 0   # fail with EEXIST if the new name exists
 RENAME_EXCHANGE = 1 << 1    # swap the two names, both must exist
 RENAME_WHITEOUT = 1 << 2    # leave a whiteout (char device 0/0) at the old name
 RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT
+#: File capabilities (setcap); dropped with suid on write, truncate, chown.
+SECURITY_CAPABILITY = b"security.capability"
 
 
 @attrs.define(slots=True)
@@ -563,9 +565,16 @@ class Filesystem:
     # ---- attributes ----------------------------------------------------
     def setattr(self, ino: int, *, size: Optional[int] = None, mode: Optional[int] = None,
                 uid: Optional[int] = None, gid: Optional[int] = None,
-                atime_ns: Optional[int] = None, mtime_ns: Optional[int] = None) -> Inode:
-        """chmod, chown, utimens and truncate. Releases the global lock (truncate)."""
+                atime_ns: Optional[int] = None, mtime_ns: Optional[int] = None,
+                ctime_ns: Optional[int] = None, kill_privileges: bool = False) -> Inode:
+        """chmod, chown, utimens and truncate. ctime_ns is a ctime the kernel
+        owns (writeback cache: it stamps ctime itself and sends it); without
+        it ctime is now. kill_privileges: see kill_privileges(), applied
+        before mode, so an explicit mode wins. Releases the global lock
+        (truncate)."""
         node = self.get(ino)
+        if kill_privileges:
+            self.kill_privileges(ino)
         if size is not None:
             if node.data is None:
                 raise FsError(errno.EISDIR if node.is_dir else errno.EINVAL)
@@ -591,8 +600,44 @@ class Filesystem:
         # Every SETATTR changes ctime, even one that changes nothing else:
         # chown(f, -1, -1) arrives as a SETATTR without fields, and tmpfs
         # updates ctime for it.
-        node.ctime_ns = self.now_ns()
+        if ctime_ns is not None:
+            node.ctime_ns = ctime_ns
+            self.clock.observe(ctime_ns)
+        else:
+            node.ctime_ns = self.now_ns()
         return node
+
+    def kill_privileges(self, ino: int) -> None:
+        """What a write, truncate or chown by a caller without CAP_FSETID
+        drops on tmpfs (the VFS's file_remove_privs and
+        setattr_should_drop_suidgid): the setuid bit; the setgid bit if the
+        file is group-executable (without group-exec, setgid is the
+        mandatory-locking mark and stays); and security.capability. Sets
+        ctime if anything changed. The kernel does this itself unless the
+        transport negotiated HANDLE_KILLPRIV_V2; then it sends a flag and
+        the transport calls this."""
+        node = self.get(ino)
+        mode = node.mode
+        if mode & S.S_ISUID:
+            mode &= ~S.S_ISUID
+        if mode & (S.S_ISGID | S.S_IXGRP) == S.S_ISGID | S.S_IXGRP:
+            mode &= ~S.S_ISGID
+        changed = mode != node.mode
+        node.mode = mode
+        if node.xattrs and SECURITY_CAPABILITY in node.xattrs:
+            del node.xattrs[SECURITY_CAPABILITY]
+            if not node.xattrs:
+                node.xattrs = None
+            changed = True
+        if changed:
+            node.ctime_ns = self.now_ns()
+
+    def truncate_on_open(self, ino: int, kill_privileges: bool = False) -> None:
+        """open(2) with O_TRUNC, when the transport gets it whole
+        (ATOMIC_O_TRUNC): size 0, mtime and ctime now even if it was empty
+        (tmpfs: do_truncate with ATTR_MTIME|ATTR_CTIME). Releases the global
+        lock."""
+        self.setattr(ino, size=0, kill_privileges=kill_privileges)
 
     def readlink(self, ino: int) -> bytes:
         node = self.get(ino)
@@ -634,13 +679,16 @@ class Filesystem:
         self._maybe_update_atime(node)
         return out
 
-    def write(self, fh: int, off: int, buf: bytes) -> int:
-        """Releases the global lock."""
+    def write(self, fh: int, off: int, buf: bytes, stamp: bool = True) -> int:
+        """stamp=False: leave mtime and ctime alone, for a writeback of pages
+        the kernel cached (it owns the times of such a file, stamped them at
+        write(2), and sends them in a SETATTR). Releases the global lock."""
         node = self._file(fh)
         if off < 0:
             raise FsError(errno.EINVAL)
         n = self.engine.write(node.data, off, buf)  # type: ignore[arg-type]
-        node.mtime_ns = node.ctime_ns = self.now_ns()
+        if stamp:
+            node.mtime_ns = node.ctime_ns = self.now_ns()
         return n
 
     def fallocate(self, ino: int, mode: int, offset: int, length: int) -> None:

@@ -90,6 +90,47 @@ DEFAULT_TRANSPORT = "llfuse"
 #: mount(2), as root; auto_unmount needs fusermount).
 NATIVE_UNSUPPORTED = frozenset({"auto_unmount"})
 
+#: The INIT flags transport=native asks the kernel for, each switchable by
+#: its lowercased linux/fuse.h name (`fuse_off=NAME[:NAME...]` removes,
+#: `fuse_on=` adds; colons, because fstab splits options on commas), and
+#: whether it is asked for by default. The one definition: the transport
+#: maps each name to its bit (transport/wire.py INIT_FLAGS) and asks for
+#: the enabled ones the kernel offers; `stats` shows offered, asked and
+#: negotiated. A kernel that offers fewer flags works, only slower. To add
+#: a flag: a line here, and its semantics in the transport.
+INIT_SWITCHES: dict[str, bool] = {
+    # READs of one file may be in flight together (readahead): as libfuse 2.9.
+    "async_read": True,
+    # Up to 1 MiB per READ and WRITE (max_pages 256) instead of 128 KiB:
+    # a quarter of the requests for sequential I/O.
+    "max_pages": True,
+    # OPEN carries O_TRUNC and the daemon truncates, instead of a SETATTR
+    # before it: one request less per `> file`.
+    "atomic_o_trunc": True,
+    # Lookups and readdirs of one directory are not serialised by the
+    # kernel (the daemon has one reader, so this only removes kernel waits).
+    "parallel_dirops": True,
+    # The kernel drops cached pages when it sees mtime or size change.
+    "auto_inval_data": True,
+    # The daemon clears suid/sgid (and security.capability) on write,
+    # truncate and chown itself, so the kernel no longer asks
+    # GETXATTR(security.capability) before every write(2).
+    "handle_killpriv_v2": True,
+    # The kernel caches writes and owns size and mtime while pages are
+    # dirty. Off by default: a writer that opened its file before the mount
+    # filled keeps the cache, and learns of ENOSPC only at fsync or close
+    # where tmpfs fails the write(2) (transport/writeback.py; nothing
+    # acknowledged is lost, but `cat /dev/zero > f` would not stop).
+    "writeback_cache": False,
+    # READDIRPLUS (entries with their attributes and a lookup reference) and
+    # the kernel's choice of when to use it: `ls -l` of 5,000 entries took
+    # 0.53-0.85x the time of plain READDIR, `du -s` of the stdlib 0.30x
+    # llfuse's (transport/native.py, READDIRPLUS_MAX).
+    "readdirplus": True,
+    "readdirplus_auto": True,
+}
+DEFAULT_FUSE_FLAGS = frozenset(n for n, on in INIT_SWITCHES.items() if on)
+
 
 #: Adaptive polling of /dev/fuse (spin=MICROSECONDS, transport/spin.py):
 #: after an answer the reader keeps reading without blocking for up to this
@@ -140,6 +181,8 @@ class MountOptions:
     recompress_level: int = 0   # zstd level cold blocks are recompressed at when idle; 0: off (recompress=)
     transport: str = DEFAULT_TRANSPORT  # how FUSE requests arrive (transport=, one of TRANSPORTS)
     spin_us: int = 0         # transport=native: adaptive polling window, microseconds; 0: off (spin=)
+    #: The INIT_SWITCHES names transport=native asks for (fuse_off=, fuse_on=).
+    fuse_flags: frozenset[str] = DEFAULT_FUSE_FLAGS
     fuse_options: tuple[str, ...] = ()
 
     @property
@@ -243,6 +286,24 @@ def _parse_codec(text: str) -> tuple[str, int]:
     return name, level
 
 
+def _parse_fuse_switches(off: Optional[str], on: Optional[str]) -> frozenset[str]:
+    """The INIT_SWITCHES names enabled by default, less fuse_off=, plus
+    fuse_on= (colon-separated names). OptionError names an unknown one."""
+    flags = set(DEFAULT_FUSE_FLAGS)
+    for key, text, add in (("fuse_off", off, False), ("fuse_on", on, True)):
+        if text is None:
+            continue
+        for name in text.split(":"):
+            if name not in INIT_SWITCHES:
+                raise OptionError(f"{key}={text[:80]}: unknown flag {name[:40]!r} "
+                                  f"(known: {':'.join(INIT_SWITCHES)})")
+            if add:
+                flags.add(name)
+            else:
+                flags.discard(name)
+    return frozenset(flags)
+
+
 def split_option_strings(option_strings: list[str]) -> list[str]:
     """Split `-o a,b=c` strings into single options, dropping empty ones."""
     out: list[str] = []
@@ -262,7 +323,7 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         if key in ("size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress",
                    "block_size", "ram", "buffer", "workers", "dedup", "backing",
                    "backing_size", "backing_encrypt", "seal_priority", "recompress", "transport",
-                   "spin"):
+                   "spin", "fuse_off", "fuse_on"):
             if not eq or value == "":
                 raise OptionError(f"{key}: needs a value ({key}=...)")
             ours[key] = value
@@ -331,6 +392,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
             if opt in NATIVE_UNSUPPORTED:
                 raise OptionError(f"{opt}: not supported with transport=native yet")
 
+    fuse_flags = _parse_fuse_switches(ours.get("fuse_off"), ours.get("fuse_on"))
+    # Under transport=llfuse these are checked, then ignored with a log line
+    # (transport/llfuse_ops.py), as workers= is under native.
+
     dedup_text = ours.get("dedup", "on")
     if dedup_text not in ("on", "off"):
         raise OptionError(f"dedup={dedup_text}: must be on or off")
@@ -374,5 +439,5 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         workers=workers, dedup=dedup_text == "on", backing=backing, backing_size=backing_size,
         backing_encrypt=encrypt_text == "on", seal_idle=seal_priority == "idle",
         recompress_level=recompress_level,
-        transport=transport, spin_us=spin_us, fuse_options=tuple(fuse),
+        transport=transport, spin_us=spin_us, fuse_flags=fuse_flags, fuse_options=tuple(fuse),
     )

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from .. import check as check_mod
 from .. import stats as stats_mod
 from ..errors import FsError
-from ..namespace import ROOT_INO, Filesystem, Inode
+from ..namespace import ROOT_INO, SECURITY_CAPABILITY, Filesystem, Inode
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ CONTROL_XATTRS = (XATTR_STATS, XATTR_STATS_SETTLED, XATTR_CHECK)
 XATTR_BLOCKS = b"trusted.cctmpfs.blocks"
 #: Violations listed in one check report; an xattr value is at most 64 KiB.
 CHECK_REPORT_LIMIT = 100
-#: The kernel asks for this before every write(2) once getxattr exists
-#: (without HANDLE_KILLPRIV_V2): answered on the cheapest path there is.
-SECURITY_CAPABILITY = b"security.capability"
+#: The kernel asks for security.capability (namespace.SECURITY_CAPABILITY)
+#: before every write(2) once getxattr exists (without HANDLE_KILLPRIV_V2):
+#: answered on the cheapest path there is.
 #: setxattr(2) flags (linux/xattr.h).
 XATTR_CREATE = 1
 XATTR_REPLACE = 2

@@ -22,7 +22,7 @@ import llfuse
 from llfuse import FUSEError
 
 from ..namespace import Caller, Inode
-from ..options import MountOptions
+from ..options import DEFAULT_FUSE_FLAGS, MountOptions
 from .frontend import CACHE_TIMEOUT, Frontend
 from .mounting import MountError
 
@@ -265,6 +265,10 @@ class LlfuseSession:
     def mount(self, frontend: Frontend, source: str, mountpoint: str, opts: MountOptions) -> None:
         frontend.transport_info = lambda: {"name": self.name, "libfuse": "2.9",
                                            "workers": opts.workers}
+        if opts.fuse_flags != DEFAULT_FUSE_FLAGS:
+            # Accepted, as workers= is under native: one fstab line can switch
+            # transport= alone. libfuse 2.9 negotiates its own INIT flags.
+            log.info("fuse_off=/fuse_on= apply to transport=native only: ignored")
         ops = Operations(frontend)
         try:
             llfuse.init(ops, mountpoint, list(opts.fuse_options))

@@ -4,10 +4,21 @@
 One reader thread reads a request into one reusable buffer, decodes it with
 the precompiled layouts of wire.py through a memoryview, calls the core or
 the shared Frontend under the global lock, and writes the answer with one
-writev(2). The request model is libfuse 2.9's, for now (issue 18, step 1):
-the INIT reply asks for ASYNC_READ and BIG_WRITES, and READDIRPLUS with
-READDIRPLUS_AUTO, so there is no writeback cache and no HANDLE_KILLPRIV_V2,
-and requests stop at MAX_WRITE (128 KiB, the most without MAX_PAGES).
+writev(2). The INIT reply asks for the flags switched on in
+options.INIT_SWITCHES (`fuse_off=`, `fuse_on=`) that the kernel offers:
+1 MiB requests (MAX_PAGES), ATOMIC_O_TRUNC, PARALLEL_DIROPS,
+AUTO_INVAL_DATA, HANDLE_KILLPRIV_V2 and READDIRPLUS with
+READDIRPLUS_AUTO by default; WRITEBACK_CACHE only when
+switched on (a handle opened before the mount filled keeps the cache, and
+its writer learns of ENOSPC only at fsync or close: writeback.py).
+What each flag moves onto the daemon:
+* ATOMIC_O_TRUNC: OPEN carries O_TRUNC, and the daemon truncates;
+* HANDLE_KILLPRIV_V2: the daemon clears suid/sgid/security.capability
+  (namespace.kill_privileges) on WRITE with WRITE_KILL_SUIDGID, SETATTR
+  with FATTR_KILL_SUIDGID and OPEN with OPEN_KILL_SUIDGID;
+* WRITEBACK_CACHE: the kernel owns size, mtime and ctime of a file it
+  caches, and sends them in SETATTR (FATTR_CTIME included), which the
+  daemon takes as they are; WRITEs come later, on any open handle.
 
 Rules of the loop (the kernel is trusted, but the daemon must outlive a bug):
 * a handler's FsError is its errno; any other exception is logged, counted
@@ -45,28 +56,41 @@ from typing import Any, Callable, Optional
 
 from ..errors import FsError
 from ..namespace import Caller, Inode
-from ..options import MountOptions
+from ..options import DEFAULT_FUSE_FLAGS, MountOptions
 from . import mounting
 from . import wire as w
 from .frontend import CACHE_TIMEOUT, Frontend
 from .spin import CpuCrowding, SpinPolicy
+from .writeback import WritebackGuard
 
 log = logging.getLogger(__name__)
 
-#: The largest WRITE (and READ) the kernel may send: 32 pages, its maximum
-#: without MAX_PAGES, and the block size by default.
+#: The largest WRITE (and READ) the kernel may send without MAX_PAGES: 32
+#: pages, and the block size by default.
 MAX_WRITE = 128 * 1024
+#: With MAX_PAGES: 256 pages, the kernel's default limit
+#: (/proc/sys/fs/fuse/max_pages_limit), 1 MiB per READ and WRITE.
+MAX_PAGES = 256
+MAX_WRITE_PAGES = MAX_PAGES * 4096
 #: The longest COPY_FILE_RANGE answered at once: its reply's size is 32 bits.
 MAX_COPY = (1 << 32) - (1 << 12)
-#: The request buffer: the kernel refuses a read(2) shorter than a WRITE
-#: header plus max_write; a page more, as libfuse has.
-BUFFER_SIZE = MAX_WRITE + 4096
-#: READDIRPLUS, used as the kernel sees fit (READDIRPLUS_AUTO): for the
-#: first batch of a listing and after lookups in the directory (`ls -l`,
-#: `du`, `find -type`), each entry comes with its attributes and a lookup
-#: reference, which saves a LOOKUP per entry; a bare `ls -f` gets plain
-#: READDIR after the first batch, 5x denser (32 bytes an entry, not 160).
-READDIRPLUS_FLAGS = w.DO_READDIRPLUS | w.READDIRPLUS_AUTO
+#: The request buffer beyond max_write: the kernel refuses a read(2) shorter
+#: than a WRITE header plus max_write; a page more, as libfuse has.
+BUFFER_SLACK = 4096
+#: Asked for whatever the switches say: requests past 4 KiB (without it the
+#: kernel sends 4 KiB WRITEs; implied by MAX_PAGES on new kernels).
+BASE_FLAGS = w.BIG_WRITES
+# ATOMIC_O_TRUNC is asked for only with HANDLE_KILLPRIV_V2. Without it the
+# kernel clears suid/sgid itself, but on open(O_TRUNC) under ATOMIC_O_TRUNC
+# it skips the SETATTR that would carry the new mode (6.18 fuse_setattr
+# returns early for ATTR_OPEN), and the daemon cannot tell a caller with
+# CAP_FSETID: suid would survive a truncate by its owner, unlike on tmpfs
+# (tests/mounted/test_native_flags.py, kernel_kills).
+# READDIRPLUS, used as the kernel sees fit (READDIRPLUS_AUTO): for the
+# first batch of a listing and after lookups in the directory (`ls -l`,
+# `du`, `find -type`), each entry comes with its attributes and a lookup
+# reference, which saves a LOOKUP per entry; a bare `ls -f` gets plain
+# READDIR after the first batch, 5x denser (32 bytes an entry, not 160).
 #: The most a READDIRPLUS answer holds (~190 records). The kernel asks for
 #: as much as the caller's getdents buffer (128 KiB from glibc's readdir:
 #: ~780 records), and READDIRPLUS_AUTO sends READDIRPLUS for the first
@@ -78,9 +102,6 @@ READDIRPLUS_FLAGS = w.DO_READDIRPLUS | w.READDIRPLUS_AUTO
 #: answer ends the batch; the next getdents gets READDIRPLUS again only if
 #: the caller looked entries up meanwhile.
 READDIRPLUS_MAX = 32 * 1024
-#: The INIT flags asked for in this step: what libfuse 2.9 asks for llfuse.
-WANTED_FLAGS = w.ASYNC_READ | w.BIG_WRITES
-WANTED_FLAGS |= READDIRPLUS_FLAGS
 #: Signals that end the loop and unmount, as under llfuse.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -123,12 +144,31 @@ class _Stop(BaseException):
 class Server:
     """Decodes requests, calls the core, encodes answers. One per connection."""
 
-    def __init__(self, fd: int, frontend: Frontend, lock: Any, spin_us: int = 0) -> None:
+    def __init__(self, fd: int, frontend: Frontend, lock: Any,
+                 switches: frozenset[str] = DEFAULT_FUSE_FLAGS, spin_us: int = 0) -> None:
         self.fd = fd
         self.frontend = frontend
         self.fs = frontend.fs
         self.lock = lock
-        self.buf = bytearray(BUFFER_SIZE)
+        #: INIT flags to ask for: BASE_FLAGS and the switches turned on.
+        self.wanted = BASE_FLAGS
+        for name in switches:
+            self.wanted |= w.switch_bit(name)
+        if not self.wanted & w.HANDLE_KILLPRIV_V2:
+            self.wanted &= ~w.ATOMIC_O_TRUNC
+        #: With the writeback cache: the reserve, FOPEN_DIRECT_IO near full,
+        #: failed writebacks (writeback.py); None without.
+        self.guard: Optional[WritebackGuard] = None
+        if self.wanted & w.WRITEBACK_CACHE:
+            # Opens near full are FOPEN_DIRECT_IO; this keeps mmap(MAP_SHARED)
+            # of them working (7.39+; the bit is in flags2, so INIT_EXT).
+            self.wanted |= w.DIRECT_IO_ALLOW_MMAP | w.INIT_EXT
+            fs = self.fs
+            self.guard = WritebackGuard(fd, lambda: fs.statfs()["f_bavail"] * 4096,
+                                        fs.engine.size_limit)
+        #: max_write offered at INIT; the buffer must hold a WRITE that big.
+        self.max_write = MAX_WRITE_PAGES if self.wanted & w.MAX_PAGES else MAX_WRITE
+        self.buf = bytearray(self.max_write + BUFFER_SLACK)
         self.mv = memoryview(self.buf)
         self.counts = [0] * (w.OPCODE_LIMIT + 1)   # requests by opcode; the last: unknown ones
         self.bad_requests = 0       # short or garbled requests, answered EIO
@@ -140,6 +180,7 @@ class Server:
         self.offered = 0
         self.flags = 0
         self.max_readahead = 0
+        self.max_pages = 0
         self.stopping = False
         self._waiting = False       # blocked in read(2), where a stop signal may interrupt
         self._hdr: tuple[int, ...] = ()
@@ -397,12 +438,25 @@ class Server:
             raise FsError(errno.EPROTO)
         self.minor = min(minor, w.PROTOCOL_MINOR)
         self.offered = flags
-        self.flags = WANTED_FLAGS & flags
+        self.flags = self.wanted & flags
+        if not self.flags & w.HANDLE_KILLPRIV_V2:
+            self.flags &= ~w.ATOMIC_O_TRUNC
+        if not self.flags & w.WRITEBACK_CACHE and self.guard is not None:
+            self.guard.stop()
+            self.guard = None
+        if self.flags & w.MAX_PAGES:
+            self.max_pages = MAX_PAGES
+        else:
+            # An older kernel: 128 KiB requests (the buffer stays as it is).
+            self.max_pages, self.max_write = 0, min(self.max_write, MAX_WRITE)
         self.max_readahead = max_readahead
+        missing = self.wanted & ~flags
+        if missing:
+            log.warning("the kernel does not offer %s: working without", ",".join(w.flag_names(missing)))
         out = w.INIT_OUT.pack(w.PROTOCOL_MAJOR, self.minor, max_readahead, self.flags & 0xFFFFFFFF,
-                              0, 0, MAX_WRITE, 1, 0, 0, self.flags >> 32)
+                              0, 0, self.max_write, 1, self.max_pages, 0, self.flags >> 32)
         log.info("FUSE %d.%d (kernel %d.%d), flags %s, max_write %d", w.PROTOCOL_MAJOR,
-                 self.minor, major, minor, ",".join(w.flag_names(self.flags)), MAX_WRITE)
+                 self.minor, major, minor, ",".join(w.flag_names(self.flags)), self.max_write)
         return out if self.minor >= w.INIT_OUT_COMPAT_MINOR else out[:w.INIT_OUT_COMPAT_SIZE]
 
     def info(self) -> dict[str, Any]:
@@ -412,10 +466,15 @@ class Server:
             "name": "native",
             "protocol": f"{w.PROTOCOL_MAJOR}.{self.minor}",
             "kernel_protocol": "%d.%d" % self.kernel_version,
-            "flags": w.flag_names(self.flags),
+            # INIT: what the kernel offered, what we asked (options.INIT_SWITCHES
+            # less fuse_off=, plus fuse_on=), and the flags in force: both.
             "kernel_flags": w.flag_names(self.offered),
-            "max_write": MAX_WRITE,
+            "asked_flags": w.flag_names(self.wanted),
+            "flags": w.flag_names(self.flags),
+            "max_write": self.max_write,
+            "max_pages": self.max_pages,
             "max_readahead": self.max_readahead,
+            "writeback": self.guard.info() if self.guard is not None else None,
             "threads": 1,
             "spin": self.spin.info() if self.spin is not None else {"window_us": 0},
             "bad_requests": self.bad_requests,
@@ -461,7 +520,7 @@ class Server:
         return self._attr_out(self.fs.getattr(nodeid))
 
     def setattr(self, nodeid: int, n: int) -> Reply:
-        (valid, _pad, _fh, size, _owner, atime, mtime, _ctime, atimensec, mtimensec, _ctimensec,
+        (valid, _pad, _fh, size, _owner, atime, mtime, ctime, atimensec, mtimensec, ctimensec,
          mode, _u4, uid, gid, _u5) = w.SETATTR_IN.unpack_from(self.buf, _HDR)
         # FATTR_*_NOW: the kernel's "now" (touch, utimensat(UTIME_NOW)) is
         # the core's clock's now, which never goes back (clock.py).
@@ -479,7 +538,11 @@ class Server:
             mode=mode if valid & w.FATTR_MODE else None,
             uid=uid if valid & w.FATTR_UID else None,
             gid=gid if valid & w.FATTR_GID else None,
-            atime_ns=atime_ns, mtime_ns=mtime_ns)
+            atime_ns=atime_ns, mtime_ns=mtime_ns,
+            # WRITEBACK_CACHE: the kernel's own ctime of a file it caches.
+            ctime_ns=ctime * _NS + ctimensec if valid & w.FATTR_CTIME else None,
+            # HANDLE_KILLPRIV_V2: truncate without CAP_FSETID, or chown.
+            kill_privileges=bool(valid & w.FATTR_KILL_SUIDGID))
         return self._attr_out(node)
 
     def readlink(self, nodeid: int, n: int) -> Reply:
@@ -532,15 +595,34 @@ class Server:
 
     # ---- file I/O ----------------------------------------------------------------
     def open(self, nodeid: int, n: int) -> Reply:
-        # The page cache is kept across opens, as llfuse keeps it: every
-        # change goes through this kernel.
-        return w.OPEN_OUT.pack(self.fs.open(nodeid), w.FOPEN_KEEP_CACHE, 0)
+        flags, open_flags = w.OPEN_IN.unpack_from(self.buf, _HDR)
+        fh = self.fs.open(nodeid)
+        if flags & os.O_TRUNC:
+            # Only with ATOMIC_O_TRUNC: otherwise the kernel strips O_TRUNC
+            # and sends a SETATTR first. OPEN_KILL_SUIDGID (KILLPRIV_V2):
+            # the opener lacks CAP_FSETID.
+            try:
+                self.fs.truncate_on_open(nodeid, bool(open_flags & w.OPEN_KILL_SUIDGID))
+            except BaseException:
+                self.fs.release(fh)
+                raise
+        return w.OPEN_OUT.pack(fh, self._open_flags(), 0)
+
+    def _open_flags(self) -> int:
+        """The page cache is kept across opens, as llfuse keeps it: every
+        change goes through this kernel. Under the writeback cache with free
+        space down to the reserve: no cache, so write(2) gets ENOSPC."""
+        if self.guard is not None and self.guard.near_full():
+            return w.FOPEN_DIRECT_IO
+        return w.FOPEN_KEEP_CACHE
 
     def create(self, nodeid: int, n: int) -> Reply:
+        # A new file: O_TRUNC and OPEN_KILL_SUIDGID in open_flags change
+        # nothing (tmpfs neither truncates nor clears what it creates).
         _flags, mode, _umask, _open_flags = w.CREATE_IN.unpack_from(self.buf, _HDR)
         name, _ = self._name(_HDR + w.CREATE_IN.size, n)
         node = self.fs.create(nodeid, name, mode, self._caller())
-        return self._entry(node) + w.OPEN_OUT.pack(node.ino, w.FOPEN_KEEP_CACHE, 0)
+        return self._entry(node) + w.OPEN_OUT.pack(node.ino, self._open_flags(), 0)
 
     def lseek(self, nodeid: int, n: int) -> Reply:
         fh, off, whence, _pad = w.LSEEK_IN.unpack_from(self.buf, _HDR)
@@ -570,12 +652,31 @@ class Server:
         return self.fs.read(fh, off, size)
 
     def write(self, nodeid: int, n: int) -> Reply:
-        fh, off, size, _wf, _owner, _flags, _pad = w.WRITE_IN.unpack_from(self.buf, _HDR)
+        fh, off, size, write_flags, _owner, _flags, _pad = w.WRITE_IN.unpack_from(self.buf, _HDR)
         start = _HDR + w.WRITE_IN.size
         if start + size > n:
             raise BadRequest(f"WRITE of {size} bytes in a {n}-byte request")
+        if write_flags & w.WRITE_KILL_SUIDGID:
+            # HANDLE_KILLPRIV_V2: a writer without CAP_FSETID, to a file
+            # with suid or sgid (the kernel sends it only then): before the
+            # data, as the VFS does.
+            self.fs.kill_privileges(fh)
         # A view over the request buffer: the core copies what it keeps.
-        written = self.fs.write(fh, off, self.mv[start:start + size])
+        # WRITE_CACHE: a writeback of cached pages; the kernel owns mtime
+        # and ctime then, and sends its own (SETATTR, FATTR_CTIME).
+        if not write_flags & w.WRITE_CACHE:
+            return w.WRITE_OUT.pack(self.fs.write(fh, off, self.mv[start:start + size]), 0)
+        try:
+            written = self.fs.write(fh, off, self.mv[start:start + size], False)
+            if written < size:
+                # Short at size= (as tmpfs's write(2) would be): the kernel
+                # does not retry the rest of a writeback, so it is an error
+                # the kernel reports at fsync and close.
+                raise FsError(errno.ENOSPC, "short writeback")
+        except FsError as e:
+            if self.guard is not None:
+                self.guard.writeback_failed(nodeid, e.errno)
+            raise
         return w.WRITE_OUT.pack(written, 0)
 
     def release(self, nodeid: int, n: int) -> Reply:
@@ -709,7 +810,9 @@ class NativeSession:
             os.close(fd)
             raise
         self.fd, self.mountpoint = fd, mountpoint
-        self.server = Server(fd, frontend, self.lock, spin_us=opts.spin_us)
+        self.server = Server(fd, frontend, self.lock, opts.fuse_flags, spin_us=opts.spin_us)
+        if self.server.guard is not None:
+            self.server.guard.start(self.device)
         frontend.transport_info = self.server.info
         frontend.request_counts = self.server.request_counts
 
@@ -725,6 +828,8 @@ class NativeSession:
                 signal.signal(s, h)
 
     def close(self) -> None:
+        if self.server is not None and self.server.guard is not None:
+            self.server.guard.stop()
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             mounting.unmount(fd, self.mountpoint, self.device)

@@ -92,6 +92,19 @@ BIG_WRITES = INIT_FLAGS["BIG_WRITES"]
 INIT_EXT = INIT_FLAGS["INIT_EXT"]
 DO_READDIRPLUS = INIT_FLAGS["DO_READDIRPLUS"]
 READDIRPLUS_AUTO = INIT_FLAGS["READDIRPLUS_AUTO"]
+ATOMIC_O_TRUNC = INIT_FLAGS["ATOMIC_O_TRUNC"]
+MAX_PAGES = INIT_FLAGS["MAX_PAGES"]
+WRITEBACK_CACHE = INIT_FLAGS["WRITEBACK_CACHE"]
+HANDLE_KILLPRIV_V2 = INIT_FLAGS["HANDLE_KILLPRIV_V2"]
+DIRECT_IO_ALLOW_MMAP = INIT_FLAGS["DIRECT_IO_ALLOW_MMAP"]
+#: Switch names (options.INIT_SWITCHES) whose fuse.h name differs from the
+#: lowercased flag: FUSE_DO_READDIRPLUS is switched as `readdirplus`.
+SWITCH_ALIASES = {"readdirplus": "DO_READDIRPLUS"}
+
+
+def switch_bit(name: str) -> int:
+    """The INIT flag of a switch name (options.INIT_SWITCHES)."""
+    return INIT_FLAGS[SWITCH_ALIASES.get(name, name.upper())]
 
 
 def flag_names(flags: int) -> list[str]:
@@ -117,6 +130,12 @@ FATTR_KILL_SUIDGID = 1 << 11
 
 FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
+
+#: fuse_write_in.write_flags
+WRITE_CACHE = 1 << 0          # a writeback of cached pages; the handle is any open one
+WRITE_KILL_SUIDGID = 1 << 2   # HANDLE_KILLPRIV_V2: clear suid/sgid (the writer lacks CAP_FSETID)
+#: fuse_open_in.open_flags, fuse_create_in.open_flags
+OPEN_KILL_SUIDGID = 1 << 0    # HANDLE_KILLPRIV_V2: O_TRUNC by a caller without CAP_FSETID
 
 # ---- layouts -------------------------------------------------------------------
 IN_HEADER = struct.Struct("<IIQQIIIHH")     # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
@@ -169,13 +188,17 @@ LSEEK_OUT = struct.Struct("<Q")                # offset
 FALLOCATE_IN = struct.Struct("<QQQII")         # fh offset length mode padding
 COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out off_out len flags
 
+# ---- notifications (daemon to kernel: unique 0, the code in the error field) ----
+NOTIFY_INVAL_INODE = 2
+NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino off len (off < 0: attributes only; len <= 0: to the end)
+
 for _s, _size in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128),
                   (ATTR_OUT, 104), (OPEN_OUT, 16), (WRITE_OUT, 8), (KSTATFS, 80),
                   (INIT_OUT, 64), (DIRENT, 24), (INIT_IN, 16), (SETATTR_IN, 88),
                   (MKNOD_IN, 16), (CREATE_IN, 16), (READ_IN, 40), (RELEASE_IN, 24),
                   (FLUSH_IN, 24), (FSYNC_IN, 16), (RENAME2_IN, 16), (GETATTR_IN, 16),
                   (LSEEK_IN, 24), (LSEEK_OUT, 8), (FALLOCATE_IN, 32),
-                  (COPY_FILE_RANGE_IN, 56)):
+                  (COPY_FILE_RANGE_IN, 56), (NOTIFY_INVAL_INODE_OUT, 24)):
     assert _s.size == _size, (_s.format, _s.size, _size)
 assert DIRENTPLUS_NAME_OFFSET == 152
 

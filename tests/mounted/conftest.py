@@ -45,6 +45,8 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+from cctmpfs.cli import sync_mount
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SKIP_ENV = "CCTMPFS_SKIP_MOUNTED"
 #: How long a mount may take to answer, and a daemon to exit after an unmount.
@@ -262,6 +264,9 @@ def _die_with_parent() -> None:  # runs in the child before exec
 
 
 def read_stats(mountpoint: str, settle: bool = False) -> dict[str, Any]:
+    """As `cctmpfs stats` reads them: after syncing the mount, so that what
+    the kernel's writeback cache holds (transport=native) is counted."""
+    sync_mount(mountpoint)
     return json.loads(os.getxattr(mountpoint, XATTR_STATS_SETTLED if settle else XATTR_STATS))
 
 

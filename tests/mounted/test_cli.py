@@ -343,13 +343,16 @@ def test_stats_json_after_writing_real_files(mount_cct, transport):
     assert s["blocks"]["dirty"] == 0 and s["blocks"]["sealing"] == 0
     assert s["compression_ratio"] is not None and s["compression_ratio"] > 2.0, s
     assert s["stored_bytes"] < total / 2
-    # The transport, and for native what INIT negotiated: the plain request
-    # model of libfuse 2.9 (issue 18, step 1) and READDIRPLUS (step 3).
+    # The transport, and for native what INIT negotiated: the default
+    # switches (options.INIT_SWITCHES), which 6.18 all offers.
     assert s["transport"]["name"] == transport
     if transport == "native":
         t = s["transport"]
-        assert t["flags"] == ["ASYNC_READ", "BIG_WRITES", "DO_READDIRPLUS", "READDIRPLUS_AUTO"], t
-        assert set(t["flags"]) <= set(t["kernel_flags"]) and t["max_write"] == 128 * 1024
+        assert t["flags"] == ["ASYNC_READ", "ATOMIC_O_TRUNC", "BIG_WRITES", "AUTO_INVAL_DATA",
+                              "DO_READDIRPLUS", "READDIRPLUS_AUTO", "PARALLEL_DIROPS", "MAX_PAGES",
+                              "HANDLE_KILLPRIV_V2"], t
+        assert t["flags"] == t["asked_flags"]
+        assert set(t["flags"]) <= set(t["kernel_flags"]) and t["max_write"] == 1 << 20
         assert t["protocol"].startswith("7.") and t["bad_requests"] == 0 == t["reply_errors"]
         assert s["requests"]["init"] == 1 and s["requests"]["create"] > 0
 

@@ -18,6 +18,7 @@ import pytest
 
 from cctmpfs.codec import Codec
 from cctmpfs.namespace import ROOT_INO, Filesystem
+from cctmpfs.options import DEFAULT_FUSE_FLAGS, INIT_SWITCHES, parse_options
 from cctmpfs.transport import native
 from cctmpfs.transport import wire as w
 from cctmpfs.transport.frontend import CACHE_TIMEOUT, Frontend
@@ -107,11 +108,12 @@ class Served:
         return self.k.call(w.READ, fh, w.READ_IN.pack(fh, off, size, 0, 0, 0, 0))
 
 
-def start(fs: Filesystem, spin_us: int = 0) -> tuple[Kernel, native.Server, threading.Thread,
-                                                     list[socket.socket]]:
+def start(fs: Filesystem, switches: frozenset[str] = DEFAULT_FUSE_FLAGS, spin_us: int = 0,
+          ) -> tuple[Kernel, native.Server, threading.Thread, list[socket.socket]]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.settimeout(10)
-    server = native.Server(ours.fileno(), Frontend(fs), threading.Lock(), spin_us=spin_us)
+    server = native.Server(ours.fileno(), Frontend(fs), threading.Lock(), switches,
+                           spin_us=spin_us)
     server.frontend.transport_info = server.info
     server.frontend.request_counts = server.request_counts
     t = threading.Thread(target=server.run, name="native-test-reader")
@@ -136,8 +138,11 @@ def served(clock) -> Iterator[Served]:  # type: ignore[no-untyped-def]
 
 # ---- INIT --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("offered", [FLAGS_OFFERED, w.ASYNC_READ])
-def test_init_asks_for_the_plain_request_model(clock, offered):
+ALL_SWITCHES = sum(w.switch_bit(n) for n in INIT_SWITCHES)
+
+
+@pytest.mark.parametrize("offered", [FLAGS_OFFERED | ALL_SWITCHES, w.ASYNC_READ])
+def test_init_asks_for_the_switched_on_flags_the_kernel_offers(clock, offered):
     fs = Filesystem(block_size=BS, clock_ns=clock.ns)
     k, server, t, socks = start(fs)
     try:
@@ -145,14 +150,43 @@ def test_init_asks_for_the_plain_request_model(clock, offered):
         major, minor, max_ra, flags, _bg, _ct, max_write, gran, max_pages, _ma, flags2 = \
             w.INIT_OUT.unpack(out)
         assert (major, minor) == (7, 38)
-        assert flags == native.WANTED_FLAGS & offered and flags2 == 0
-        assert native.WANTED_FLAGS & native.READDIRPLUS_FLAGS == native.READDIRPLUS_FLAGS
-        assert max_write == native.MAX_WRITE == 128 * 1024 and max_pages == 0
+        asked = w.BIG_WRITES | sum(w.switch_bit(n) for n in DEFAULT_FUSE_FLAGS)
+        assert flags == asked & offered and flags2 == 0
+        assert not flags & w.WRITEBACK_CACHE          # off by default (issue 18)
+        if offered & w.MAX_PAGES:
+            assert (max_write, max_pages) == (1 << 20, 256)
+        else:
+            # An older kernel: 128 KiB requests.
+            assert (max_write, max_pages) == (native.MAX_WRITE, 0) == (128 * 1024, 0)
+        assert flags & (w.DO_READDIRPLUS | w.READDIRPLUS_AUTO) == \
+            offered & (w.DO_READDIRPLUS | w.READDIRPLUS_AUTO)   # on by default
         assert max_ra == 131072 and gran == 1
         info = server.info()
         assert info["kernel_protocol"] == "7.45" and info["protocol"] == "7.38"
         assert info["flags"] == w.flag_names(flags)
-        assert "WRITEBACK_CACHE" in info["kernel_flags"] or offered == w.ASYNC_READ
+        assert info["asked_flags"] == w.flag_names(asked)
+        assert info["kernel_flags"] == w.flag_names(offered)
+        assert (info["max_write"], info["max_pages"]) == (max_write, max_pages)
+    finally:
+        socks[1].close()
+        t.join(10)
+        socks[0].close()
+
+
+@pytest.mark.parametrize("off", ["max_pages", "handle_killpriv_v2:atomic_o_trunc"])
+def test_fuse_off_removes_flags_from_what_is_asked(clock, off):
+    opts = parse_options([f"transport=native,fuse_off={off},fuse_on=writeback_cache"])
+    fs = Filesystem(block_size=BS, clock_ns=clock.ns)
+    k, server, t, socks = start(fs, opts.fuse_flags)
+    try:
+        flags = w.INIT_OUT.unpack(k.init(flags=FLAGS_OFFERED | ALL_SWITCHES))[3]
+        for name in off.split(":"):
+            assert not flags & w.switch_bit(name)
+        assert flags & w.WRITEBACK_CACHE
+        assert flags & w.ASYNC_READ
+        assert len(server.buf) == server.max_write + native.BUFFER_SLACK
+        if off == "max_pages":
+            assert server.max_write == native.MAX_WRITE
     finally:
         socks[1].close()
         t.join(10)
@@ -371,6 +405,58 @@ def test_setattr_now_is_the_cores_clock(served):
     assert got["atime_ns"] == -5 * 10 ** 9 and got["mtime_ns"] == 1000 * 10 ** 9
     got = setattr(w.FATTR_SIZE | w.FATTR_MODE, size=12345, mode=0o4751)
     assert got["size"] == 12345 and got["mode"] == stat.S_IFREG | 0o4751
+
+
+def test_killpriv_v2_flags_clear_setid_bits_and_capability(served):
+    """WRITE_KILL_SUIDGID, FATTR_KILL_SUIDGID and OPEN_KILL_SUIDGID with
+    O_TRUNC clear suid, sgid only with group-exec, and security.capability;
+    a WRITE without the flag (a writer with CAP_FSETID) keeps them."""
+    k, fs = served.k, served.fs
+
+    def fresh(filename: bytes, mode: int) -> int:
+        f = served.create(ROOT_INO, filename)
+        fs.setattr(f, mode=mode)
+        fs.setxattr(f, b"security.capability", b"cap")
+        fs.setxattr(f, b"user.keep", b"v")
+        return f
+
+    def mode_and_xattrs(f: int) -> tuple[int, list[bytes]]:
+        return stat.S_IMODE(fs.get(f).mode), sorted(fs.listxattr(f))
+
+    f = fresh(b"plain-write", 0o6755)
+    served.write(f, 0, b"x")
+    assert mode_and_xattrs(f) == (0o6755, [b"security.capability", b"user.keep"])
+    for mode, left in ((0o6755, 0o755), (0o6745, 0o2745), (0o2711, 0o711)):
+        f = fresh(b"w%o" % mode, mode)
+        k.call(w.WRITE, f, w.WRITE_IN.pack(f, 0, 1, w.WRITE_KILL_SUIDGID, 0, 0, 0) + b"x")
+        assert mode_and_xattrs(f) == (left, [b"user.keep"])
+        f = fresh(b"s%o" % mode, mode)
+        body = w.SETATTR_IN.pack(w.FATTR_SIZE | w.FATTR_KILL_SUIDGID, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                 0, 0, 0, 0, 0)
+        assert attr_out(k.call(w.SETATTR, f, body))["mode"] == stat.S_IFREG | left
+        f = fresh(b"o%o" % mode, mode)
+        served.write(f, 0, b"data")
+        fh = w.OPEN_OUT.unpack(k.call(w.OPEN, f, w.OPEN_IN.pack(os.O_WRONLY | os.O_TRUNC,
+                                                              w.OPEN_KILL_SUIDGID)))[0]
+        assert mode_and_xattrs(f) == (left, [b"user.keep"]) and fs.get(f).size == 0
+        k.call(w.RELEASE, f, w.RELEASE_IN.pack(fh, 0, 0, 0))
+    # O_TRUNC without the kill flag (CAP_FSETID): truncates, keeps the bits.
+    f = fresh(b"root-trunc", 0o4755)
+    served.write(f, 0, b"data")
+    k.call(w.OPEN, f, w.OPEN_IN.pack(os.O_RDWR | os.O_TRUNC, 0))
+    assert fs.get(f).size == 0 and stat.S_IMODE(fs.get(f).mode) == 0o4755
+
+
+def test_setattr_takes_the_kernels_ctime(served):
+    """WRITEBACK_CACHE: the kernel owns ctime and sends it (FATTR_CTIME)."""
+    k, clock = served.k, served.clock
+    f = served.create(ROOT_INO, b"f")
+    t = clock.now_ns - 5 * 10 ** 9
+    body = w.SETATTR_IN.pack(w.FATTR_MTIME | w.FATTR_CTIME, 0, 0, 0, 0, 0, t // 10 ** 9,
+                             t // 10 ** 9, 0, t % 10 ** 9, t % 10 ** 9, 0, 0, 0, 0, 0)
+    k.call(w.SETATTR, f, body)
+    node = served.fs.get(f)
+    assert node.ctime_ns == node.mtime_ns == t
 
 
 # ---- the rules of the loop ------------------------------------------------------------
@@ -597,3 +683,57 @@ def test_a_stop_signal_leaves_only_a_blocking_read():
     with pytest.raises(native._Stop):
         server.on_stop_signal(15, None)
     server.run()                           # stopping: returns without reading
+
+
+# ---- the writeback guard (writeback.py) ------------------------------------------------
+
+def test_failed_writebacks_send_one_inval_inode_per_inode_from_another_thread():
+    from cctmpfs.transport.writeback import WritebackGuard
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.settimeout(10)
+    free = [100 << 20]
+    guard = WritebackGuard(ours.fileno(), lambda: free[0], 64 << 20)
+    assert guard.reserve == 16 << 20            # a quarter of size=, at most 32 MiB
+    try:
+        guard.start(None)                       # no bdi to bound: logged, reserve kept
+        assert not guard.near_full() and guard.direct_opens == 0
+        free[0] = 16 << 20
+        assert guard.near_full() and guard.direct_opens == 1
+        # The reader is not blocked by the notification: queued, sent by the thread.
+        guard.writeback_failed(7, errno.ENOSPC)
+        msg = theirs.recv(1 << 16)
+        length, code, unique = w.OUT_HEADER.unpack_from(msg)
+        assert (length, code, unique) == (len(msg), w.NOTIFY_INVAL_INODE, 0) and length == 40
+        assert w.NOTIFY_INVAL_INODE_OUT.unpack_from(msg, w.OUT_HEADER.size) == (7, 0, 0)
+        assert guard.info()["failed_writebacks"] == 1 and guard.info()["inval_notifications"] == 1
+    finally:
+        guard.stop()
+        ours.close()
+        theirs.close()
+
+
+def test_a_failed_writeback_write_is_answered_with_its_errno(clock):
+    fs = Filesystem(block_size=BS, size_limit=BS, clock_ns=clock.ns)
+    k, server, t, socks = start(fs, DEFAULT_FUSE_FLAGS | {"writeback_cache"})
+    try:
+        k.init(flags=FLAGS_OFFERED | ALL_SWITCHES)
+        assert server.guard is not None
+        server.guard.start(None)
+        out = k.call(w.CREATE, ROOT_INO, w.CREATE_IN.pack(os.O_RDWR, stat.S_IFREG | 0o644, 0, 0)
+                     + name(b"f"))
+        f = entry(out)["ino"]
+        # The whole 16 KiB mount is within the 1 MiB reserve: opened uncached.
+        assert w.OPEN_OUT.unpack(out[w.ENTRY_OUT.size:])[1] == w.FOPEN_DIRECT_IO
+        body = w.WRITE_IN.pack(f, 0, 2 * BS, w.WRITE_CACHE, 0, 0, 0) + os.urandom(2 * BS)
+        unique = k.send(w.WRITE, f, body)
+        # The answer, and the notification (unique 0) from the notifier
+        # thread, in either order.
+        got = sorted(k.answer()[:2] for _ in range(2))
+        assert got == [(0, -w.NOTIFY_INVAL_INODE), (unique, errno.ENOSPC)]
+        assert server.guard.failed_writebacks == 1
+    finally:
+        if server.guard is not None:
+            server.guard.stop()
+        socks[1].close()
+        t.join(10)
+        socks[0].close()

@@ -460,3 +460,33 @@ def test_recompress_levels(ram: int, text: str, level: int) -> None:
 ])
 def test_recompress_bad_values(ram: int, opts: tuple[str, ...], message: str) -> None:
     assert message in refused(*opts)
+
+
+# ---- fuse_off= / fuse_on=: the native transport's INIT flags ----------------------
+
+def test_fuse_flags_default_leaves_writeback_cache_off(ram: int) -> None:
+    opts = parse_options(["transport=native"])
+    assert opts.fuse_flags == options_mod.DEFAULT_FUSE_FLAGS
+    assert "writeback_cache" not in opts.fuse_flags
+    assert {"max_pages", "handle_killpriv_v2", "atomic_o_trunc"} <= opts.fuse_flags
+
+
+def test_fuse_off_and_on_take_colon_separated_names(ram: int) -> None:
+    opts = parse_options(["transport=native,fuse_off=max_pages:async_read,fuse_on=writeback_cache"])
+    assert opts.fuse_flags == (options_mod.DEFAULT_FUSE_FLAGS - {"max_pages", "async_read"}) \
+        | {"writeback_cache"}
+
+
+@pytest.mark.parametrize("opt", ["fuse_off=max_page", "fuse_off=max_pages:", "fuse_on=BIG_WRITES",
+                                 "fuse_off=max_pages,async_read"])
+def test_unknown_fuse_flag_is_an_option_error_naming_it(ram: int, opt: str) -> None:
+    with pytest.raises(OptionError) as e:
+        parse_options(["transport=native", opt])
+    assert opt.split("=")[0] in str(e.value) or "async_read" in str(e.value)
+
+
+def test_fuse_off_on_llfuse_is_accepted_but_still_checked(ram: int) -> None:
+    opts = parse_options(["fuse_off=max_pages"])
+    assert opts.transport == "llfuse" and "max_pages" not in opts.fuse_flags
+    with pytest.raises(OptionError):
+        parse_options(["fuse_off=nonsense"])   # a typo fails on any transport

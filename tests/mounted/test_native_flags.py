@@ -1,0 +1,439 @@
+"""The INIT flags of transport=native (options.INIT_SWITCHES) through a
+mount: what stats reports, and the semantics each flag moves onto the
+daemon, compared with a real tmpfs. Every test runs on both transports;
+under llfuse the kernel does what these flags hand to the daemon, so the
+same observations must come out."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import struct
+from typing import Any
+
+import pytest
+
+from conftest import read_stats
+from test_eviction import loop_device  # noqa: F401 - a fixture
+from test_semantics import as_user, both, describe, err, same  # noqa: F401 - both: a fixture
+
+pytestmark = pytest.mark.mounted
+
+CAP = b"security.capability"
+#: A valid vfs_cap_data (revision 2, CAP_NET_BIND_SERVICE permitted): the
+#: kernel checks the format before any filesystem sees it.
+CAP_VALUE = struct.pack("<IIIII", 0x02000000, 1 << 10, 0, 0, 0)
+
+
+def test_stats_show_offered_asked_and_negotiated_flags(mount_cct, transport):
+    mp = mount_cct("size=64m,fuse_off=auto_inval_data:parallel_dirops")
+    info = read_stats(mp)["transport"]
+    assert info["name"] == transport
+    if transport != "native":
+        # Accepted and ignored, with a line in the log.
+        assert "fuse_off=/fuse_on= apply to transport=native only: ignored" in mp.log()
+        return
+    for key in ("kernel_flags", "asked_flags", "flags", "max_write", "max_pages"):
+        assert key in info
+    assert "AUTO_INVAL_DATA" not in info["asked_flags"]
+    assert "PARALLEL_DIROPS" not in info["asked_flags"]
+    assert "AUTO_INVAL_DATA" in info["kernel_flags"]        # 6.18 offers everything
+    assert set(info["flags"]) == set(info["asked_flags"]) & set(info["kernel_flags"])
+    assert "HANDLE_KILLPRIV_V2" in info["flags"] and "WRITEBACK_CACHE" not in info["flags"]
+    assert (info["max_write"], info["max_pages"]) == (1 << 20, 256)
+
+
+def test_fuse_off_max_pages_keeps_128k_requests(mount_cct, transport):
+    if transport != "native":
+        pytest.skip("libfuse 2.9 negotiates its own request size")
+    mp = mount_cct("size=64m,fuse_off=max_pages")
+    info = read_stats(mp)["transport"]
+    assert (info["max_write"], info["max_pages"]) == (128 * 1024, 0)
+    assert "MAX_PAGES" not in info["flags"]
+
+
+@pytest.mark.parametrize("block_size", ["16k", "128k", "1m"])
+def test_one_mib_requests_span_blocks(mount_cct, transport, block_size):
+    """A 1 MiB WRITE (MAX_PAGES) covers 64, 8 or 1 blocks, unaligned too;
+    the buffer is the smallest allowed, so the core evicts while it writes."""
+    mp = mount_cct(f"size=256m,block_size={block_size},buffer=2m")
+    data = os.urandom(5 << 20)
+    p = os.path.join(mp, "f")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        assert os.pwrite(fd, data[:4 << 20], 0) == 4 << 20
+        assert os.pwrite(fd, data[3000:3000 + (1 << 20) + 5], (1 << 20) - 7) == (1 << 20) + 5
+    finally:
+        os.close(fd)
+    expect = bytearray(data[:4 << 20])
+    expect[(1 << 20) - 7:(2 << 20) - 2] = data[3000:3000 + (1 << 20) + 5]
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1")
+    with open(p, "rb") as f:
+        got = f.read()
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(expect).hexdigest()
+    if transport == "native":
+        s = read_stats(mp)
+        assert s["requests"]["write"] <= 6   # 1 MiB each, not 128 KiB
+        assert s["internal_errors"] == 0
+
+
+# ---- HANDLE_KILLPRIV_V2: suid, sgid and security.capability ----------------------
+
+MODES = [0o6755, 0o6745, 0o4755, 0o2755, 0o2745, 0o755]
+OPS = ["write", "truncate", "o_trunc", "chown", "chgrp"]
+
+
+def _op(path: str, op: str, uid: int, gid: int) -> Any:
+    if op == "write":
+        with open(path, "ab") as f:
+            return f.write(b"more")
+    if op == "truncate":
+        return os.truncate(path, 1)
+    if op == "o_trunc":
+        return os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))
+    if op == "chown":
+        return os.chown(path, uid, -1)
+    return os.chown(path, -1, gid)
+
+
+@pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,fuse_off=handle_killpriv_v2"],
+                         ids=["killpriv_v2", "kernel_kills"])
+@pytest.mark.parametrize("writer", [1001, 0], ids=["user", "root"])
+def test_write_truncate_chown_drop_privileges_as_tmpfs(both, cct_options, writer):
+    """setuid/setgid (with and without group-exec) and file capabilities
+    after write, truncate, open(O_TRUNC), chown and chgrp, by the owner
+    (no CAP_FSETID) and by root."""
+
+    def scenario(root: str) -> list[Any]:
+        obs: list[Any] = []
+        for mode in MODES:
+            for op in OPS:
+                for with_cap in (False, True):
+                    p = os.path.join(root, f"{mode:o}-{op}-{int(with_cap)}")
+                    with open(p, "wb") as f:
+                        f.write(b"content")
+                    os.chown(p, 1001, 1001)
+                    os.chmod(p, mode)
+                    if with_cap:
+                        os.setxattr(p, CAP, CAP_VALUE)
+                    obs.append((p[len(root):], as_user(writer, writer,
+                                                       lambda: _op(p, op, 1001, 1001))))
+                    obs.append(describe(p))
+                    obs.append(err(lambda: os.getxattr(p, CAP) == CAP_VALUE))
+        return obs
+
+    same(both, scenario, cct_options, "size=64m")
+
+
+@pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,fuse_off=atomic_o_trunc"],
+                         ids=["atomic_o_trunc", "setattr"])
+def test_open_o_trunc_as_tmpfs(both, cct_options):
+    """O_TRUNC (the daemon truncates under ATOMIC_O_TRUNC): size 0, mtime
+    and ctime changed even for an empty file, data gone after a re-read;
+    O_CREAT|O_TRUNC of a new file; O_RDONLY|O_TRUNC."""
+
+    def scenario(root: str) -> list[Any]:
+        obs: list[Any] = []
+        p = os.path.join(root, "f")
+        with open(p, "wb") as f:
+            f.write(os.urandom(300_000))
+        fd = os.open(p, os.O_RDWR | os.O_TRUNC)
+        obs.append(os.fstat(fd).st_size)
+        obs.append(os.pread(fd, 10, 0))
+        os.write(fd, b"abc")
+        os.close(fd)
+        obs.append(describe(p))
+        with open(p, "rb") as f:
+            obs.append(f.read())
+        e = os.path.join(root, "empty")
+        open(e, "w").close()
+        os.utime(e, ns=(10**18, 10**18))
+        os.close(os.open(e, os.O_WRONLY | os.O_TRUNC))
+        st = os.stat(e)
+        obs.append((st.st_size, st.st_mtime_ns > 10**18, st.st_ctime_ns > 10**18))
+        n = os.path.join(root, "new")
+        os.close(os.open(n, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o640))
+        obs.append(describe(n))
+        with open(p, "wb") as f:
+            f.write(b"xyz")
+        obs.append(err(lambda: os.close(os.open(p, os.O_RDONLY | os.O_TRUNC))))
+        obs.append(describe(p))
+        os.chmod(p, 0o444)
+        obs.append(as_user(1001, 1001, lambda: os.open(p, os.O_WRONLY | os.O_TRUNC)))
+        obs.append(describe(p))
+        return obs
+
+    same(both, scenario, cct_options, "size=64m")
+
+
+# ---- WRITEBACK_CACHE -----------------------------------------------------------------
+
+WB = "size=256m,fuse_on=writeback_cache"
+
+
+def _drop_caches() -> None:
+    """Write back, then make the kernel forget pages and inodes: what it
+    shows next is what the daemon stored."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def _times(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def test_writeback_cache_is_negotiated_when_switched_on(mount_cct, transport):
+    if transport != "native":
+        pytest.skip("transport=native only")
+    info = read_stats(mount_cct(WB))["transport"]
+    assert "WRITEBACK_CACHE" in info["flags"]
+
+
+def test_writeback_times_and_sizes_survive_the_kernel_forgetting(mount_cct, transport):
+    """The kernel owns size, mtime and ctime while it caches a file, and
+    sends them (SETATTR with FATTR_CTIME) on close and fsync: after it
+    forgets the inode, the daemon's figures are the ones it showed, and
+    they never go back."""
+    mp = mount_cct(WB)
+    p = os.path.join(mp, "f")
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"a" * 5000)
+    os.fsync(fd)
+    after_fsync = _times(p)
+    os.pwrite(fd, b"b" * 10, 70_000)
+    os.close(fd)
+    seen = _times(p)
+    assert seen[0] == 70_010 and seen[1] >= after_fsync[1] and seen[2] >= after_fsync[2]
+    _drop_caches()
+    assert _times(p) == seen
+    # An explicit time, then a write: the write's stamp is "now", not earlier.
+    os.utime(p, ns=(10 ** 18, 10 ** 18))
+    with open(p, "r+b") as f:
+        f.write(b"c")
+    t = _times(p)
+    assert t[1] > 10 ** 18 - 10 ** 17 and t[1] < 2 * 10 ** 18   # a present-day stamp
+    _drop_caches()
+    assert _times(p) == t
+    # touch after a write never sets an earlier mtime (make compares them).
+    with open(p, "r+b") as f:
+        f.write(b"d")
+    before = os.stat(p).st_mtime_ns
+    os.utime(p)
+    assert os.stat(p).st_mtime_ns >= before
+    with open(p, "rb") as f:
+        data = f.read()
+    assert data[:2] == b"da" and data[70_000:70_010] == b"b" * 10 and len(data) == 70_010
+
+
+def test_writeback_semantics_as_tmpfs(both):
+    """O_APPEND with two writers, truncate racing cached writes, a
+    write-only handle whose partial-page write needs the page read, mmap
+    MAP_SHARED both ways, O_DIRECT beside cached writes, fsync and close."""
+    import mmap
+
+    def scenario(root: str) -> list[Any]:
+        obs: list[Any] = []
+        # Two appenders, interleaved.
+        a = os.path.join(root, "append")
+        f1 = os.open(a, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+        f2 = os.open(a, os.O_WRONLY | os.O_APPEND)
+        for i in range(200):
+            os.write(f1 if i % 3 else f2, b"%d-" % i * (1 + i % 7))
+        os.close(f1)
+        os.close(f2)
+        with open(a, "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        # Truncate while another handle has cached writes past the new end.
+        t = os.path.join(root, "trunc")
+        w = os.open(t, os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(w, b"\x9b" * (3 << 20))
+        os.truncate(t, 1000)
+        os.pwrite(w, b"after", 5000)
+        obs.append(os.fstat(w).st_size)
+        obs.append(os.pread(w, 10, 995))
+        obs.append(os.pread(w, 4010, 996).count(b"\0"))
+        os.ftruncate(w, 2 << 20)
+        os.pwrite(w, b"x" * 100, (1 << 20) + 5)
+        os.ftruncate(w, (1 << 20) + 50)
+        os.close(w)
+        with open(t, "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        # A write-only handle, pages not cached: a partial-page write.
+        o = os.path.join(root, "wronly")
+        with open(o, "wb") as f:
+            f.write(bytes(range(256)) * 64)
+        _drop_caches()
+        w = os.open(o, os.O_WRONLY)
+        os.pwrite(w, b"XYZ", 5000)
+        os.close(w)
+        with open(o, "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        # mmap MAP_SHARED: written through the map, read with read(2), and back.
+        m = os.path.join(root, "mmap")
+        with open(m, "wb") as f:
+            f.truncate(3 * 4096 + 100)
+        with open(m, "r+b") as f:
+            mm = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED)
+            mm[10:20] = b"0123456789"
+            mm[3 * 4096 + 50:3 * 4096 + 60] = b"abcdefghij"
+            f.seek(4096)
+            f.write(b"via write")
+            f.flush()
+            obs.append(mm[4096:4105])
+            mm.flush()
+            mm.close()
+        with open(m, "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        obs.append(os.stat(m).st_size)
+        # O_DIRECT beside cached writes of the same file.
+        d = os.path.join(root, "direct")
+        with open(d, "wb") as f:
+            f.write(b"c" * 10000)
+        buf = mmap.mmap(-1, 8192)
+        buf.write(b"D" * 8192)
+        fd = os.open(d, os.O_RDWR | os.O_DIRECT)
+        os.pwrite(fd, buf, 4096)
+        os.close(fd)
+        with open(d, "r+b") as f:
+            f.seek(9000)
+            f.write(b"tail")
+        with open(d, "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        obs.append(os.stat(d).st_size)
+        # fsync and close answer 0; the bytes are there after the kernel forgets.
+        s = os.path.join(root, "sync")
+        fd = os.open(s, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.write(fd, b"s" * 100_000)
+        obs.append(os.fsync(fd))
+        os.write(fd, b"t" * 10)
+        obs.append(os.close(fd))
+        _drop_caches()
+        obs.append(describe(s))
+        for name in ("append", "trunc", "wronly", "mmap", "direct"):
+            obs.append(describe(os.path.join(root, name)))
+        return obs
+
+    same(both, scenario, WB, "size=256m")
+
+
+def test_stats_sync_first_under_writeback(mount_cct, transport):
+    """`cctmpfs stats` syncs the mount, so bytes the kernel still holds count."""
+    from cctmpfs.cli import read_stats as cli_read_stats
+    mp = mount_cct(WB)
+    fd = os.open(os.path.join(mp, "f"), os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, os.urandom(3 << 20))
+        assert cli_read_stats(mp)["files_bytes"] == 3 << 20
+    finally:
+        os.close(fd)
+
+
+# ---- a full filesystem under the writeback cache ------------------------------------
+
+def _chunk(name: str, k: int, size: int) -> bytes:
+    """Incompressible, and different for every file and chunk."""
+    seed = hashlib.sha256(b"%s/%d" % (name.encode(), k)).digest()
+    return (seed * (size // 32 + 1))[:size] if size <= 64 else \
+        hashlib.shake_256(seed).digest(size)
+
+
+def _writer(root: str, tag: str, file_size: int, chunk: int, fsync_every: int,
+            budget: int, acked: dict[str, dict[int, bytes]], errors: list[str]) -> None:
+    """Write files of file_size in chunk-sized write(2)s until budget bytes
+    were tried; fsync every fsync_every chunks (0: never). A chunk is
+    acknowledged when the next fsync or the close returns 0 with no error in
+    between; only acknowledged chunks are recorded in acked."""
+    tried = 0
+    i = 0
+    mine_errors = len(errors)
+    # Past full, each refused write may cost a pass of the device cleaner:
+    # 16 refusals per writer show the behaviour.
+    while tried < budget and len(errors) - mine_errors < 16:
+        path = os.path.join(root, f"{tag}-{i}")
+        i += 1
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+        except OSError as e:
+            errors.append(f"open {errno.errorcode[e.errno]}")
+            tried += file_size
+            continue
+        mine: dict[int, bytes] = {}
+        pending: dict[int, bytes] = {}
+        for k in range(file_size // chunk):
+            data = _chunk(path, k, chunk)
+            tried += chunk
+            try:
+                n = os.pwrite(fd, data, k * chunk)
+                pending[k * chunk] = data[:n]
+            except OSError as e:
+                errors.append(f"write {errno.errorcode[e.errno]}")
+                break
+            if fsync_every and (k + 1) % fsync_every == 0:
+                try:
+                    os.fsync(fd)
+                    mine.update(pending)
+                except OSError as e:
+                    errors.append(f"fsync {errno.errorcode[e.errno]}")
+                pending = {}
+        try:
+            os.close(fd)
+            mine.update(pending)
+        except OSError as e:
+            errors.append(f"close {errno.errorcode[e.errno]}")
+        acked[path] = mine
+
+
+def _fill_and_verify(mp: str, limit: int, fsync_every: int) -> list[str]:
+    """A small writer (4 KiB writes, 64 KiB files) and a large one (1 MiB
+    writes, 8 MiB files) at once, each trying twice the limit; then every
+    acknowledged chunk must read back after the kernel forgot its pages."""
+    import threading
+    acked: dict[str, dict[int, bytes]] = {}
+    errors: list[str] = []
+    threads = [threading.Thread(target=_writer, args=(mp, "small", 64 << 10, 4096, fsync_every,
+                                                      2 * limit, acked, errors)),
+               threading.Thread(target=_writer, args=(mp, "large", 8 << 20, 1 << 20, fsync_every,
+                                                      2 * limit, acked, errors))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _drop_caches()
+    stored = 0
+    for path, chunks in acked.items():
+        with open(path, "rb") as f:
+            for off, data in chunks.items():
+                f.seek(off)
+                assert f.read(len(data)) == data, (path, off, len(data))
+                stored += len(data)
+    assert errors, "the mount never filled"
+    assert all(e.endswith("ENOSPC") for e in errors), sorted(set(errors))
+    assert stored > limit // 4, (stored, limit)    # not a mount that refused everything
+    return errors
+
+
+@pytest.mark.parametrize("fsync_every", [0, 4], ids=["no_fsync", "fsync"])
+def test_full_mount_under_writeback_loses_nothing_acknowledged(mount_cct, transport, fsync_every):
+    mp = mount_cct("size=24m," + WB.split(",", 1)[1])
+    _fill_and_verify(mp, 24 << 20, fsync_every)
+    s = read_stats(mp)
+    assert s["internal_errors"] == 0
+    if transport == "native":
+        wb = s["transport"]["writeback"]
+        assert wb["reserve_bytes"] == 6 << 20 and 0 < wb["bdi_max_bytes"] <= 7 << 20
+        assert wb["direct_io_opens"] > 0
+
+
+def test_full_backing_device_under_writeback_loses_nothing_acknowledged(loop_device, mount_cct,
+                                                                         transport):
+    """RAM and a 32 MiB backing device fill up (incompressible data): the
+    free space statfs reports, and so the reserve, include the device."""
+    dev = loop_device(32 << 20)
+    mp = mount_cct(f"size=1g,ram=16m,backing={dev},backing_encrypt=off," + WB.split(",", 1)[1])
+    _fill_and_verify(mp, 48 << 20, 4)
+    assert read_stats(mp)["internal_errors"] == 0
