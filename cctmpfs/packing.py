@@ -90,6 +90,9 @@ REPACK_LIVE_FRACTION = 0.5
 #: A pack is published only if its live members fill at least this part of
 #: it (the rest changed while it was built): below, it would be repacked soon.
 PUBLISH_LIVE_FRACTION = 0.75
+#: Blocks remembered as not worth packing (Packer._no_gain), ~100 bytes
+#: each; past it the memory is cleared and they are tried once more.
+NO_GAIN_MAX = 1 << 16
 #: Decoded packs kept for reads: at most this many, and at most 1/16 of the
 #: hot buffer's budget (but always one). Reading a directory of small files in order touches
 #: one pack after another; 8 leaves room for a few readers at once.
@@ -176,6 +179,11 @@ class Packer:
         self._activity: tuple[int, int, int] = (-1, -1, -1)
         self._quiet_since = 0.0
         self._cursor = -1
+        #: id(block) -> the arena handle at which packing it with its
+        #: neighbours did not pay (incompressible data): skipped while its
+        #: payload stays there. A handle is unique while its payload lives,
+        #: so a reused id only costs a missed pack. Bounded by NO_GAIN_MAX.
+        self._no_gain: dict[int, int] = {}
         #: A scan went round every segment and found nothing to pack, with no
         #: activity since: passes skip the scan until there is.
         self._exhausted = False
@@ -382,20 +390,24 @@ class Packer:
         start = next((i for i, sid in enumerate(ids) if sid > self._cursor), 0)
         seen: set[int] = set()
         scanned = 0
-        rounds = 0
         limit = self.member_max
         is_pack = self.packs
+        no_gain = self._no_gain
         for sid in ids[start:] + ids[:start]:
-            rounds += 1
-            for b in arena.segments[sid].owners:   # dead and moved ones too: checked by handle
+            owners = arena.segments[sid].owners
+            for b in owners:   # dead and moved ones too: checked by handle
                 h = b.payload
                 if type(h) is int and b.refs > 0 and h >> SEG_SHIFT & SEG_MASK == sid and \
-                        h >> RAW_SHIFT <= limit and b not in is_pack and id(b) not in seen:
+                        h >> RAW_SHIFT <= limit and b not in is_pack and id(b) not in seen and \
+                        no_gain.get(id(b)) != h:
                     seen.add(id(b))
                     jobs.append((b, h, (b.codec, arena.read(h))))
                     got += h >> RAW_SHIFT
-            scanned += len(arena.segments[sid].owners)
-            self._cursor = sid
+                    if got >= want:
+                        break   # the rest of this segment is scanned by the next batch
+            else:
+                self._cursor = sid
+            scanned += len(owners)
             if got >= want or scanned >= SCAN_PER_PASS:
                 break
         if len(jobs) < 2 and not packs:
@@ -466,6 +478,10 @@ class Packer:
         old = sum(job[1] & LEN_MASK for job in fresh)  # type: ignore[operator]
         if len(fresh) == len(live) and len(payload) >= old:
             c.no_gain += 1
+            if len(self._no_gain) + len(fresh) > NO_GAIN_MAX:
+                self._no_gain.clear()
+            for b, h, _src in fresh:
+                self._no_gain[id(b)] = h   # not tried again while it keeps this payload
             return 0
         try:
             pack = self.store.add_pack(cid, payload)
