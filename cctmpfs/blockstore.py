@@ -326,13 +326,8 @@ class BlockStore:
         a pack member is handed to on_member_free (packing.py). Lock held."""
         c = self.counters
         raw_len = block.raw_len
+        self._unindex(block)
         if block.packed:
-            fp = block.fingerprint
-            if fp is not None:
-                if self.index.get(fp) is block:
-                    del self.index[fp]
-                else:
-                    c.unindexed_blocks -= 1
             self.on_member_free(block)
             return
         c.blocks -= 1
@@ -351,12 +346,15 @@ class BlockStore:
             c.incompressible_blocks -= 1
         if block.recompressed:
             c.recompressed_blocks -= 1
+
+    def _unindex(self, block: StoredBlock) -> None:
+        """A freed block leaves the index (or the count of unindexed ones)."""
         fp = block.fingerprint
         if fp is not None:
             if self.index.get(fp) is block:
                 del self.index[fp]
             else:
-                c.unindexed_blocks -= 1
+                self.counters.unindexed_blocks -= 1
 
     def touch(self, block: StoredBlock) -> None:
         """block was used: it becomes the most recently used in RAM."""
