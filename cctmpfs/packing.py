@@ -163,6 +163,9 @@ class Packer:
         self.store = engine.store
         self.enabled = enabled
         self.member_max = int(engine.bs * MEMBER_MAX_FRACTION)
+        #: Decoded bytes a pack is built to: a block, so that a member read
+        #: decodes at most what the read of any stored block decodes.
+        self.pack_bytes = engine.bs
         #: Live packs -> their record. Protected by the global lock.
         self.packs: dict[StoredBlock, PackInfo] = {}
         #: Packs to pack again (their live bytes fell under REPACK_LIVE_FRACTION).
@@ -351,7 +354,7 @@ class Packer:
         for _ in range(BATCHES_PER_PASS):
             if eng.seal_queue or eng.buffer.dirty_bytes:
                 break   # sealing work comes first
-            jobs, packs = self._candidates(PACKS_PER_BATCH * eng.bs)
+            jobs, packs = self._candidates(PACKS_PER_BATCH * self.pack_bytes)
             if not jobs:
                 self._exhausted = True
                 break
@@ -420,7 +423,7 @@ class Packer:
         members are still the same. Releases the global lock. Returns the
         packs published."""
         eng = self.engine
-        bs = eng.bs
+        bs = self.pack_bytes
         codec = eng.codec
         old_payloads = [(p.codec, eng.arena.read(p.payload)) for p in packs]  # type: ignore[arg-type]
         pack_lens = [p.raw_len for p in packs]
