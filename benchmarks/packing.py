@@ -11,11 +11,13 @@ packing and recompressing (capacity.py's --wait-idle). Then:
 
   * held: stored bytes, RSS growth per byte of files, the stats' memory
     breakdown and packing section, per mount;
-  * cold read, interleaved A/B/A/B: drop the page cache
+  * cold read, interleaved A/B/A/B: wait until the daemons dropped their
+    clean copies and decoded packs (11 s), drop the page cache
     (echo 3 > /proc/sys/vm/drop_caches), then `cat` every file in directory
-    order (find | xargs cat), timed; then the same reading the files in a
-    random order (each file alone: a pack decoded for one member). Ratios
-    of the medians, pack=on over pack=off.
+    order (find | xargs cat), timed, with the daemon's CPU time meanwhile
+    (utime + stime: steadier than the wall clock on a loaded machine); then
+    the same reading the files in a random order (each file alone: a pack
+    decoded for one member). Ratios of the medians, pack=on over pack=off.
 
 Writes results/NAME.json and prints a Markdown summary.
 """
@@ -41,6 +43,18 @@ def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
+
+
+#: The daemon drops clean cached copies and decoded packs unused for 10 s
+#: (filemap.CLEAN_COLD_SECONDS, packing.CACHE_COLD_SECONDS), in a sealer pass
+#: every 0.5 s: past this, a read decodes again.
+DAEMON_COLD_S = 11.0
+
+
+def daemon_cold() -> None:
+    """Cold for the kernel (page cache dropped) and for the daemon."""
+    time.sleep(DAEMON_COLD_S)
+    drop_caches()
 
 
 def files_under(root: str) -> list[str]:
@@ -70,6 +84,20 @@ def read_shuffled(paths: list[str], seed: int) -> float:
     return time.monotonic() - t0
 
 
+def daemon_cpu(pid: int) -> float:
+    """utime + stime of the daemon, in seconds (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(t, fn, *args):  # type: ignore[no-untyped-def]
+    """(wall seconds of fn(*args), the daemon's CPU seconds meanwhile)."""
+    c0 = daemon_cpu(t.proc.pid)
+    wall = fn(*args)
+    return wall, daemon_cpu(t.proc.pid) - c0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", default="packing")
@@ -94,7 +122,8 @@ def main() -> int:
                capacity.Target("pack-off", "pack=off" + extra, a)]
     res: dict = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M"), "srcs": srcs, "logical": logical,
                           "files": nfiles, "rounds": a.rounds, "argv": sys.argv,
-                          "load": os.getloadavg()}, "held": {}, "cat": {}, "shuffled": {}}
+                          "load": os.getloadavg()}, "held": {}, "cat": {}, "shuffled": {},
+           "cat_cpu": {}, "shuffled_cpu": {}}
     for src in srcs:
         subprocess.run(["tar", "-cf", "/dev/null", src], stderr=subprocess.DEVNULL)
     try:
@@ -123,13 +152,17 @@ def main() -> int:
         for r in range(a.rounds):
             order = targets if r % 2 == 0 else targets[::-1]
             for t in order:
-                drop_caches()
-                res["cat"].setdefault(t.name, []).append(cat_all(os.path.join(t.mp, "data")))
+                daemon_cold()
+                wall, cpu = timed(t, cat_all, os.path.join(t.mp, "data"))
+                res["cat"].setdefault(t.name, []).append(wall)
+                res["cat_cpu"].setdefault(t.name, []).append(cpu)
             for t in order:
-                drop_caches()
-                res["shuffled"].setdefault(t.name, []).append(read_shuffled(paths[t.name], r))
-            log("round %d: cat %s shuffled %s" % (r, {k: round(v[-1], 3) for k, v in res["cat"].items()},
-                                                  {k: round(v[-1], 3) for k, v in res["shuffled"].items()}))
+                daemon_cold()
+                wall, cpu = timed(t, read_shuffled, paths[t.name], r)
+                res["shuffled"].setdefault(t.name, []).append(wall)
+                res["shuffled_cpu"].setdefault(t.name, []).append(cpu)
+            log("round %d: %s" % (r, {k: {n: round(v[-1], 3) for n, v in res[k].items()}
+                                      for k in ("cat", "cat_cpu", "shuffled", "shuffled_cpu")}))
         for t in targets:
             res["held"][t.name]["stats_after_reads"] = t.stats(False)["packing"]
     finally:
@@ -139,14 +172,15 @@ def main() -> int:
     with open(os.path.join(a.results, a.name + ".json"), "w") as f:
         json.dump(res, f, indent=1)
     on, off = res["held"]["pack-on"], res["held"]["pack-off"]
-    med = {k: {n: statistics.median(v) for n, v in res[k].items()} for k in ("cat", "shuffled")}
+    kinds = ("cat", "cat_cpu", "shuffled", "shuffled_cpu")
+    med = {k: {n: statistics.median(v) for n, v in res[k].items()} for k in kinds}
     print("| %s, %.1f MiB in %d files | pack=on | pack=off | on/off |" % (" + ".join(srcs), logical / MiB, nfiles))
     print("|---|---:|---:|---:|")
     for label, key in (("stored bytes (MiB)", "stored_bytes"), ("RSS growth (MiB)", "rss_growth"),
                        ("accounted (MiB)", "accounted_bytes")):
         print("| %s | %.1f | %.1f | %.3f |" % (label, on[key] / MiB, off[key] / MiB, on[key] / off[key]))
     print("| RSS per byte of files | %.3f | %.3f | |" % (on["rss_per_byte"], off["rss_per_byte"]))
-    for k in ("cat", "shuffled"):
+    for k in kinds:
         print("| cold %s, median s | %.3f | %.3f | %.2f |" % (k, med[k]["pack-on"], med[k]["pack-off"],
                                                           med[k]["pack-on"] / med[k]["pack-off"]))
     print("packing:", json.dumps(on["packing"]))
