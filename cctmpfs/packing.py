@@ -56,7 +56,7 @@ import attrs
 
 from . import faults
 from .arena import LEN_MASK, RAW_SHIFT, SEG_MASK, SEG_SHIFT, ArenaFull
-from .blockstore import StoredBlock
+from .blockstore import Payload, StoredBlock
 from .codec import CodecId
 from .coldstore import ColdReadError, Tally
 from .devlog import Location
@@ -150,9 +150,10 @@ class PackCounters:
 
 #: A job of a batch: a block to pack, the payload object it must still have
 #: at publication (its arena handle, or its PackRef when it is repacked),
-#: and where its content comes from: a copy of its own payload (codec,
-#: bytes) or the decoded pack being repacked (its index in the batch's list).
-Job = tuple[StoredBlock, Union[int, PackRef], Union[tuple[int, bytes], int]]
+#: and where its content comes from: its own payload's codec (the payload is
+#: at the handle), or the decoded pack being repacked (its index in the
+#: batch's list of packs).
+Job = tuple[StoredBlock, Union[int, PackRef], Union[tuple[int], int]]
 
 
 class Packer:
@@ -404,7 +405,7 @@ class Packer:
                         h >> RAW_SHIFT <= limit and b not in is_pack and id(b) not in seen and \
                         no_gain.get(id(b)) != h:
                     seen.add(id(b))
-                    jobs.append((b, h, (b.codec, arena.read(h))))
+                    jobs.append((b, h, (b.codec,)))
                     got += h >> RAW_SHIFT
                     if got >= want:
                         break   # the rest of this segment is scanned by the next batch
@@ -421,50 +422,71 @@ class Packer:
         """Decode the jobs' contents and build packs of about a block each,
         unlocked (at the sealer's CPU class), then publish each pack whose
         members are still the same. Releases the global lock. Returns the
-        packs published."""
+        packs published.
+
+        The payloads are decoded straight from the arena, pinned (no copy),
+        each into its place in one buffer per pack: the transient memory of
+        a batch is its packs' decoded bytes and zstd's outputs, which glibc
+        keeps in its heaps once freed (docs/packing.md, heap slack)."""
         eng = self.engine
+        arena = eng.arena
         bs = self.pack_bytes
         codec = eng.codec
-        old_payloads = [(p.codec, eng.arena.read(p.payload)) for p in packs]  # type: ignore[arg-type]
-        pack_lens = [p.raw_len for p in packs]
-        built: list[tuple[list[tuple[Job, int]], int, CodecId, bytes]] = []
+        # Groups of about a block, planned from the lengths the handles carry.
+        groups: list[tuple[list[tuple[Job, int]], int]] = []
+        group: list[tuple[Job, int]] = []
+        size = 0
+        for job in jobs:
+            n = self._job_len(job)
+            if size + n > bs and group:
+                groups.append((group, size))
+                group, size = [], 0
+            group.append((job, size))
+            size += n
+        if group:
+            groups.append((group, size))
+        # A pack of new blocks needs two; a repack may keep a lone survivor.
+        groups = [(g, n) for g, n in groups if len(g) >= 2 or any(type(j[2]) is int for j, _o in g)]
+        if not groups:
+            return 0
+        built: list[tuple[list[tuple[Job, int]], int, CodecId, Payload]] = []
+        views = [arena.pin(p.payload) for p in packs]  # type: ignore[arg-type]
+        srcs = [(p.codec, p.raw_len) for p in packs]
+        members = [[(arena.pin(j[1]), j[2][0]) if type(j[1]) is int else None  # type: ignore[index]
+                    for j, _o in g] for g, _n in groups]
         cpu = eng.compress_cpu()   # decided under the lock, entered without it
         try:
             with released(eng.lock), cpu:
                 faults.hit("pack.encode")
-                decoded = [codec.decompress(cid, p, n) for (cid, p), n in zip(old_payloads, pack_lens)]
-                group: list[tuple[Job, int]] = []
-                parts: list[bytes | memoryview] = []
-                size = 0
-                for job in jobs + [None]:  # type: ignore[list-item]
-                    if job is not None:
-                        b, expect, src = job
-                        if type(src) is int:
+                decoded = [codec.decompress(cid, v, n) for (cid, n), v in zip(srcs, views)]
+                for (g, n), pinned in zip(groups, members):
+                    buf = bytearray(n)
+                    for ((_b, expect, src), off), pin in zip(g, pinned):
+                        if pin is None:
                             ref: PackRef = expect  # type: ignore[assignment]
-                            content: bytes | memoryview = \
-                                memoryview(decoded[src])[ref.offset:ref.offset + ref.raw_len]
+                            buf[off:off + ref.raw_len] = \
+                                memoryview(decoded[src])[ref.offset:ref.offset + ref.raw_len]  # type: ignore[index]
                         else:
-                            cid, p = src  # type: ignore[misc]
-                            content = codec.decompress(cid, p, expect >> RAW_SHIFT)  # type: ignore[operator]
-                    if job is None or (size + len(content) > bs and group):
-                        if len(group) >= 2 or any(type(j[2]) is int for j, _o in group):
-                            raw = b"".join(parts)
-                            cid2, payload = codec.compress(raw)
-                            built.append((group, len(raw), cid2, bytes(payload)))
-                        group, parts, size = [], [], 0
-                        if job is None:
-                            break
-                    group.append((job, size))
-                    parts.append(content)
-                    size += len(content)
+                            view, cid = pin
+                            k = expect >> RAW_SHIFT  # type: ignore[operator]
+                            buf[off:off + k] = codec.decompress(cid, view, k)
+                    cid2, payload = codec.compress(buf)
+                    built.append((g, n, cid2, payload))
         except Exception as e:  # noqa: BLE001 - nothing is changed; the blocks stay as they are
             log.error("packing small blocks failed (they stay as they are): %r", e)
             self.counters.errors += 1
             return 0
+        finally:
+            for v in views:
+                arena.unpin(v)
+            for pinned in members:
+                for pin in pinned:
+                    if pin is not None:
+                        arena.unpin(pin[0])
         return sum(self._publish(*b) for b in built)
 
     def _publish(self, group: list[tuple[Job, int]], raw_len: int, cid: CodecId,
-                 payload: bytes) -> int:
+                 payload: Payload) -> int:
         """Store one built pack and turn its still unchanged blocks into its
         members. Lock held; never releases it. Returns 1 if published."""
         c = self.counters
