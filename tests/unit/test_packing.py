@@ -288,3 +288,19 @@ def test_random_operations_against_a_model_with_packing(ops: list[tuple[str, int
     for ino in h.models:
         h.read(ino, 0, 3 * BS)
     del inos
+
+
+def test_idle_recompression_recompresses_packs_and_members_read_back() -> None:
+    from .test_recompress import settle as recompress_all
+    h = Harness(buffer_blocks=8)
+    h.eng.codec.recompress_level = 9
+    inos = small_files(h, 40, seed=12)
+    pack_all(h)
+    pk = h.fs.packer
+    assert pk.packs
+    recompress_all(h)
+    assert any(p.recompressed or p.settled for p in pk.packs)
+    assert check_all(h.fs) == []
+    for ino in inos:
+        h.read(ino, 0, BS)
+    h.check()
