@@ -460,3 +460,16 @@ def test_recompress_levels(ram: int, text: str, level: int) -> None:
 ])
 def test_recompress_bad_values(ram: int, opts: tuple[str, ...], message: str) -> None:
     assert message in refused(*opts)
+
+
+# ---- pack= -------------------------------------------------------------------
+
+def test_pack_defaults_on_and_can_be_turned_off(ram: int) -> None:
+    assert parse().pack is True
+    assert parse("pack=on").pack is True
+    assert parse("pack=off").pack is False
+
+
+@pytest.mark.parametrize("text", ["yes", "1", "ON", "x" * 100])
+def test_pack_bad_values(ram: int, text: str) -> None:
+    assert "must be on or off" in refused(f"pack={text}")
