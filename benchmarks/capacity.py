@@ -3,7 +3,7 @@
 RSS beside zram's mem_used_total, for several data sets, in one run.
 
     .venv/bin/python benchmarks/capacity.py [--name capacity] [--sets a,b]
-        [--variant NAME=OPTS]... [--rounds 1] [--wait 5]
+        [--variant NAME=OPTS]... [--rounds 1] [--wait 5] [--wait-idle]
 
 Root only (mounts zram0 and FUSE). For every data set, every target gets a
 fresh mount (a new cctmpfs daemon, a freshly formatted zram0), so each figure
@@ -13,8 +13,9 @@ is what a new user sees on an empty /tmp:
      mem_used_total of /sys/block/zram0/mm_stat, read here directly: the
      shared targets.sh prints it with mawk's %d, which stops at 2**31-1);
   2. copy the data set in (cp -a, or fio for the fio data);
-  3. settle: cctmpfs `stats --settle`, zram `sync`; wait --wait seconds (the
-     sealer drops stale clean copies and may trim the heap meanwhile);
+  3. settle: cctmpfs `stats --settle` (with --wait-idle, then until the idle
+     sealer is done packing and recompressing), zram `sync`; wait --wait
+     seconds (the sealer drops stale clean copies and may trim the heap);
   4. read the RAM again: RAM per logical byte = growth / bytes of files; for
      cctmpfs also what stats accounts (payloads, buffer, metadata) and its
      memory breakdown;
@@ -63,6 +64,10 @@ DATA_SETS = {
     "fio": ("fio data, 60% compressible, 256 MiB", [], 1),
 }
 FIO_SIZE = 256 * MiB
+#: --wait-idle: the idle sealer's counters must stay put this long (its
+#: quiet times are 2 s for packing, 5 s for recompression), at most IDLE_MAX_S.
+IDLE_STABLE_S = 8.0
+IDLE_MAX_S = 600.0
 
 
 def file_bytes(paths: list[str]) -> tuple[int, int]:
@@ -138,9 +143,29 @@ class Target:
             os.sync()
             return zram_mm_stat()
         self.stats(True)
+        if self.a.wait_idle:
+            self.wait_idle()
         time.sleep(self.a.wait)
         st = self.stats(False)
         return {"ram": st["rss_bytes"], "stats": st, "accounted": st["memory"]["accounted_bytes"]}
+
+
+    def wait_idle(self) -> None:
+        """Wait until the idle sealer is done: packing (pack=) and idle
+        recompression (recompress=) made no progress for IDLE_STABLE_S
+        (longer than either's quiet time), at most IDLE_MAX_S."""
+        end = time.monotonic() + IDLE_MAX_S
+        last, since = None, time.monotonic()
+        while time.monotonic() < end:
+            st = self.stats(False)
+            pk, rc = st.get("packing") or {}, st.get("recompress") or {}
+            now = (pk.get("packs_made"), pk.get("repacks"), rc.get("recompressed"), rc.get("no_gain"))
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= IDLE_STABLE_S:
+                return
+            time.sleep(1.0)
+        log("%s: the idle sealer was still busy after %d s" % (self.name, IDLE_MAX_S))
 
 
 def fill(t: Target, data_set: str) -> None:
@@ -268,6 +293,9 @@ def main() -> int:
     ap.add_argument("--no-zram", action="store_true")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--wait", type=float, default=5.0, help="seconds to wait after settling")
+    ap.add_argument("--wait-idle", action="store_true",
+                    help="after settling, also wait until the idle sealer stops packing and "
+                         "recompressing (cctmpfs targets)")
     ap.add_argument("--cctmpfs", default=os.environ.get("CCTMPFS") or os.path.join(REPO, ".venv", "bin", "cctmpfs"))
     ap.add_argument("--bench-dir", default=os.environ.get("CCTMPFS_BENCH_DIR") or next(
         (d for d in (os.path.join(REPO, "..", "shared", "bench"),          # a checkout
@@ -331,7 +359,7 @@ def main() -> int:
     git = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
                          capture_output=True, text=True).stdout.strip()
     results = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M"), "git": git, "argv": sys.argv,
-                        "rounds": a.rounds, "wait": a.wait, "targets": names, "options": options,
+                        "rounds": a.rounds, "wait": a.wait, "wait_idle": a.wait_idle, "targets": names, "options": options,
                         "data_sets": sets, "logical": logical, "files": files},
                "records": []}
     for rnd in range(a.rounds):

@@ -93,6 +93,10 @@ class StoredBlock:
     #: The idle sealer is done with this block: recompressed, or tried and
     #: it did not pay. It is not tried again.
     settled: ClassVar[bool] = False
+    #: A member of a pack (packing.py): payload is a packing.PackRef, a
+    #: slice of a shared pack block, not a payload of its own. The class
+    #: again (PACKED_TYPE), so it costs no byte per block.
+    packed: ClassVar[bool] = False
     #: In RAM: the arena handle of the payload (an int, arena.py: segment,
     #: offset, length and the decoded length; the bytes there never change,
     #: a move gives a new handle). Once evicted: the devlog.Location of its
@@ -142,6 +146,22 @@ SETTLED_TYPES: dict[CodecId, type[StoredBlock]] = {
     cid: type(f"Settled{cid.name.title()}Block", (StoredBlock,),
               {"__slots__": (), "codec": cid, "settled": True})
     for cid in CodecId}
+
+
+def _packed_repr(self: StoredBlock) -> str:
+    p = self.payload
+    return f"<PackedBlock {p.raw_len}@{p.offset} of {p.pack!r} refs={self.refs}>"  # type: ignore[union-attr]
+
+
+#: The class a block takes when it becomes a member of a pack
+#: (BlockStore.make_member): its payload is a packing.PackRef. Same slots as
+#: every block class, so assigning __class__ keeps the record and every
+#: slot that refers to it. Its codec is never used (the pack has its own);
+#: settled, so recompression leaves it alone (it recompresses the pack).
+PACKED_TYPE: type[StoredBlock] = type(
+    "PackedBlock", (StoredBlock,),
+    {"__slots__": (), "codec": CodecId.ZSTD, "packed": True, "settled": True,
+     "__repr__": _packed_repr})
 
 
 def new_block(codec: CodecId, payload: "int | Location", fingerprint: Optional[int] = None) -> StoredBlock:
@@ -208,6 +228,9 @@ class BlockStore:
         self.ram_order: Optional[dict[StoredBlock, None]] = None
         #: Called (lock held) with the Location of a freed evicted block.
         self.on_device_free: Callable[[Location], None] = lambda loc: None
+        #: Called (lock held) with a pack member whose last reference went
+        #: (packing.Packer.member_freed); it releases the member's pack.
+        self.on_member_free: Callable[[StoredBlock], None] = lambda block: None
 
     def peek(self, fp: int) -> Optional[StoredBlock]:
         """The block indexed under fp, if any. May be called WITHOUT the lock
@@ -296,6 +319,17 @@ class BlockStore:
             return
         if block.refs < 0:
             raise AssertionError(f"{block!r}: reference count below zero")
+        self.free_block(block)
+
+    def free_block(self, block: StoredBlock) -> None:
+        """Free a block with no reference left: its payload, its index entry;
+        a pack member is handed to on_member_free (packing.py). Lock held."""
+        c = self.counters
+        raw_len = block.raw_len
+        self._unindex(block)
+        if block.packed:
+            self.on_member_free(block)
+            return
         c.blocks -= 1
         payload = block.payload
         if type(payload) is Location:
@@ -312,12 +346,15 @@ class BlockStore:
             c.incompressible_blocks -= 1
         if block.recompressed:
             c.recompressed_blocks -= 1
+
+    def _unindex(self, block: StoredBlock) -> None:
+        """A freed block leaves the index (or the count of unindexed ones)."""
         fp = block.fingerprint
         if fp is not None:
             if self.index.get(fp) is block:
                 del self.index[fp]
             else:
-                c.unindexed_blocks -= 1
+                self.counters.unindexed_blocks -= 1
 
     def touch(self, block: StoredBlock) -> None:
         """block was used: it becomes the most recently used in RAM."""
@@ -367,6 +404,39 @@ class BlockStore:
         saved = (held & LEN_MASK) - len(payload)
         self.counters.stored_bytes -= saved
         return saved
+
+    # ---- packs (packing.py) -----------------------------------------------------
+    def add_pack(self, codec: CodecId, payload: Payload) -> StoredBlock:
+        """Store the payload of a pack: a block like any other (in the arena,
+        evicted and compacted as any), but unindexed, and its refs count its
+        members, not file slots, so it adds nothing to the counters of
+        references. Lock held. Raises arena.ArenaFull with nothing changed.
+        The caller sets refs to its number of members."""
+        block = self._add(codec, payload, None)
+        self.counters.refs -= 1
+        self.counters.referenced_raw_bytes -= block.raw_len
+        return block
+
+    def make_member(self, block: StoredBlock, ref: object) -> None:
+        """block, live in RAM, now reads its content from ref (a
+        packing.PackRef into a pack holding the same bytes): its own payload
+        is freed. Its references, fingerprint and index entry stay, so every
+        slot that shares it follows. Lock held."""
+        held = block.payload
+        assert type(held) is int and block.refs > 0 and not block.packed
+        c = self.counters
+        c.blocks -= 1
+        c.stored_bytes -= held & LEN_MASK
+        c.raw_bytes -= held >> RAW_SHIFT
+        if block.codec == CodecId.RAW:
+            c.incompressible_blocks -= 1
+        if block.recompressed:
+            c.recompressed_blocks -= 1
+        self.arena.free(held)
+        if self.ram_order is not None:
+            self.ram_order.pop(block, None)
+        block.payload = ref  # type: ignore[assignment]
+        block.__class__ = PACKED_TYPE
 
     def settle(self, block: StoredBlock) -> None:
         """Recompressing block did not pay: never try it again. Lock held."""

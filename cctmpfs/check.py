@@ -19,6 +19,7 @@ from .codec import CodecId
 from .devlog import Location
 from .filemap import PAGE, Slot
 from .namespace import NAME_MAX, ROOT_INO, Filesystem
+from .packing import PackRef
 
 #: Version of the report a mount gives (transport.Frontend.check); changes
 #: when a field of it is renamed or changes meaning.
@@ -200,22 +201,27 @@ def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int,
     store = fs.store
     c = store.counters
     bad = []
-    live = list(blocks.values())
+    live = list(blocks.values())   # what the slots refer to: blocks and pack members
     for b in live:
         if b.refs != refs[id(b)]:
             bad.append(f"{b!r}: refs {b.refs} but {refs[id(b)]} slots")
         if b.recompressed and b.codec != CodecId.ZSTD:
             bad.append(f"{b!r}: recompressed but its codec is not zstd")
-    in_ram = [b for b in live if b.in_ram]
-    on_device = [b for b in live if not b.in_ram]
+    members = [b for b in live if b.packed]
+    bad += _check_packs(fs, members)
+    # The blocks with a payload of their own: the plain ones and the packs.
+    packs = {id(b.payload.pack): b.payload.pack for b in members}  # type: ignore[union-attr]
+    held = [b for b in live if not b.packed] + list(packs.values())
+    in_ram = [b for b in held if b.in_ram]
+    on_device = [b for b in held if not b.in_ram]
     want = {
-        "blocks": len(live),
+        "blocks": len(held),
         "stored_bytes": sum(b.payload_len for b in in_ram),
         "device_blocks": len(on_device),
         "device_bytes": sum(b.payload.length for b in on_device),  # type: ignore[union-attr]
-        "raw_bytes": sum(b.raw_len for b in live),
-        "incompressible_blocks": sum(1 for b in live if b.codec == CodecId.RAW),
-        "recompressed_blocks": sum(1 for b in live if b.recompressed),
+        "raw_bytes": sum(b.raw_len for b in held),
+        "incompressible_blocks": sum(1 for b in held if b.codec == CodecId.RAW),
+        "recompressed_blocks": sum(1 for b in held if b.recompressed),
         "refs": sum(refs.values()),
         "referenced_raw_bytes": sum(b.raw_len * refs[id(b)] for b in live),
     }
@@ -246,6 +252,62 @@ def _check_store(fs: Filesystem, blocks: dict[int, StoredBlock], refs: dict[int,
         bad.append(f"RAM recency list holds {len(store.ram_order)} blocks, {len(in_ram)} are in RAM")
     bad += _check_arena(fs, in_ram)
     bad += _check_device(fs, on_device)
+    return bad
+
+
+def _check_packs(fs: Filesystem, members: list[StoredBlock]) -> list[str]:
+    """Packs (packing.py) against the members the files refer to: every
+    live pack is referenced by its members and by nothing else, its refs
+    are its members, their slices lie inside it without overlapping, and
+    its live bytes, the packer's totals and the decoded cache add up."""
+    packer = fs.packer
+    bad: list[str] = []
+    by_pack: dict[int, list[StoredBlock]] = {}
+    for m in members:
+        ref = m.payload
+        if type(ref) is not PackRef:
+            bad.append(f"{m!r}: a pack member whose payload is not a PackRef")
+            continue
+        if ref.pack not in packer.packs:
+            bad.append(f"{m!r}: its pack is not a live pack")
+            continue
+        by_pack.setdefault(id(ref.pack), []).append(m)
+    for pack, info in packer.packs.items():
+        ms = sorted(by_pack.get(id(pack), []), key=lambda m: m.payload.offset)  # type: ignore[union-attr]
+        if pack.refs != len(ms):
+            bad.append(f"pack {pack!r}: refs {pack.refs}, {len(ms)} members referenced")
+        if pack.packed or pack.fingerprint is not None:
+            bad.append(f"pack {pack!r}: a member, or fingerprinted")
+        if pack.raw_len != info.raw_len:
+            bad.append(f"pack {pack!r}: {pack.raw_len} bytes decoded, its record says {info.raw_len}")
+        spans = [(m.payload.offset, m.payload.offset + m.payload.raw_len, m) for m in ms]  # type: ignore[union-attr]
+        for s0, e0, m in spans:
+            if s0 < 0 or e0 > info.raw_len or e0 <= s0:
+                bad.append(f"pack {pack!r}: member {m!r} outside it")
+        for (_a0, a1, ma), (b0, _b1, mb) in zip(spans, spans[1:]):
+            if a1 > b0:
+                bad.append(f"pack {pack!r}: members {ma!r} and {mb!r} overlap")
+        live = sum(e - s for s, e, _m in spans)
+        if info.live_bytes != live:
+            bad.append(f"pack {pack!r}: live_bytes {info.live_bytes}, its members add up to {live}")
+        missing = {id(m) for m in ms} - {id(m) for m in info.members}
+        if missing:
+            bad.append(f"pack {pack!r}: {len(missing)} members missing from its member list")
+    totals = {
+        "members": sum(len(v) for v in by_pack.values()),
+        "live_bytes": sum(i.live_bytes for i in packer.packs.values()),
+        "raw_bytes": sum(i.raw_len for i in packer.packs.values()),
+    }
+    for name, value in totals.items():
+        if getattr(packer, name) != value:
+            bad.append(f"packer {name} = {getattr(packer, name)}, the packs add up to {value}")
+    cached = sum(len(d) for d, _t in packer.cache.values())
+    if fs.engine.buffer.pack_cache_bytes != cached:
+        bad.append(f"hot buffer counts {fs.engine.buffer.pack_cache_bytes} bytes of decoded packs, "
+                   f"the cache holds {cached}")
+    stale = [p for p in packer.cache if p not in packer.packs]
+    if stale:
+        bad.append(f"{len(stale)} freed packs still in the decoded cache")
     return bad
 
 

@@ -27,6 +27,7 @@ POINTS = {
     "truncate.cut": "filemap.DataEngine.truncate, before cutting blocks",
     "seal.encode": "filemap.DataEngine._encode, unlocked (seal() counts it and retries later)",
     "recompress.encode": "recompress.Recompressor._batch, unlocked (the block keeps its payload)",
+    "pack.encode": "packing.Packer._pack_batch, unlocked (the blocks stay as they are)",
     "device.write": "coldstore.ColdStore.write_batch, unlocked (the batch fails, blocks stay)",
     "arena.grow": "arena._map, mapping a payload segment (as ENOMEM: the seal is not published, "
                   "the block stays dirty, a write that needs RAM gets ENOSPC)",

@@ -43,7 +43,7 @@ import errno
 import logging
 import threading
 import time
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
 import attrs
 
@@ -58,6 +58,9 @@ from .eviction import Evictor
 from .hotbuffer import HotBuffer
 from .locking import GlobalLock, released
 from .recompress import Recompressor
+
+if TYPE_CHECKING:
+    from .packing import Packer
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +236,8 @@ class DataEngine:
         self.cold: Optional[ColdStore] = None
         #: Eviction to it, cleaning and discards (eviction.py).
         self.evictor = Evictor(self)
+        #: Small-file packing (packing.py); set by packing.Packer itself.
+        self.packer: Optional["Packer"] = None
         #: Fingerprint of an all-zero full block: such a block becomes a hole
         #: after a 2 us hash and a scan, without being compressed.
         self._zero_fingerprint = store.fingerprint(_ZEROS_MV[:block_size]) if store.dedup else None
@@ -250,8 +255,10 @@ class DataEngine:
         out: list[list[object]] = []
         for idx in sorted(f.blocks):
             s = f.blocks[idx]
-            loc = s.stored.payload if s.stored is not None and not s.stored.in_ram else None
-            where = "device" if loc is not None and s.raw is None else s.state.value
+            st_ = s.stored
+            loc = st_.payload if st_ is not None and not st_.in_ram and not st_.packed else None
+            where = "device" if loc is not None and s.raw is None else \
+                "packed" if st_ is not None and st_.packed and s.raw is None else s.state.value
             out.append([idx, where, *(([loc.segment, loc.offset, loc.length]) if loc  # type: ignore[union-attr]
                                       else [None, None, None])])
         return out
@@ -280,6 +287,14 @@ class DataEngine:
             stored = slot.stored
             if stored is None:
                 return None   # UNWRITTEN: fallocated pages, zeros
+            if stored.packed:   # a slice of a shared pack (packing.py)
+                raw = self.packer.member_raw(stored, mutable)  # type: ignore[union-attr]
+                if f.blocks.get(idx) is slot and slot.raw is None and slot.stored is stored:
+                    slot.raw = raw
+                    self.buffer.charge(slot, self.clock())
+                    self.counters.loads += 1
+                    return raw
+                continue
             payload = stored.payload
             raw_len = stored.raw_len
             codec: int = stored.codec
@@ -634,7 +649,7 @@ class DataEngine:
         f.seq_end = end
         if end > f.size:
             f.size = end
-        if buf.dirty_bytes + buf.clean_bytes > buf.budget:
+        if buf.dirty_bytes + buf.clean_bytes + buf.pack_cache_bytes > buf.budget:
             self._shed(allow_seal=True)
         return True
 
@@ -834,7 +849,15 @@ class DataEngine:
                 codec: int = have.codec
                 where = have.payload
                 payload: Optional[Payload]
-                if type(where) is Location:
+                if have.packed:
+                    # A member of a pack (packing.py): compare its content.
+                    content = self.packer.peek_member(have)  # type: ignore[union-attr]
+                    if content is not None:
+                        if content == raw:
+                            return Encoded(CodecId.RAW, content, fp, reused=True, verified=have)
+                        collided = True
+                    payload = None
+                elif type(where) is Location:
                     assert tally is not None
                     try:
                         codec, payload = self.cold.read(where, tally)  # type: ignore[union-attr]
@@ -944,6 +967,8 @@ class DataEngine:
         buf = self.buffer
         if buf.total_bytes <= buf.budget:
             return
+        if buf.pack_cache_bytes:   # decoded packs go first (packing.py)
+            self.packer.shed_cache(buf.total_bytes - buf.budget)  # type: ignore[union-attr]
         for s in list(buf.slots):
             if buf.total_bytes <= buf.budget:
                 break
@@ -958,6 +983,8 @@ class DataEngine:
     def _shed(self, allow_seal: bool) -> None:
         """Bring the buffer under budget. Releases the global lock when it seals."""
         buf = self.buffer
+        if buf.pack_cache_bytes and buf.total_bytes > buf.budget:   # decoded packs go first
+            self.packer.shed_cache(buf.total_bytes - buf.budget)  # type: ignore[union-attr]
         for _ in range(4):
             excess = buf.total_bytes - buf.budget
             if excess <= 0:
@@ -1052,6 +1079,8 @@ class DataEngine:
             if self.ram_budget and self.ram_in_use() > EVICT_HIGH * self.ram_budget:
                 self.evict(int(EVICT_LOW * self.ram_budget))
             self.maintain_device()
+        if self.packer is not None and not done:
+            self.packer.background_pass()
         if not done:
             self.recompress_pass()
         return done

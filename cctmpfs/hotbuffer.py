@@ -29,10 +29,13 @@ class HotBuffer:
         self.slots: collections.OrderedDict[Slot, None] = collections.OrderedDict()
         self.dirty_bytes = 0
         self.clean_bytes = 0
+        #: Decoded packs kept for reads (packing.Packer.cache): clean, and
+        #: bounded by the packer to 1/16 of the budget.
+        self.pack_cache_bytes = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.dirty_bytes + self.clean_bytes
+        return self.dirty_bytes + self.clean_bytes + self.pack_cache_bytes
 
     def charge(self, slot: Slot, now: float) -> None:
         """Account slot.raw (after any change of raw or state) and mark it used."""

@@ -27,6 +27,7 @@ from .codec import Codec
 from .errors import FsError
 from .filemap import MAX_FILE_SIZE, DataEngine, FileData, HotBuffer, pages
 from .locking import GlobalLock, NoLock
+from .packing import Packer
 from .ranges import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_SUPPORTED,
                      FALLOC_VALID, allocate, copy_range, punch_hole)
 
@@ -173,7 +174,8 @@ class Filesystem:
                  size_limit: int = 0, nr_inodes: int = 0, ram_budget: int = 0,
                  buffer_bytes: int = 64 * 1024 * 1024, root_mode: int = 0o1777,
                  root_uid: int = 0, root_gid: int = 0, lock: Optional[GlobalLock] = None,
-                 dedup: bool = True, clock_ns: Optional[Callable[[], int]] = None) -> None:
+                 dedup: bool = True, pack: bool = True,
+                 clock_ns: Optional[Callable[[], int]] = None) -> None:
         self.lock: GlobalLock = lock if lock is not None else NoLock()
         self.block_size = block_size
         self.nr_inodes = nr_inodes
@@ -186,6 +188,9 @@ class Filesystem:
             block_size=block_size, codec=codec or Codec("zstd", 3), store=self.store,
             buffer=HotBuffer(buffer_bytes), lock=self.lock, size_limit=size_limit,
             ram_budget=ram_budget)
+        #: Small-file packing on the idle sealer (packing.py); pack=off only
+        #: stops building packs.
+        self.packer = Packer(self.engine, enabled=pack)
         self.counters = NamespaceCounters()
         self.census = NamespaceCensus()
         self.inodes: dict[int, Inode] = {}

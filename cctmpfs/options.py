@@ -179,6 +179,7 @@ class MountOptions:
     backing_encrypt: bool = True    # AES-GCM records on the device (backing_encrypt=on|off)
     seal_idle: bool = True   # the sealer compresses at SCHED_IDLE while it can (seal_priority=idle|normal)
     recompress_level: int = 0   # zstd level cold blocks are recompressed at when idle; 0: off (recompress=)
+    pack: bool = True        # pack cold small blocks into shared compressed packs (pack=on|off, packing.py)
     transport: str = DEFAULT_TRANSPORT  # how FUSE requests arrive (transport=, one of TRANSPORTS)
     spin_us: int = 0         # transport=native: adaptive polling window, microseconds; 0: off (spin=)
     #: The INIT_SWITCHES names transport=native asks for (fuse_off=, fuse_on=).
@@ -322,7 +323,7 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
             raise OptionError("ro: cctmpfs is a read-write /tmp; mount it rw")
         if key in ("size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress",
                    "block_size", "ram", "buffer", "workers", "dedup", "backing",
-                   "backing_size", "backing_encrypt", "seal_priority", "recompress", "transport",
+                   "backing_size", "backing_encrypt", "seal_priority", "recompress", "pack", "transport",
                    "spin", "fuse_off", "fuse_on"):
             if not eq or value == "":
                 raise OptionError(f"{key}: needs a value ({key}=...)")
@@ -406,6 +407,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
 
     recompress_level = _parse_recompress(ours.get("recompress"), codec, level)
 
+    pack_text = ours.get("pack", "on")
+    if pack_text not in ("on", "off"):
+        raise OptionError(f"pack={pack_text[:40]}: must be on or off")
+
     backing = os.path.abspath(ours["backing"]) if "backing" in ours else None
     if backing is None and ("backing_size" in ours or "backing_encrypt" in ours):
         raise OptionError("backing_size=/backing_encrypt=: need backing=PATH")
@@ -438,6 +443,6 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         codec=codec, level=level, block_size=block_size, ram_bytes=ram, buffer_bytes=buffer,
         workers=workers, dedup=dedup_text == "on", backing=backing, backing_size=backing_size,
         backing_encrypt=encrypt_text == "on", seal_idle=seal_priority == "idle",
-        recompress_level=recompress_level,
+        recompress_level=recompress_level, pack=pack_text == "on",
         transport=transport, spin_us=spin_us, fuse_flags=fuse_flags, fuse_options=tuple(fuse),
     )

@@ -19,6 +19,7 @@ from .blockstore import RECORD_BYTES
 from .filemap import BlockState, FileData, Slot
 from .memtrim import rss_bytes
 from .namespace import DirInode, FileInode, Filesystem, Inode, SymlinkInode
+from .packing import MEMBER_EXTRA_BYTES
 
 STATS_VERSION = 1
 
@@ -119,7 +120,9 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
              + c.empty_dirs * dict_bytes(0)
              + full_dirs * dict_bytes(c.entries / full_dirs if full_dirs else 0))
     file_map = c.files * dict_bytes(slots / c.files if c.files else 0) + slots * SLOT_BYTES
-    records = store.counters.blocks * RECORD_BYTES
+    # Pack members keep their block record (fingerprint, index entry) and
+    # point into their pack with a PackRef instead of an arena handle.
+    records = store.counters.blocks * RECORD_BYTES + fs.packer.members * MEMBER_EXTRA_BYTES
     if store.ram_order is not None:   # with a backing device: the blocks' LRU order
         records += sys.getsizeof(store.ram_order)
     parts = {
@@ -263,6 +266,29 @@ def _recompress(fs: Filesystem) -> dict[str, Any]:
     }
 
 
+def _packing(fs: Filesystem) -> dict[str, Any]:
+    """Small-file packing (pack=, packing.py, docs/packing.md)."""
+    pk = fs.packer
+    pc = pk.counters
+    in_ram = [p for p in pk.packs if p.in_ram]
+    return {
+        "enabled": pk.enabled,
+        # Live: packs, their members, the decoded bytes of the members and
+        # the dead slices (deleted members the packs still hold until they
+        # are repacked), the packs' payload bytes in RAM, and the decoded
+        # packs kept for reads (charged to the hot buffer).
+        "packs": len(pk.packs),
+        "members": pk.members,
+        "live_bytes": pk.live_bytes,
+        "dead_bytes": pk.raw_bytes - pk.live_bytes,
+        "payload_bytes": sum(p.payload_len for p in in_ram),
+        "packs_to_repack": len(pk.repack),
+        "cache_bytes": fs.engine.buffer.pack_cache_bytes,
+        # Since mount (PackCounters has one comment each).
+        **attrs.asdict(pc),
+    }
+
+
 def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> dict[str, Any]:
     """Every figure of the mount as one JSON-ready dict. Caller holds the lock.
 
@@ -320,6 +346,7 @@ def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> 
         "blocks": states,
         "incompressible_blocks": store.incompressible_blocks,
         "recompress": _recompress(fs),
+        "packing": _packing(fs),
         "limits": {"size_bytes": eng.size_limit, "ram_bytes": eng.ram_budget,
                    "buffer_bytes": buf.budget, "nr_inodes": fs.nr_inodes},
         "inodes": len(fs.inodes),

@@ -35,7 +35,9 @@ def python_sources(limit: int) -> list[bytes]:
 
 
 def test_idle_sealer_recompresses_cold_blocks_and_data_reads_back(mount_cct) -> None:
-    mp = mount_cct("size=256m")
+    # pack=off: packing (docs/packing.md) would turn these small files into
+    # pack members, which recompression leaves to their packs.
+    mp = mount_cct("size=256m,pack=off")
     contents = python_sources(6 << 20)
     for i, data in enumerate(contents):
         with open(os.path.join(mp, f"f{i}.py"), "wb") as f:

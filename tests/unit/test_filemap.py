@@ -232,6 +232,9 @@ class Harness:
         return self.stored_content(slot.stored)
 
     def stored_content(self, st_) -> bytes:  # type: ignore[no-untyped-def]
+        if st_.packed:   # a member of a pack (packing.py): its slice of the pack
+            ref = st_.payload
+            return self.stored_content(ref.pack)[ref.offset:ref.offset + ref.raw_len]
         if st_.in_ram:
             return self.eng.codec.decompress(st_.codec, self.fs.store.payload_bytes(st_), st_.raw_len)
         codec, payload = self.eng.cold.read(st_.payload, Tally())   # counts nothing shared
@@ -294,7 +297,9 @@ class Harness:
         assert buf.clean_bytes == sum(s.charged for s in buf.slots if not s.dirty)
         # block store
         c = self.fs.store.counters
-        blocks = [b for b, _ in stored.values()]
+        # Blocks with a payload of their own: plain ones, and the packs of members.
+        blocks = [b for b, _ in stored.values() if not b.packed]
+        blocks += list({id(b.payload.pack): b.payload.pack for b, _ in stored.values() if b.packed}.values())
         assert c.blocks == len(blocks)
         assert c.stored_bytes == sum(b.payload_len for b in blocks if b.in_ram)
         assert c.raw_bytes == sum(b.raw_len for b in blocks)

@@ -490,3 +490,16 @@ def test_fuse_off_on_llfuse_is_accepted_but_still_checked(ram: int) -> None:
     assert opts.transport == "llfuse" and "max_pages" not in opts.fuse_flags
     with pytest.raises(OptionError):
         parse_options(["fuse_off=nonsense"])   # a typo fails on any transport
+
+
+# ---- pack= -------------------------------------------------------------------
+
+def test_pack_defaults_on_and_can_be_turned_off(ram: int) -> None:
+    assert parse().pack is True
+    assert parse("pack=on").pack is True
+    assert parse("pack=off").pack is False
+
+
+@pytest.mark.parametrize("text", ["yes", "1", "ON", "x" * 100])
+def test_pack_bad_values(ram: int, text: str) -> None:
+    assert "must be on or off" in refused(f"pack={text}")
