@@ -25,7 +25,7 @@ from .blockstore import BlockStore
 from .clock import TimestampClock
 from .codec import Codec
 from .errors import FsError
-from .filemap import MAX_FILE_SIZE, DataEngine, FileData, HotBuffer, pages
+from .filemap import MAX_FILE_SIZE, DataEngine, FileData, HotBuffer, joined, pages
 from .locking import GlobalLock, NoLock
 from .packing import Packer
 from .ranges import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_SUPPORTED,
@@ -677,10 +677,15 @@ class Filesystem:
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         """Releases the global lock."""
+        return joined(self.read_pieces(fh, off, size))
+
+    def read_pieces(self, fh: int, off: int, size: int) -> list[bytes | memoryview]:
+        """read(), as immutable pieces for one writev(2) (DataEngine.read_pieces).
+        Releases the global lock."""
         node = self._file(fh)
         if off < 0:
             raise FsError(errno.EINVAL)
-        out = self.engine.read(node.data, off, size)  # type: ignore[arg-type]
+        out = self.engine.read_pieces(node.data, off, size)  # type: ignore[arg-type]
         self._maybe_update_atime(node)
         return out
 
