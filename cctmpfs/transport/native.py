@@ -7,7 +7,7 @@ the shared Frontend under the global lock, and writes the answer with one
 writev(2). The INIT reply asks for the flags switched on in
 options.INIT_SWITCHES (`fuse_off=`, `fuse_on=`) that the kernel offers:
 1 MiB requests (MAX_PAGES), ATOMIC_O_TRUNC, PARALLEL_DIROPS,
-AUTO_INVAL_DATA, HANDLE_KILLPRIV_V2 and READDIRPLUS with
+HANDLE_KILLPRIV_V2 and READDIRPLUS with
 READDIRPLUS_AUTO by default; WRITEBACK_CACHE only when
 switched on (a handle opened before the mount filled keeps the cache, and
 its writer learns of ENOSPC only at fsync or close: writeback.py).

@@ -348,7 +348,7 @@ def test_stats_json_after_writing_real_files(mount_cct, transport):
     assert s["transport"]["name"] == transport
     if transport == "native":
         t = s["transport"]
-        assert t["flags"] == ["ASYNC_READ", "ATOMIC_O_TRUNC", "BIG_WRITES", "AUTO_INVAL_DATA",
+        assert t["flags"] == ["ASYNC_READ", "ATOMIC_O_TRUNC", "BIG_WRITES",
                               "DO_READDIRPLUS", "READDIRPLUS_AUTO", "PARALLEL_DIROPS", "MAX_PAGES",
                               "HANDLE_KILLPRIV_V2"], t
         assert t["flags"] == t["asked_flags"]
