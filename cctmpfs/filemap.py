@@ -980,13 +980,19 @@ class DataEngine:
         buf = self.buffer
         if buf.total_bytes <= buf.budget:
             return
-        if buf.pack_cache_bytes:   # decoded packs go first (packing.py)
-            self.packer.shed_cache(buf.total_bytes - buf.budget)  # type: ignore[union-attr]
+        self._shed_packs()
         for s in list(buf.slots):
             if buf.total_bytes <= buf.budget:
                 break
             if not s.dirty:
                 self._drop_clean(s)
+
+    def _shed_packs(self) -> None:
+        """Over budget, decoded packs (packing.py's cache) go first: each is
+        a whole block that one cold read of a member can decode again."""
+        buf = self.buffer
+        if buf.pack_cache_bytes and buf.total_bytes > buf.budget:
+            self.packer.shed_cache(buf.total_bytes - buf.budget)  # type: ignore[union-attr]
 
     def _drop_clean(self, s: Slot) -> None:
         self.buffer.discharge(s)
@@ -996,8 +1002,7 @@ class DataEngine:
     def _shed(self, allow_seal: bool) -> None:
         """Bring the buffer under budget. Releases the global lock when it seals."""
         buf = self.buffer
-        if buf.pack_cache_bytes and buf.total_bytes > buf.budget:   # decoded packs go first
-            self.packer.shed_cache(buf.total_bytes - buf.budget)  # type: ignore[union-attr]
+        self._shed_packs()
         for _ in range(4):
             excess = buf.total_bytes - buf.budget
             if excess <= 0:

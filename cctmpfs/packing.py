@@ -62,6 +62,7 @@ from .coldstore import ColdReadError, Tally
 from .devlog import Location
 from .errors import FsError
 from .locking import released
+from .quiet import QuietWatch
 
 if TYPE_CHECKING:
     from .filemap import DataEngine
@@ -180,17 +181,15 @@ class Packer:
             collections.OrderedDict()
         self.cache_budget = max(engine.bs, min(CACHE_PACKS * engine.bs, engine.buffer.budget // 16))
         self.counters = PackCounters()
-        self._activity: tuple[int, int, int] = (-1, -1, -1)
-        self._quiet_since = 0.0
+        #: When the mount went quiet (quiet.py); `exhausted` once a scan went
+        #: round every segment and found nothing to pack.
+        self.watch = QuietWatch(PACK_QUIET_SECONDS)
         self._cursor = -1
         #: id(block) -> the arena handle at which packing it with its
         #: neighbours did not pay (incompressible data): skipped while its
         #: payload stays there. A handle is unique while its payload lives,
         #: so a reused id only costs a missed pack. Bounded by NO_GAIN_MAX.
         self._no_gain: dict[int, int] = {}
-        #: A scan went round every segment and found nothing to pack, with no
-        #: activity since: passes skip the scan until there is.
-        self._exhausted = False
         engine.packer = self
         self.store.on_member_free = self.member_freed
 
@@ -329,7 +328,7 @@ class Packer:
             self.store.free_block(pack)
         elif info.live_bytes < REPACK_LIVE_FRACTION * info.raw_len:
             self.repack[pack] = None
-            self._exhausted = False
+            self.watch.exhausted = False
 
     # ---- packing -----------------------------------------------------------------
     def background_pass(self) -> int:
@@ -342,22 +341,15 @@ class Packer:
         self._trim_cache(self.cache_budget, now - CACHE_COLD_SECONDS)
         if not self.enabled:
             return 0
-        c = eng.counters
-        activity = (c.seals, c.loads, c.promotions)
-        if activity != self._activity or eng.seal_queue or eng.buffer.dirty_bytes:
-            self._activity = activity
-            self._quiet_since = now
-            self._exhausted = False
-            return 0
-        if now - self._quiet_since < PACK_QUIET_SECONDS or self._exhausted:
+        if not self.watch.quiet(eng, now):
             return 0
         done = 0
         for _ in range(BATCHES_PER_PASS):
-            if eng.seal_queue or eng.buffer.dirty_bytes:
+            if self.watch.busy(eng):
                 break   # sealing work comes first
             jobs, packs = self._candidates(PACKS_PER_BATCH * self.pack_bytes)
             if not jobs:
-                self._exhausted = True
+                self.watch.exhausted = True
                 break
             done += self._pack_batch(jobs, packs)
         if done:

@@ -24,6 +24,7 @@ from . import faults
 from .arena import RAW_SHIFT, SEG_MASK, SEG_SHIFT, ArenaFull
 from .blockstore import StoredBlock
 from .locking import released
+from .quiet import QuietWatch
 
 if TYPE_CHECKING:
     from .filemap import DataEngine
@@ -73,20 +74,11 @@ class Recompressor:
     def __init__(self, engine: DataEngine) -> None:
         self.eng = engine
         self.counters = RecompressCounters()
-        #: The activity (seals, loads, promotions) seen at the last pass,
-        #: when it last changed, and the arena segment id the candidate scan
-        #: resumes after.
-        self.activity: tuple[int, int, int] = (-1, -1, -1)
-        self.quiet_since = 0.0
+        #: When the mount went quiet (quiet.py); `exhausted` once a scan went
+        #: round every segment and found nothing to recompress.
+        self.watch = QuietWatch(RECOMPRESS_QUIET_SECONDS)
+        #: The arena segment id the candidate scan resumes after.
         self.cursor = -1
-        #: A scan went round every segment and found nothing to recompress,
-        #: with no activity since: idle passes skip the scan until there is.
-        self.exhausted = False
-
-    def _busy(self) -> bool:
-        """There is sealing work: queued slots or dirty blocks. Lock held."""
-        eng = self.eng
-        return bool(eng.seal_queue) or eng.buffer.dirty_bytes > 0
 
     def idle_pass(self) -> int:
         """Recompress cold blocks at the codec's recompress_level, as zram's
@@ -98,20 +90,12 @@ class Recompressor:
         eng = self.eng
         if not eng.codec.recompress_level:
             return 0
-        c = eng.counters
-        now = eng.clock()
-        activity = (c.seals, c.loads, c.promotions)
-        if activity != self.activity or self._busy():
-            self.activity = activity
-            self.quiet_since = now
-            self.exhausted = False
-            return 0
-        if now - self.quiet_since < RECOMPRESS_QUIET_SECONDS or self.exhausted:
+        if not self.watch.quiet(eng, eng.clock()):
             return 0
         cands = self._candidates(RECOMPRESS_PER_PASS)
         done = 0
         for i in range(0, len(cands), RECOMPRESS_BATCH):
-            if self._busy():
+            if self.watch.busy(eng):
                 break   # sealing work comes first
             done += self._batch(cands[i:i + RECOMPRESS_BATCH])
         if cands:
@@ -147,7 +131,7 @@ class Recompressor:
             if scanned >= RECOMPRESS_SCAN_PER_PASS:
                 break
         if not found and seen == len(ids):
-            self.exhausted = True
+            self.watch.exhausted = True
         return list(found.values())[:limit]
 
     def _batch(self, cands: list[tuple[StoredBlock, int]]) -> int:

@@ -22,7 +22,11 @@ acknowledged:
 3. **Failed writebacks are reported**, by the kernel, at fsync(2) and at
    close(2) (it records the WRITE's error on the file's mapping), and the
    kernel's cached pages of that file are dropped (NOTIFY_INVAL_INODE), so
-   a read shows what the daemon stored. The kernel's size is not corrected:
+   a read shows what the daemon stored. The notification is written by a
+   thread of its own: the kernel may write back dirty pages of the inode
+   (WRITE requests) before it returns from the notification's write(2),
+   and only the reader answers them; sent from the reader, that would
+   deadlock. The kernel's size is not corrected:
    under the writeback cache 6.18 keeps its own i_size of a cached regular
    file whatever the daemon answers (fuse_change_attributes), until it
    forgets the inode; then stat shows the stored size.
@@ -32,11 +36,7 @@ that opened its file while space was plentiful keeps the cache, so past
 full its write(2)s still succeed and it learns of ENOSPC only at fsync or
 close. tmpfs fails the write(2) itself; a `cat /dev/zero > f` would run on
 here (tests/mounted/test_semantics.py, test_enospc_at_size_keeps_existing_files,
-fails with fuse_on=writeback_cache for that reason). The notification is written by a
-   thread of its own: the kernel may write back dirty pages of the inode
-   (WRITE requests) before it returns from the notification's write(2),
-   and only the reader answers them; sent from the reader, that would
-   deadlock.
+fails with fuse_on=writeback_cache for that reason).
 
 Threading: `near_full()` and `writeback_failed()` run in the reader with
 the global lock held; the notifier thread never takes the lock and only

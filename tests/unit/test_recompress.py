@@ -184,7 +184,7 @@ def test_a_block_changed_during_the_unlocked_recompression_is_not_published(
 def test_blocks_sealed_after_the_scan_ran_dry_are_recompressed_too() -> None:
     h = make(files=4)
     first = settle(h)
-    assert first > 0 and h.eng.recompressor.exhausted
+    assert first > 0 and h.eng.recompressor.watch.exhausted
     ino = h.create()                       # new work ends the dry spell
     assert h.write(ino, 0, source_text(40_000, 77))
     h.fs.release(ino)
