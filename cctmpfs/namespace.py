@@ -343,6 +343,16 @@ class Filesystem:
     getattr = get
 
     # ---- creating ------------------------------------------------------
+    def _new_inode_in(self, d: Inode, mode: int, caller: Caller, rdev: int = 0) -> Inode:
+        """A new inode made in directory d by caller, not yet entered anywhere."""
+        gid = caller.gid
+        if d.mode & S.S_ISGID:
+            # setgid directory: new entries take its group, subdirectories its setgid bit.
+            gid = d.gid
+            if S.S_ISDIR(mode):
+                mode |= S.S_ISGID
+        return self._new_inode(mode, caller.uid, gid, rdev)
+
     def _link_new(self, parent: int, name: bytes, mode: int, caller: Caller,
                   rdev: int = 0) -> Inode:
         self._check_name(name)
@@ -351,13 +361,7 @@ class Filesystem:
             raise FsError(errno.ENOENT, "directory was removed")
         if name in d.entries:  # type: ignore[operator]
             raise FsError(errno.EEXIST)
-        gid = caller.gid
-        if d.mode & S.S_ISGID:
-            # setgid directory: new entries take its group, subdirectories its setgid bit.
-            gid = d.gid
-            if S.S_ISDIR(mode):
-                mode |= S.S_ISGID
-        node = self._new_inode(mode, caller.uid, gid, rdev)
+        node = self._new_inode_in(d, mode, caller, rdev)
         d.entries[name] = node.ino  # type: ignore[index]
         census = self.census
         census.entries += 1
@@ -396,6 +400,20 @@ class Filesystem:
         node.open_count += 1
         return node
 
+    def tmpfile(self, parent: int, mode: int, caller: Caller) -> Inode:
+        """O_TMPFILE: create and open a regular file that no directory names
+        (nlink 0; one lookup and one open reference). It is freed at its last
+        close unless link() names it first (linkat(2) with AT_EMPTY_PATH), as
+        on tmpfs. The parent's times do not change (tmpfs leaves them)."""
+        d = self._dir(parent)
+        if d.nlink == 0:
+            raise FsError(errno.ENOENT, "directory was removed")
+        node = self._new_inode_in(d, S.S_IFREG | (mode & 0o7777), caller)
+        node.nlink = 0
+        node.nlookup += 1
+        node.open_count += 1
+        return node
+
     def link(self, ino: int, new_parent: int, new_name: bytes) -> Inode:
         self._check_name(new_name)
         node = self.get(ino)
@@ -406,10 +424,13 @@ class Filesystem:
             raise FsError(errno.ENOENT, "directory was removed")
         if new_name in d.entries:  # type: ignore[operator]
             raise FsError(errno.EEXIST)
-        self._reserve_inode()
+        if node.nlink:
+            # A second name counts against nr_inodes; naming an O_TMPFILE
+            # file (nlink 0) does not: its inode is already counted.
+            self._reserve_inode()
+            self.extra_links += 1
         d.entries[new_name] = ino  # type: ignore[index]
         node.nlink += 1
-        self.extra_links += 1
         census = self.census
         census.entries += 1
         census.name_bytes += len(new_name)

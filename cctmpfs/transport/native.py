@@ -110,7 +110,7 @@ _OUT = w.OUT_HEADER.size
 _NS = 1_000_000_000
 _UNIQUE = w.INTERRUPT_IN   # a u64: fuse_in_header.unique sits at offset 8
 #: Answers that give the kernel a lookup reference (a fuse_entry_out first).
-_ENTRY_OPS = frozenset({w.LOOKUP, w.MKNOD, w.MKDIR, w.SYMLINK, w.LINK, w.CREATE})
+_ENTRY_OPS = frozenset({w.LOOKUP, w.MKNOD, w.MKDIR, w.SYMLINK, w.LINK, w.CREATE, w.TMPFILE})
 #: A READDIRPLUS record's entry that gives no reference (nodeid 0).
 _NO_ENTRY = bytes(w.ENTRY_OUT.size)
 
@@ -212,6 +212,7 @@ class Server:
             w.INTERRUPT: self.interrupt, w.DESTROY: self.empty,
             w.BATCH_FORGET: self.batch_forget, w.RENAME2: self.rename2, w.LSEEK: self.lseek,
             w.FALLOCATE: self.fallocate, w.COPY_FILE_RANGE: self.copy_file_range,
+            w.TMPFILE: self.tmpfile,
         }.items():
             self.handlers[op] = h
             self.min_size[op] = _HDR + w.BODY_SIZE[op]
@@ -376,7 +377,7 @@ class Server:
             try:
                 if opcode in _ENTRY_OPS:
                     nodeid = w.ENTRY_OUT.unpack_from(payload)[0]
-                    if opcode == w.CREATE:
+                    if opcode == w.CREATE or opcode == w.TMPFILE:
                         self.fs.release(w.OPEN_OUT.unpack_from(payload, w.ENTRY_OUT.size)[0])
                     if nodeid:
                         self.fs.forget(nodeid, 1)
@@ -629,6 +630,15 @@ class Server:
         _flags, mode, _umask, _open_flags = w.CREATE_IN.unpack_from(self.buf, _HDR)
         name, _ = self._name(_HDR + w.CREATE_IN.size, n)
         node = self.fs.create(nodeid, name, mode, self._caller())
+        return self._entry(node) + w.OPEN_OUT.pack(node.ino, self._open_flags(), 0)
+
+    def tmpfile(self, nodeid: int, n: int) -> Reply:
+        """open(dir, O_TMPFILE): CREATE's arguments (the name is "/") and
+        answer, for a file that no directory names. Its entry says nlink 0,
+        the truth: with it 6.18 refuses linkat() of an O_EXCL one with ENOENT
+        as tmpfs does (an entry saying 1 let it be linked), and logs nothing."""
+        _flags, mode, _umask, _open_flags = w.CREATE_IN.unpack_from(self.buf, _HDR)
+        node = self.fs.tmpfile(nodeid, mode, self._caller())
         return self._entry(node) + w.OPEN_OUT.pack(node.ino, self._open_flags(), 0)
 
     def lseek(self, nodeid: int, n: int) -> Reply:

@@ -65,6 +65,7 @@ FALLOCATE = 43
 RENAME2 = 45
 LSEEK = 46            # SEEK_DATA / SEEK_HOLE only: the kernel does SET/CUR/END itself
 COPY_FILE_RANGE = 47  # answered with a fuse_write_out
+TMPFILE = 51          # O_TMPFILE (7.38): CREATE's arguments and answer; the name is "/"
 #: One past the highest opcode a dispatch table needs a slot for (fuse.h
 #: has them up to 51, FUSE_TMPFILE; CUSE_INIT is 4096).
 OPCODE_LIMIT = 64
@@ -216,7 +217,7 @@ BODY_SIZE = {
     INTERRUPT: INTERRUPT_IN.size, DESTROY: 0, BATCH_FORGET: BATCH_FORGET_IN.size,
     READDIRPLUS: READ_IN.size,
     RENAME2: RENAME2_IN.size, LSEEK: LSEEK_IN.size, FALLOCATE: FALLOCATE_IN.size,
-    COPY_FILE_RANGE: COPY_FILE_RANGE_IN.size,
+    COPY_FILE_RANGE: COPY_FILE_RANGE_IN.size, TMPFILE: CREATE_IN.size,
 }
 
 #: Request names, as stats counts them (the llfuse binding's handler names).
@@ -230,5 +231,5 @@ OPCODE_NAMES = {
     READDIR: "readdir", RELEASEDIR: "releasedir", FSYNCDIR: "fsyncdir", ACCESS: "access",
     CREATE: "create", INTERRUPT: "interrupt", DESTROY: "destroy",
     BATCH_FORGET: "batch_forget", READDIRPLUS: "readdirplus", RENAME2: "rename2", LSEEK: "lseek", FALLOCATE: "fallocate",
-    COPY_FILE_RANGE: "copy_file_range",
+    COPY_FILE_RANGE: "copy_file_range", TMPFILE: "tmpfile",
 }

@@ -510,6 +510,55 @@ def test_rename_noreplace_and_exchange(both, request, transport):
     same(both, scenario)
 
 
+def test_o_tmpfile_as_tmpfs(both, request, transport):
+    """open(dir, O_TMPFILE): a file no directory names, freed at its last
+    close unless linkat(AT_EMPTY_PATH) names it; not linkable with O_EXCL."""
+    llfuse_cannot(request, transport, "libfuse 2.9 has no TMPFILE: the kernel answers "
+                  "EOPNOTSUPP")
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
+
+    def name_it(fd: int, path: str) -> None:
+        if libc.linkat(fd, b"", AT_FDCWD, path.encode(), AT_EMPTY_PATH) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+
+    def scenario(root):
+        j = lambda *p: os.path.join(root, *p)  # noqa: E731
+        os.mkdir(j("d"))
+        os.chmod(j("d"), 0o2775)                  # setgid: the file takes the group
+        os.chown(j("d"), 0, 123)
+        before = os.stat(j("d"))
+        fd = os.open(j("d"), os.O_TMPFILE | os.O_RDWR, 0o640)
+        os.write(fd, pattern(200_000))
+        st = os.fstat(fd)
+        obs = [(st.st_nlink, oct(st.st_mode), st.st_size, st.st_gid, st.st_blocks > 0),
+               os.listdir(j("d")),
+               os.stat(j("d")).st_mtime_ns == before.st_mtime_ns]
+        name_it(fd, j("d", "named"))
+        obs.append((os.fstat(fd).st_nlink, os.stat(j("d", "named")).st_ino == st.st_ino))
+        os.pwrite(fd, b"after", 10)
+        os.close(fd)
+        with open(j("d", "named"), "rb") as f:
+            obs.append(hashlib.sha256(f.read()).hexdigest())
+        fd = os.open(j("d"), os.O_TMPFILE | os.O_WRONLY | os.O_EXCL, 0o600)
+        obs.append(err(lambda: name_it(fd, j("d", "excl"))))
+        os.close(fd)
+        # A file never named is freed at close: its space comes back.
+        free = os.statvfs(root).f_bfree
+        fd = os.open(root, os.O_TMPFILE | os.O_RDWR, 0o600)
+        os.write(fd, os.urandom(2 * MiB))
+        obs.append(os.statvfs(root).f_bfree < free)
+        os.close(fd)
+        obs.append(os.statvfs(root).f_bfree == free)
+        obs.append(err(lambda: os.open(j("d", "named"), os.O_TMPFILE | os.O_RDWR, 0o600)))
+        obs.append(tree(root))
+        return obs
+
+    same(both, scenario)
+
+
 def test_seek_data_and_hole(both, request, transport):
     """lseek SEEK_DATA / SEEK_HOLE, as tmpfs answers them at page granularity."""
     llfuse_cannot(request, transport, "libfuse 2.9 has no LSEEK: the kernel's generic "

@@ -96,6 +96,42 @@ def test_hard_links(fs: Filesystem) -> None:
     assert node.nlink == 0
 
 
+def test_tmpfile_is_freed_at_close_unless_named(clock: FakeClock) -> None:
+    fs = Filesystem(block_size=16384, nr_inodes=3, size_limit=1 << 20, clock_ns=clock.ns)
+    d = fs.mkdir(ROOT_INO, b"d", 0o2775, ME)
+    fs.setattr(d.ino, gid=77)
+    mtime = d.mtime_ns
+    node = fs.tmpfile(d.ino, 0o640, ME)
+    assert (node.nlink, node.open_count, node.nlookup) == (0, 1, 1)
+    assert (S.S_IFMT(node.mode), node.mode & 0o7777, node.gid) == (S.S_IFREG, 0o640, 77)
+    assert d.entries == {} and d.mtime_ns == mtime and fs.census.files == 1
+    assert fs.statfs()["f_ffree"] == 0          # the root, d and the tmpfile
+    fs.write(node.ino, 0, b"x" * 40_000)
+    # Naming it takes no second inode (nr_inodes is reached) and gives nlink 1.
+    fs.link(node.ino, d.ino, b"named")
+    assert node.nlink == 1 and fs.extra_links == 0 and d.entries == {b"named": node.ino}
+    fs.release(node.ino)
+    fs.forget(node.ino, 2)
+    assert fs.inodes[node.ino] is node
+    assert check_all(fs) == []
+    # One never named is freed with its data at its last close and forget.
+    fs.unlink(d.ino, b"named")
+    other = fs.tmpfile(ROOT_INO, 0o600, ME)
+    fs.write(other.ino, 0, b"y" * 40_000)
+    assert fs.statfs()["f_bfree"] < fs.statfs()["f_blocks"]
+    fs.release(other.ino)
+    assert fs.inodes[other.ino] is other        # the kernel still holds its lookup
+    fs.forget(other.ino, 1)
+    assert other.ino not in fs.inodes and fs.census.files == 0
+    assert fs.statfs()["f_bfree"] == fs.statfs()["f_blocks"]
+    assert check_all(fs) == []
+    # Not in a removed directory, nor in a file.
+    a = mkfile(fs, ROOT_INO, b"a")
+    fails(errno.ENOTDIR, fs.tmpfile, a, 0o600, ME)
+    fs.rmdir(ROOT_INO, b"d")
+    fails(errno.ENOENT, fs.tmpfile, d.ino, 0o600, ME)
+
+
 def test_rename_directory_moves_the_parent_link(fs: Filesystem) -> None:
     a = fs.mkdir(ROOT_INO, b"a", 0o755, ME)
     b = fs.mkdir(ROOT_INO, b"b", 0o755, ME)

@@ -479,10 +479,10 @@ def test_garbled_requests_get_eio_and_the_loop_goes_on(served):
 
 def test_unknown_opcodes_get_enosys(served):
     k = served.k
-    # SETUPMAPPING, TMPFILE (issue 18, step 4), and nonsense.
-    for opcode in (48, 51, 63, 64, 4096, 2 ** 32 - 1):
+    # SETUPMAPPING, SYNCFS, STATX, and nonsense.
+    for opcode in (48, 50, 52, 63, 64, 4096, 2 ** 32 - 1):
         assert k.errno_of(opcode, ROOT_INO, bytes(64)) == errno.ENOSYS
-    assert served.server.info()["unknown_requests"] == 6
+    assert served.server.info()["unknown_requests"] == 7
     k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
 
 
