@@ -57,7 +57,7 @@ from typing import Any, Callable, Optional
 from ..errors import FsError
 from ..namespace import Caller, Inode
 from ..options import DEFAULT_FUSE_FLAGS, MountOptions
-from . import mounting
+from . import bdi, mounting
 from . import wire as w
 from .frontend import CACHE_TIMEOUT, Frontend
 from .spin import CpuCrowding, SpinPolicy
@@ -182,6 +182,10 @@ class Server:
         self.flags = 0
         self.max_readahead = 0
         self.max_pages = 0
+        #: The mount's "major:minor" (its bdi), set by NativeSession; None in
+        #: tests over a socket.
+        self.device: Optional[str] = None
+        self.read_ahead_kb = 0      # what the bdi's read-ahead was raised to; 0: left alone
         self.stopping = False
         self._waiting = False       # blocked in read(2), where a stop signal may interrupt
         self._hdr: tuple[int, ...] = ()
@@ -465,7 +469,18 @@ class Server:
                               0, 0, self.max_write, 1, self.max_pages, 0, self.flags >> 32)
         log.info("FUSE %d.%d (kernel %d.%d), flags %s, max_write %d", w.PROTOCOL_MAJOR,
                  self.minor, major, minor, ",".join(w.flag_names(self.flags)), self.max_write)
-        return out if self.minor >= w.INIT_OUT_COMPAT_MINOR else out[:w.INIT_OUT_COMPAT_SIZE]
+        if self.minor < w.INIT_OUT_COMPAT_MINOR:
+            out = out[:w.INIT_OUT_COMPAT_SIZE]
+        if not (self.max_pages and self.device):
+            return out
+        # INIT answers itself here: the read-ahead can only be raised once
+        # the kernel has taken the answer (it clamps the bdi's read-ahead to
+        # 128 KiB then). 1 MiB, one READ, instead of 128 KiB: a cold 512 MiB
+        # sequential read cost the daemon 16-17 CPU ticks instead of 23-28
+        # and ran at 600-940 MB/s instead of 510-580 (dd, loaded machine).
+        os.writev(self.fd, [w.OUT_HEADER.pack(_OUT + len(out), 0, self._hdr[2]), out])
+        self.read_ahead_kb = bdi.set_read_ahead(self.device, self.max_pages * 4)
+        return None
 
     def info(self) -> dict[str, Any]:
         """What stats says about this binding."""
@@ -482,6 +497,7 @@ class Server:
             "max_write": self.max_write,
             "max_pages": self.max_pages,
             "max_readahead": self.max_readahead,
+            "read_ahead_kb": self.read_ahead_kb,
             "writeback": self.guard.info() if self.guard is not None else None,
             "threads": 1,
             "spin": self.spin.info() if self.spin is not None else {"window_us": 0},
@@ -829,6 +845,7 @@ class NativeSession:
             raise
         self.fd, self.mountpoint = fd, mountpoint
         self.server = Server(fd, frontend, self.lock, opts.fuse_flags, spin_us=opts.spin_us)
+        self.server.device = self.device
         if self.server.guard is not None:
             self.server.guard.start(self.device)
         frontend.transport_info = self.server.info

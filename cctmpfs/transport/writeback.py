@@ -53,6 +53,7 @@ import queue
 import threading
 from typing import Any, Callable, Optional
 
+from . import bdi
 from . import wire as w
 
 log = logging.getLogger(__name__)
@@ -65,31 +66,6 @@ log = logging.getLogger(__name__)
 RESERVE_BYTES = 32 << 20
 #: A small mount keeps at most this share of size= as the reserve.
 RESERVE_SHARE = 4
-#: The bdi's sysfs directory (linux: fuse_bdi_init names it MAJOR:MINOR).
-BDI_DIR = "/sys/class/bdi"
-
-
-def set_bdi_limit(device: Optional[str], limit: int) -> int:
-    """Bound the dirty bytes of the mount's bdi to limit, strictly. Returns
-    the limit the kernel took (it rounds to its ratio), or 0 if it could not
-    be set (no such bdi, not root): then the caller keeps the whole reserve
-    anyway. Logs why."""
-    if not device:
-        log.warning("writeback cache: mount device unknown, dirty bytes not bounded")
-        return 0
-    base = os.path.join(BDI_DIR, device)
-    try:
-        with open(os.path.join(base, "strict_limit"), "w") as f:
-            f.write("1")
-        with open(os.path.join(base, "max_bytes"), "w") as f:
-            f.write(str(limit))
-        with open(os.path.join(base, "max_bytes")) as f:
-            return int(f.read())
-    except OSError as e:
-        log.warning("writeback cache: cannot bound dirty bytes in %s: %s", base, e.strerror)
-        return 0
-
-
 class WritebackGuard:
     """The reserve and the failed-writeback notifications of one mount."""
 
@@ -114,7 +90,7 @@ class WritebackGuard:
         self._thread: Optional[threading.Thread] = None
 
     def start(self, device: Optional[str]) -> None:
-        self.bdi_max_bytes = set_bdi_limit(device, self.reserve)
+        self.bdi_max_bytes = bdi.set_dirty_limit(device, self.reserve)
         # The kernel may take a little more than asked (its ratio's rounding).
         self.reserve = max(self.reserve, self.bdi_max_bytes)
         self._thread = threading.Thread(target=self._notifier, name="cctmpfs-notify", daemon=True)

@@ -53,6 +53,31 @@ def test_fuse_off_max_pages_keeps_128k_requests(mount_cct, transport):
     assert "MAX_PAGES" not in info["flags"]
 
 
+def test_cold_sequential_reads_are_one_mib_reads(mount_cct, transport):
+    """With 1 MiB requests the mount's read-ahead is raised to 1 MiB (the
+    kernel sets 128 KiB at INIT): a cold sequential read of 8 MiB is about
+    8 READs, not 64."""
+    if transport != "native":
+        pytest.skip("libfuse 2.9 caps requests at 128 KiB")
+    mp = mount_cct("size=64m")
+    info = read_stats(mp)["transport"]
+    assert info["read_ahead_kb"] == 1024
+    with open(f"/sys/class/bdi/{os.major(os.stat(mp).st_dev)}:{os.minor(os.stat(mp).st_dev)}"
+              "/read_ahead_kb") as f:
+        assert int(f.read()) == 1024
+    data = os.urandom(8 << 20)
+    path = os.path.join(str(mp), "f")
+    with open(path, "wb") as f:
+        f.write(data)
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1")
+    before = read_stats(mp)["requests"].get("read", 0)
+    with open(path, "rb") as f:
+        assert f.read() == data
+    assert read_stats(mp)["requests"].get("read", 0) - before <= 12
+
+
 @pytest.mark.parametrize("block_size", ["16k", "128k", "1m"])
 def test_one_mib_requests_span_blocks(mount_cct, transport, block_size):
     """A 1 MiB WRITE (MAX_PAGES) covers 64, 8 or 1 blocks, unaligned too;
