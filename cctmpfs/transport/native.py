@@ -65,6 +65,12 @@ from .writeback import WritebackGuard
 
 log = logging.getLogger(__name__)
 
+#: Bit 63 of a file handle: opened for writing through the kernel's
+#: writeback cache (writeback.py, rule 4). The rest of the handle is what
+#: Filesystem.open gives, the inode number; the file's handlers take the
+#: file from the request's nodeid.
+FH_CACHED_WRITER = 1 << 63
+
 #: The largest WRITE (and READ) the kernel may send without MAX_PAGES: 32
 #: pages, and the block size by default.
 MAX_WRITE = 128 * 1024
@@ -382,11 +388,11 @@ class Server:
                 if opcode in _ENTRY_OPS:
                     nodeid = w.ENTRY_OUT.unpack_from(payload)[0]
                     if opcode == w.CREATE or opcode == w.TMPFILE:
-                        self.fs.release(w.OPEN_OUT.unpack_from(payload, w.ENTRY_OUT.size)[0])
+                        self._release(w.OPEN_OUT.unpack_from(payload, w.ENTRY_OUT.size)[0])
                     if nodeid:
                         self.fs.forget(nodeid, 1)
                 elif opcode == w.OPEN:
-                    self.fs.release(w.OPEN_OUT.unpack_from(payload)[0])
+                    self._release(w.OPEN_OUT.unpack_from(payload)[0])
                 elif opcode == w.OPENDIR:
                     self.fs.releasedir(w.OPEN_OUT.unpack_from(payload)[0])
                 elif opcode == w.READDIRPLUS:
@@ -541,6 +547,17 @@ class Server:
             self.frontend.errno_for(e, "forget", (ino, nlookup))
 
     def getattr(self, nodeid: int, n: int) -> Reply:
+        guard = self.guard
+        if guard is not None and guard.tight and n >= _HDR + w.GETATTR_IN.size:
+            # Writeback rule 4 (writeback.py): a cached writer's write(2)
+            # asks this first once its attributes are invalid.
+            flags, _dummy, fh = w.GETATTR_IN.unpack_from(self.buf, _HDR)
+            if flags & w.GETATTR_FH and fh & FH_CACHED_WRITER:
+                if guard.refuse_cached_write():
+                    return errno.ENOSPC
+            elif nodeid in guard.cached_writers:
+                # Valid for no time, so that the writer asks again.
+                return w.ATTR_OUT.pack(0, 0, 0, *self._attr(self.fs.getattr(nodeid)))
         return self._attr_out(self.fs.getattr(nodeid))
 
     def setattr(self, nodeid: int, n: int) -> Reply:
@@ -630,42 +647,61 @@ class Server:
             except BaseException:
                 self.fs.release(fh)
                 raise
-        return w.OPEN_OUT.pack(fh, self._open_flags(), 0)
+        return self._open_out(fh, flags)
 
-    def _open_flags(self) -> int:
-        """The page cache is kept across opens, as llfuse keeps it: every
+    def _open_out(self, fh: int, flags: int) -> bytes:
+        """OPEN's answer for handle fh (an inode number) opened with flags.
+        The page cache is kept across opens, as llfuse keeps it: every
         change goes through this kernel. Under the writeback cache with free
-        space down to the reserve: no cache, so write(2) gets ENOSPC."""
-        if self.guard is not None and self.guard.near_full():
-            return w.FOPEN_DIRECT_IO
-        return w.FOPEN_KEEP_CACHE
+        space down to the reserve: no cache, so write(2) gets ENOSPC (rule
+        2); a writer that keeps the cache is tagged, for rule 4."""
+        guard = self.guard
+        if guard is None:
+            return w.OPEN_OUT.pack(fh, w.FOPEN_KEEP_CACHE, 0)
+        if guard.near_full():
+            return w.OPEN_OUT.pack(fh, w.FOPEN_DIRECT_IO, 0)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            guard.cached_writer_opened(fh)
+            fh |= FH_CACHED_WRITER
+        return w.OPEN_OUT.pack(fh, w.FOPEN_KEEP_CACHE, 0)
+
+    def _release(self, fh: int) -> None:
+        """Close a file handle that OPEN, CREATE or TMPFILE gave out."""
+        if fh & FH_CACHED_WRITER:
+            fh &= ~FH_CACHED_WRITER
+            if self.guard is not None:
+                self.guard.cached_writer_closed(fh)
+        self.fs.release(fh)
 
     def create(self, nodeid: int, n: int) -> Reply:
         # A new file: O_TRUNC and OPEN_KILL_SUIDGID in open_flags change
         # nothing (tmpfs neither truncates nor clears what it creates).
-        _flags, mode, _umask, _open_flags = w.CREATE_IN.unpack_from(self.buf, _HDR)
+        flags, mode, _umask, _open_flags = w.CREATE_IN.unpack_from(self.buf, _HDR)
         name, _ = self._name(_HDR + w.CREATE_IN.size, n)
         node = self.fs.create(nodeid, name, mode, self._caller())
-        return self._entry(node) + w.OPEN_OUT.pack(node.ino, self._open_flags(), 0)
+        return self._entry(node) + self._open_out(node.ino, flags)
 
     def tmpfile(self, nodeid: int, n: int) -> Reply:
         """open(dir, O_TMPFILE): CREATE's arguments (the name is "/") and
         answer, for a file that no directory names. Its entry says nlink 0,
         the truth: with it 6.18 refuses linkat() of an O_EXCL one with ENOENT
         as tmpfs does (an entry saying 1 let it be linked), and logs nothing."""
-        _flags, mode, _umask, _open_flags = w.CREATE_IN.unpack_from(self.buf, _HDR)
+        flags, mode, _umask, _open_flags = w.CREATE_IN.unpack_from(self.buf, _HDR)
         node = self.fs.tmpfile(nodeid, mode, self._caller())
-        return self._entry(node) + w.OPEN_OUT.pack(node.ino, self._open_flags(), 0)
+        return self._entry(node) + self._open_out(node.ino, flags)
 
+    # The file's handlers below take the file from the request's nodeid, not
+    # from the handle, which may carry FH_CACHED_WRITER.
     def lseek(self, nodeid: int, n: int) -> Reply:
-        fh, off, whence, _pad = w.LSEEK_IN.unpack_from(self.buf, _HDR)
-        return w.LSEEK_OUT.pack(self.fs.seek(fh, off, whence))
+        _fh, off, whence, _pad = w.LSEEK_IN.unpack_from(self.buf, _HDR)
+        return w.LSEEK_OUT.pack(self.fs.seek(nodeid, off, whence))
 
     def fallocate(self, nodeid: int, n: int) -> Reply:
-        # The handle is the inode number (open()); the kernel drops its own
-        # cached pages of a punched range itself.
-        fh, off, length, mode, _pad = w.FALLOCATE_IN.unpack_from(self.buf, _HDR)
-        self.fs.fallocate(fh, mode, off, length)
+        # The kernel drops its own cached pages of a punched range itself.
+        _fh, off, length, mode, _pad = w.FALLOCATE_IN.unpack_from(self.buf, _HDR)
+        self.fs.fallocate(nodeid, mode, off, length)
+        if self.guard is not None:
+            self.guard.check_space()
         return b""
 
     def copy_file_range(self, nodeid: int, n: int) -> Reply:
@@ -673,20 +709,22 @@ class Server:
         # `cp` of a big file costs slots, not payload. The answer's size is
         # 32 bits, so a longer copy is cut to whole pages below 4 GiB; the
         # caller asks again for the rest, as after any short copy.
-        fh_in, off_in, _node_out, fh_out, off_out, length, flags = \
+        _fh_in, off_in, node_out, _fh_out, off_out, length, flags = \
             w.COPY_FILE_RANGE_IN.unpack_from(self.buf, _HDR)
         if flags:
             raise FsError(errno.EINVAL, "copy_file_range flags")
-        done = self.fs.copy_range(fh_in, off_in, fh_out, off_out, min(length, MAX_COPY))
+        done = self.fs.copy_range(nodeid, off_in, node_out, off_out, min(length, MAX_COPY))
+        if self.guard is not None:
+            self.guard.check_space()
         return w.WRITE_OUT.pack(done, 0)
 
     def read(self, nodeid: int, n: int) -> Reply:
-        fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)
+        _fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)
         # A list: run() writes the pieces behind the header with one writev(2).
-        return self.fs.read_pieces(fh, off, size)
+        return self.fs.read_pieces(nodeid, off, size)
 
     def write(self, nodeid: int, n: int) -> Reply:
-        fh, off, size, write_flags, _owner, _flags, _pad = w.WRITE_IN.unpack_from(self.buf, _HDR)
+        _fh, off, size, write_flags, _owner, _flags, _pad = w.WRITE_IN.unpack_from(self.buf, _HDR)
         start = _HDR + w.WRITE_IN.size
         if start + size > n:
             raise BadRequest(f"WRITE of {size} bytes in a {n}-byte request")
@@ -694,27 +732,33 @@ class Server:
             # HANDLE_KILLPRIV_V2: a writer without CAP_FSETID, to a file
             # with suid or sgid (the kernel sends it only then): before the
             # data, as the VFS does.
-            self.fs.kill_privileges(fh)
+            self.fs.kill_privileges(nodeid)
         # A view over the request buffer: the core copies what it keeps.
         # WRITE_CACHE: a writeback of cached pages; the kernel owns mtime
         # and ctime then, and sends its own (SETATTR, FATTR_CTIME).
+        guard = self.guard
         if not write_flags & w.WRITE_CACHE:
-            return w.WRITE_OUT.pack(self.fs.write(fh, off, self.mv[start:start + size]), 0)
+            written = self.fs.write(nodeid, off, self.mv[start:start + size])
+            if guard is not None:
+                guard.check_space()
+            return w.WRITE_OUT.pack(written, 0)
         try:
-            written = self.fs.write(fh, off, self.mv[start:start + size], False)
+            written = self.fs.write(nodeid, off, self.mv[start:start + size], False)
             if written < size:
                 # Short at size= (as tmpfs's write(2) would be): the kernel
                 # does not retry the rest of a writeback, so it is an error
                 # the kernel reports at fsync and close.
                 raise FsError(errno.ENOSPC, "short writeback")
         except FsError as e:
-            if self.guard is not None:
-                self.guard.writeback_failed(nodeid, e.errno)
+            if guard is not None:
+                guard.writeback_failed(nodeid, e.errno)
             raise
+        if guard is not None:
+            guard.check_space()
         return w.WRITE_OUT.pack(written, 0)
 
     def release(self, nodeid: int, n: int) -> Reply:
-        self.fs.release(w.RELEASE_IN.unpack_from(self.buf, _HDR)[0])
+        self._release(w.RELEASE_IN.unpack_from(self.buf, _HDR)[0])
         return b""
 
     def empty(self, nodeid: int, n: int) -> Reply:

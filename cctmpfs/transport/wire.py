@@ -166,6 +166,7 @@ FORGET_IN = struct.Struct("<Q")                # nlookup
 BATCH_FORGET_IN = struct.Struct("<II")         # count dummy
 FORGET_ONE = struct.Struct("<QQ")              # nodeid nlookup
 GETATTR_IN = struct.Struct("<IIQ")             # getattr_flags dummy fh
+GETATTR_FH = 1 << 0     # getattr_flags: fh is the caller's open file (fstat, a cached write(2))
 SETATTR_IN = struct.Struct("<IIQQQqqqIIIIIIII")  # valid padding fh size lock_owner atime mtime ctime
 #                                                  atimensec mtimensec ctimensec mode unused4 uid gid unused5
 MKNOD_IN = struct.Struct("<IIII")              # mode rdev umask padding

@@ -31,14 +31,30 @@ acknowledged:
    file whatever the daemon answers (fuse_change_attributes), until it
    forgets the inode; then stat shows the stored size.
 
-What this does not give (why writeback_cache is off by default): a writer
-that opened its file while space was plentiful keeps the cache, so past
-full its write(2)s still succeed and it learns of ENOSPC only at fsync or
-close. tmpfs fails the write(2) itself; a `cat /dev/zero > f` would run on
-here (tests/mounted/test_semantics.py, test_enospc_at_size_keeps_existing_files,
-fails with fuse_on=writeback_cache for that reason).
+4. **Cached writers stop at the reserve.** A writer that opened its file
+   while space was plentiful keeps the cache. When free space falls to the
+   reserve (seen after a WRITE, FALLOCATE, COPY_FILE_RANGE or at an open),
+   the attributes of every file such a writer holds are invalidated
+   (NOTIFY_INVAL_INODE, attributes only). Its next write(2) then asks
+   GETATTR with its handle first (fuse_cache_write_iter), and while free
+   space is still at the reserve that GETATTR is answered ENOSPC: the
+   write(2) fails, as on tmpfs, and everything it wrote before fits in the
+   reserve. Native handles carry FH_CACHED_WRITER for this. A GETATTR
+   without the handle (a stat) is answered valid for no time, so that the
+   writer asks again.
 
-Threading: `near_full()` and `writeback_failed()` run in the reader with
+What this does not give (why writeback_cache is off by default):
+- a cached writer gets ENOSPC up to the reserve (32 MiB, or a quarter of a
+  small size=) before the mount is full, where tmpfs fills it to the byte
+  (tests/mounted/test_semantics.py, test_enospc_at_size_keeps_existing_files,
+  counts the bytes and fails with fuse_on=writeback_cache for that reason);
+  fstat(2) of such a handle then says ENOSPC too;
+- writers that opened near full (rule 2) may still use the reserve itself,
+  so a cached writer's last dirty pages can then fail at writeback: that
+  is reported at fsync and close (rule 3), not lost silently.
+
+Threading: `near_full()`, `check_space()`, `refuse_cached_write()`, the
+cached-writer counts and `writeback_failed()` run in the reader with
 the global lock held; the notifier thread never takes the lock and only
 writes notifications to /dev/fuse (one writev(2) each, atomic as the
 reader's answers are).
@@ -77,16 +93,22 @@ class WritebackGuard:
         self.bdi_max_bytes = 0          # what the kernel took; 0: not set
         # Protected by the global lock (the reader's handlers):
         self.direct_opens = 0           # opens answered FOPEN_DIRECT_IO (near full)
+        #: Free space was at or below the reserve when last looked at (rule 4).
+        self.tight = False
+        self.tight_events = 0           # times free space fell to the reserve
+        #: Inode -> open handles writing through the cache (rule 4).
+        self.cached_writers: dict[int, int] = {}
+        self.refused_writes = 0         # cached writers' GETATTRs answered ENOSPC
         self.failed_writebacks = 0      # WRITE_CACHE requests answered with an error
         self.notifications = 0          # NOTIFY_INVAL_INODE queued
         # Written by the notifier thread only; read by stats (an int: atomic).
         self.notify_errors = 0
-        self._queue: queue.SimpleQueue[Optional[int]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Optional[tuple[int, int]]] = queue.SimpleQueue()
         #: Inodes queued and not yet sent: added by the reader, removed by the
         #: notifier just before it sends (set.add/discard are atomic under
         #: the GIL). A full mount fails a WRITE per dirty MiB; this keeps it
         #: to one notification per inode at a time.
-        self._pending: set[int] = set()
+        self._pending: set[tuple[int, int]] = set()
         self._thread: Optional[threading.Thread] = None
 
     def start(self, device: Optional[str]) -> None:
@@ -105,10 +127,42 @@ class WritebackGuard:
     # ---- in the reader, under the global lock -----------------------------------
     def near_full(self) -> bool:
         """True once free space is down to the reserve: open uncached."""
-        if self.free_bytes() > self.reserve:
+        if not self.check_space():
             return False
         self.direct_opens += 1
         return True
+
+    def check_space(self) -> bool:
+        """Whether free space is down to the reserve. When it has just come
+        down to it, every file a cached writer holds has its attributes
+        invalidated, so its next write(2) asks GETATTR (rule 4). 0.7 us."""
+        tight = self.free_bytes() <= self.reserve
+        if tight and not self.tight:
+            self.tight_events += 1
+            log.info("free space down to the writeback reserve (%d bytes): %d cached "
+                     "writers stop", self.reserve, len(self.cached_writers))
+            for ino in self.cached_writers:
+                self._queue_notification(ino, -1)
+        self.tight = tight
+        return tight
+
+    def refuse_cached_write(self) -> bool:
+        """A cached writer's GETATTR (its handle given): ENOSPC while free
+        space is still at the reserve."""
+        if not self.check_space():
+            return False
+        self.refused_writes += 1
+        return True
+
+    def cached_writer_opened(self, ino: int) -> None:
+        self.cached_writers[ino] = self.cached_writers.get(ino, 0) + 1
+
+    def cached_writer_closed(self, ino: int) -> None:
+        left = self.cached_writers.get(ino, 0) - 1
+        if left > 0:
+            self.cached_writers[ino] = left
+        else:
+            self.cached_writers.pop(ino, None)
 
     def writeback_failed(self, ino: int, err: int) -> None:
         """A WRITE of cached pages failed: the kernel reports it at fsync and
@@ -116,16 +170,25 @@ class WritebackGuard:
         self.failed_writebacks += 1
         if err == errno.ENOSPC:
             log.warning("writeback of inode %d failed: no space (reported at fsync/close)", ino)
-        if ino in self._pending:
+        self._queue_notification(ino, 0)
+
+    def _queue_notification(self, ino: int, offset: int) -> None:
+        """NOTIFY_INVAL_INODE of ino from offset to the end: from 0, the
+        attributes and every cached page; -1: the attributes only."""
+        key = (ino, offset)
+        if key in self._pending:
             return      # one queued notification covers every failure until it is sent
-        self._pending.add(ino)
+        self._pending.add(key)
         self.notifications += 1
-        self._queue.put(ino)
+        self._queue.put(key)
 
     def info(self) -> dict[str, Any]:
         return {"reserve_bytes": self.reserve, "bdi_max_bytes": self.bdi_max_bytes,
                 "direct_io_opens": self.direct_opens,
                 "failed_writebacks": self.failed_writebacks,
+                "reserve_reached": self.tight_events,
+                "cached_writers": sum(self.cached_writers.values()),
+                "refused_cached_writes": self.refused_writes,
                 "inval_notifications": self.notifications,
                 "notify_errors": self.notify_errors}
 
@@ -133,13 +196,14 @@ class WritebackGuard:
     def _notifier(self) -> None:
         body_len = w.OUT_HEADER.size + w.NOTIFY_INVAL_INODE_OUT.size
         while True:
-            ino = self._queue.get()
-            if ino is None:
+            key = self._queue.get()
+            if key is None:
                 return
-            self._pending.discard(ino)
-            # offset 0, length 0: the attributes and every cached page.
+            self._pending.discard(key)
+            ino, offset = key
+            # Length 0: to the end of the file.
             msg = w.OUT_HEADER.pack(body_len, w.NOTIFY_INVAL_INODE, 0) + \
-                w.NOTIFY_INVAL_INODE_OUT.pack(ino, 0, 0)
+                w.NOTIFY_INVAL_INODE_OUT.pack(ino, offset, 0)
             try:
                 os.write(self.fd, msg)
             except OSError as e:

@@ -454,6 +454,46 @@ def test_full_mount_under_writeback_loses_nothing_acknowledged(mount_cct, transp
         assert wb["direct_io_opens"] > 0
 
 
+@pytest.mark.parametrize("chunk", [4096, 1 << 20], ids=["4k", "1m"])
+def test_a_cached_writer_gets_enospc_at_write_near_full(mount_cct, transport, chunk):
+    """Writeback rule 4: a file opened while space was plentiful keeps the
+    cache, yet its write(2) fails with ENOSPC once free space is down to
+    the reserve (as `cat /dev/zero > f` on tmpfs stops at write(2)), and
+    close then says 0: everything acknowledged fits and reads back."""
+    if transport != "native":
+        pytest.skip("llfuse has no writeback cache here")
+    mp = mount_cct("size=64m," + WB.split(",", 1)[1])
+    path = os.path.join(str(mp), "f")
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+    written, failure = 0, None
+    pattern_block = os.urandom(chunk)
+    try:
+        while written < 256 << 20:
+            try:
+                written += os.write(fd, pattern_block)
+            except OSError as e:
+                failure = e.errno
+                break
+    finally:
+        os.close(fd)                    # raises if a writeback failed: the test fails
+    assert failure == errno.ENOSPC
+    wb = read_stats(mp)["transport"]["writeback"]
+    assert wb["reserve_reached"] >= 1 and wb["refused_cached_writes"] >= 1
+    assert wb["failed_writebacks"] == 0 and wb["cached_writers"] == 0
+    # It stopped at the reserve (16 MiB here), not far before it.
+    assert (64 - 16 - 4 << 20) <= written <= 64 << 20, written
+    _drop_caches()
+    with open(path, "rb") as f:
+        assert f.read() == pattern_block * (written // chunk)
+    # Space freed: a cached writer writes again.
+    os.truncate(path, 0)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.write(fd, pattern_block) == chunk
+    finally:
+        os.close(fd)
+
+
 def test_full_backing_device_under_writeback_loses_nothing_acknowledged(loop_device, mount_cct,
                                                                          transport):
     """RAM and a 32 MiB backing device fill up (incompressible data): the
