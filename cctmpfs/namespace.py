@@ -689,6 +689,11 @@ class Filesystem:
             if node.nlink > 0:
                 self.engine.release(node.data)
             else:
+                # Nothing can reach the data now: no name, no handle. Free it
+                # at this close, as tmpfs does; the inode waits for FORGET,
+                # which the kernel queues only after this RELEASE's answer,
+                # too late for a statvfs right after close(2).
+                self.engine.free(node.data)
                 self._maybe_free(node)
 
     def seek(self, fh: int, off: int, whence: int) -> int:

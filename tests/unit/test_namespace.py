@@ -121,6 +121,10 @@ def test_tmpfile_is_freed_at_close_unless_named(clock: FakeClock) -> None:
     assert fs.statfs()["f_bfree"] < fs.statfs()["f_blocks"]
     fs.release(other.ino)
     assert fs.inodes[other.ino] is other        # the kernel still holds its lookup
+    # ...but its space is back at close: the kernel sends FORGET only after
+    # RELEASE's answer, too late for a statvfs right after close(2).
+    assert fs.statfs()["f_bfree"] == fs.statfs()["f_blocks"]
+    assert check_all(fs) == []
     fs.forget(other.ino, 1)
     assert other.ino not in fs.inodes and fs.census.files == 0
     assert fs.statfs()["f_bfree"] == fs.statfs()["f_blocks"]
