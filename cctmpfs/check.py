@@ -18,7 +18,7 @@ from .blockstore import StoredBlock
 from .codec import CodecId
 from .devlog import Location
 from .filemap import PAGE, Slot
-from .namespace import NAME_MAX, ROOT_INO, Filesystem
+from .namespace import EMPTY_ENTRIES, NAME_MAX, ROOT_INO, Filesystem
 from .packing import PackRef
 
 #: Version of the report a mount gives (transport.Frontend.check); changes
@@ -83,10 +83,11 @@ def check_namespace(fs: Filesystem) -> list[str]:
             if node.nlink != names:
                 bad.append(f"inode {ino}: nlink {node.nlink}, {names} directory entries")
             extra += max(0, names - 1)
-        if node.nlink == 0 and node.nlookup <= 0 and node.open_count <= 0 and ino != ROOT_INO:
+        opens = fs.opens(ino)
+        if node.nlink == 0 and node.nlookup <= 0 and opens <= 0 and ino != ROOT_INO:
             bad.append(f"inode {ino}: unlinked, unreferenced and not freed")
-        if node.nlookup < 0 or node.open_count < 0:
-            bad.append(f"inode {ino}: negative count (lookups {node.nlookup}, opens {node.open_count})")
+        if node.nlookup < 0 or opens < 0:
+            bad.append(f"inode {ino}: negative count (lookups {node.nlookup}, opens {opens})")
     if fs.extra_links != extra:
         bad.append(f"extra_links {fs.extra_links}, hard links beyond the first add up to {extra}")
     # Every directory still linked is reachable from the root.
@@ -103,6 +104,34 @@ def check_namespace(fs: Filesystem) -> list[str]:
     if fs.nr_inodes and fs.inodes_used > fs.nr_inodes:
         bad.append(f"{fs.inodes_used} inodes in use, nr_inodes={fs.nr_inodes}")
     bad += _check_census(fs)
+    bad += _check_side_tables(fs)
+    return bad
+
+
+def _check_side_tables(fs: Filesystem) -> list[str]:
+    """What is kept beside the inodes: xattrs and open counts only for live
+    inodes that have some, empty directories on the shared EMPTY_ENTRIES
+    (and it still empty), and shared ints equal to their values."""
+    bad: list[str] = []
+    inodes = fs.inodes
+    for ino, xattrs in fs.xattrs.items():
+        if ino not in inodes:
+            bad.append(f"xattrs of freed inode {ino}")
+        elif not xattrs:
+            bad.append(f"inode {ino}: an empty xattr table is kept")
+    for ino, count in fs.open_counts.items():
+        node = inodes.get(ino)
+        if node is None:
+            bad.append(f"open count {count} of freed inode {ino}")
+        elif node.data is None or count <= 0:
+            bad.append(f"inode {ino}: open count {count} kept for mode {node.mode:o}")
+    if EMPTY_ENTRIES:
+        bad.append(f"the shared EMPTY_ENTRIES holds {len(EMPTY_ENTRIES)} entries")
+    for ino, node in inodes.items():
+        if node.entries is not None and not node.entries and node.entries is not EMPTY_ENTRIES:
+            bad.append(f"directory {ino}: empty, with a dict of its own")
+    if any(type(v) is not int or k != v for k, v in fs.shared_ints.table.items()):
+        bad.append("a shared int differs from its value")
     return bad
 
 

@@ -40,16 +40,17 @@ def _int_bytes(*values: int) -> int:
 
 #: A time stamp in nanoseconds (past 2**60 since 2006: 36 bytes, not 32).
 _TIME = time.time_ns()
-#: An inode number, uid or gid past CPython's cache of small ints (-5..256):
-#: each inode keeps its own int object for it.
+#: An inode number past CPython's cache of small ints (-5..256): each inode
+#: keeps its own int object for it.
 _BIG = 1 << 20
 def _inode_bytes(cls: type[Inode]) -> int:
-    """An empty inode record of one kind with its own ino, mode, uid, gid and
-    three distinct time stamps, as cp -a or tar leave them (a file only
-    created shares one int for its three times: 72 bytes less; root's uid 0
-    is cached: 56 less)."""
+    """An empty inode record of one kind with its own ino and three distinct
+    time stamps, as cp -a leaves them (a file only created shares one int
+    for its three times, and with files created in the same clock tick: 64
+    to 96 bytes less). mode, uid and gid are shared ints
+    (Filesystem.share): nothing per inode."""
     return (sys.getsizeof(cls(_BIG, _BIG, _BIG, _BIG, 1, _TIME, _TIME, _TIME))
-            + _int_bytes(_BIG, _BIG, _BIG, _BIG) + 3 * _int_bytes(_TIME))
+            + _int_bytes(_BIG) + 3 * _int_bytes(_TIME))
 
 
 #: A regular file: the inode, its FileData record and its size and allocated
@@ -115,9 +116,10 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
     # Every other slot holds one reference, except UNWRITTEN ones (fallocated).
     slots = store.counters.refs + unsealed + fs.engine.unwritten_slots
     full_dirs = c.dirs - c.empty_dirs
+    # Empty directories share EMPTY_ENTRIES: no dict of their own.
     inode = (sys.getsizeof(fs.inodes) + c.files * FILE_INODE_BYTES + c.dirs * DIR_INODE_BYTES
              + others * OTHER_INODE_BYTES + c.entries * ENTRY_BYTES + c.name_bytes
-             + c.empty_dirs * dict_bytes(0)
+             + sys.getsizeof(fs.xattrs) + sys.getsizeof(fs.open_counts)
              + full_dirs * dict_bytes(c.entries / full_dirs if full_dirs else 0))
     file_map = c.files * dict_bytes(slots / c.files if c.files else 0) + slots * SLOT_BYTES
     # Pack members keep their block record (fingerprint, index entry) and
@@ -134,7 +136,8 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
         "arena_free_bytes": store.arena.free_bytes,
         # Uncompressed hot blocks and the buffer's LRU order.
         "hot_buffer_bytes": buf.total_bytes + sys.getsizeof(buf.slots),
-        # Inode records, the inode table, directory entries, names and symlink targets.
+        # Inode records, the inode table, directory entries, names and symlink
+        # targets, the xattr and open count tables (not the xattrs in them).
         "inode_bytes": int(inode),
         # Each file's block map: its dict and a Slot per block.
         "file_map_bytes": int(file_map),

@@ -549,7 +549,7 @@ def test_readdirplus_gives_a_reference_per_entry_sent_and_none_for_dots(served):
     # FORGET gives them all back (CREATE's and MKDIR's too) and RELEASE
     # closes what CREATE opened: unlinked, every file is freed.
     for ino in after:
-        if ino != ROOT_INO and fs.inodes[ino].open_count:
+        if ino != ROOT_INO and fs.opens(ino):
             k.call(w.RELEASE, ino, w.RELEASE_IN.pack(ino, 0, 0, 0))
     forgets = [(ino, after[ino]) for ino in after if ino != ROOT_INO]
     k.send(w.BATCH_FORGET, 0, w.BATCH_FORGET_IN.pack(len(forgets), 0)
@@ -656,12 +656,12 @@ def test_an_answer_to_an_interrupted_request_is_dropped(clock, monkeypatch):
         k.send(w.CREATE, ROOT_INO, w.CREATE_IN.pack(os.O_RDWR, stat.S_IFREG | 0o644, 0, 0) + name(b"f"))
         ino = entry(k.call(w.LOOKUP, ROOT_INO, name(b"f")))["ino"]
         node = fs.inodes[ino]
-        assert (node.nlookup, node.open_count) == (1, 0)
+        assert (node.nlookup, fs.opens(ino)) == (1, 0)
         interrupted[:] = [w.OPEN_OUT.size, w.ENTRY_OUT.size]
         k.send(w.OPEN, ino, w.OPEN_IN.pack(os.O_RDONLY, 0))
         k.send(w.LOOKUP, ROOT_INO, name(b"f"))
         dh = w.OPEN_OUT.unpack(k.call(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0)))[0]
-        assert (node.nlookup, node.open_count) == (1, 0) and list(fs.dir_handles) == [dh]
+        assert (node.nlookup, fs.opens(ino)) == (1, 0) and list(fs.dir_handles) == [dh]
         interrupted[:] = [w.OPEN_OUT.size]
         k.send(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0))
         k.call(w.UNLINK, ROOT_INO, name(b"f"))
