@@ -139,7 +139,7 @@ def run_case(case: str, n: int, method: str) -> dict:
 def report(results: dict) -> str:
     meta = results["meta"]
     by = {(r["case"], r["method"]): r for r in results["records"]}
-    lines = ["# Bytes of RAM per inode and per block (before issue 15's compact metadata)", "",
+    lines = ["# Bytes of RAM per inode and per block", "",
              "`benchmarks/metadata.py -n %d`, %s, commit %s, Python %s. No mount: each case "
              "builds %d items in the core, in a process of its own, and measures what they "
              "added: `traced` with tracemalloc (what Python allocated and holds), `RSS` as the "
