@@ -447,6 +447,7 @@ def test_stats_table(mount_cct, transport):
     assert cells["ERRORS"] == "0"
     assert cells["TRANSPORT"] == transport
     assert cells["SPIN"] == ("off" if transport == "native" else "-")
+    assert cells["MOUNTED_BY"] == "mount(2)"     # root, without auto_unmount
 
 
 def assert_failed_only_on_others(r: subprocess.CompletedProcess, ours: list[str]) -> None:

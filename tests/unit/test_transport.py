@@ -128,9 +128,10 @@ def test_mount_arguments_follow_libfuse(monkeypatch):
     # libfuse's defaults are nosuid,nodev; suid and dev clear them.
     _s, _t, flags, _d = mounting.mount_arguments(("suid", "dev", "exec", "rw"), 3, 0o40000, 1, 2)
     assert flags == 0
+    # allow_root: the kernel lets everyone in, the daemon only the mounter and root.
     _s, _t, _f, data = mounting.mount_arguments(("allow_root", "default_permissions"), 3,
                                                 0o40000, 1, 2)
-    assert "allow_other" not in data and data.endswith("user_id=1,group_id=2,default_permissions")
+    assert data.endswith("user_id=1,group_id=2,allow_other,default_permissions")
     with pytest.raises(MountError, match="auto_unmount"):
         mounting.mount_arguments(("auto_unmount",), 3, 0o40000, 0, 0)
 
