@@ -359,8 +359,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     mode = _parse_int("mode", ours.get("mode", "1777"), 8)
     if mode > 0o7777:
         raise OptionError(f"mode={ours['mode']}: not a permission mode (0..7777 octal)")
-    uid = _parse_int("uid", ours.get("uid", "0"))
-    gid = _parse_int("gid", ours.get("gid", "0"))
+    # The root directory is the mounter's, as a tmpfs's: root's, or the
+    # user's of a user mount (through fusermount).
+    uid = _parse_int("uid", ours.get("uid", str(os.getuid())))
+    gid = _parse_int("gid", ours.get("gid", str(os.getgid())))
     if uid >= 2 ** 32 - 1 or gid >= 2 ** 32 - 1:
         raise OptionError("uid=/gid=: out of range")
 

@@ -24,7 +24,8 @@ from llfuse import FUSEError
 from ..namespace import Caller, Inode
 from ..options import DEFAULT_FUSE_FLAGS, MountOptions
 from .frontend import CACHE_TIMEOUT, Frontend
-from .mounting import BY_FUSERMOUNT, BY_MOUNT, MountError, use_fusermount
+from .mounting import (BY_FUSERMOUNT, BY_MOUNT, MountError, check_user_allow_other,
+                       use_fusermount)
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,7 @@ class LlfuseSession:
             # Accepted, as workers= is under native: one fstab line can switch
             # transport= alone. libfuse 2.9 negotiates its own INIT flags.
             log.info("fuse_off=/fuse_on= apply to transport=native only: ignored")
+        check_user_allow_other(opts.fuse_options)
         ops = Operations(frontend)
         try:
             llfuse.init(ops, mountpoint, list(opts.fuse_options))

@@ -170,6 +170,18 @@ def user_allow_other(path: str = FUSE_CONF) -> bool:
         return False
 
 
+def check_user_allow_other(fuse_options: tuple[str, ...]) -> None:
+    """A user's allow_other or allow_root needs user_allow_other in
+    fuse.conf. fusermount would refuse too, but its reason reaches nobody
+    under llfuse (libfuse prints it to the daemon's stderr): say it here."""
+    if os.geteuid() == 0 or user_allow_other():
+        return
+    for asked in ("allow_other", ALLOW_ROOT):
+        if asked in fuse_options:
+            raise MountError(f"{asked} for a user mount needs 'user_allow_other' in {FUSE_CONF} "
+                             f"(root must add it), or mount without {asked}")
+
+
 class FusermountMount:
     """What mount_with_fusermount() gives: the /dev/fuse descriptor, and,
     with auto_unmount, the socket whose closing tells the fusermount helper
@@ -204,6 +216,10 @@ def _fusermount_failure(text: str, mountpoint: str, options: str) -> MountError:
     if "user_allow_other" in said:
         return MountError(f"mounting {mountpoint} with allow_other (or allow_root) as a user needs "
                           f"'user_allow_other' in {FUSE_CONF}; fusermount said: {said}")
+    if f"open {DEV_FUSE}" in said:
+        return MountError(f"mounting {mountpoint}: this user may not open {DEV_FUSE} (fusermount "
+                          f"opens it as the user; distributions make it mode 0666); "
+                          f"fusermount said: {said}")
     if "device not found" in said:
         return MountError(f"mounting {mountpoint}: the kernel has no FUSE device "
                           f"({DEV_FUSE}; modprobe fuse); fusermount said: {said}")
@@ -217,12 +233,7 @@ def mount_with_fusermount(mountpoint: str, fuse_options: tuple[str, ...]) -> Fus
     with one end of a socketpair named in _FUSE_COMMFD, and receive the
     /dev/fuse descriptor of the new mount on the other (SCM_RIGHTS).
     Raises MountError naming the cause; then nothing is mounted."""
-    if (os.geteuid() != 0 and ("allow_other" in fuse_options or ALLOW_ROOT in fuse_options)
-            and not user_allow_other()):
-        # fusermount would refuse too; say why before it does.
-        asked = "allow_other" if "allow_other" in fuse_options else ALLOW_ROOT
-        raise MountError(f"{asked} for a user mount needs 'user_allow_other' in {FUSE_CONF} "
-                         f"(root must add it), or mount without {asked}")
+    check_user_allow_other(fuse_options)
     fm = find_fusermount()
     opts = fusermount_options(fuse_options)
     auto_unmount = AUTO_UNMOUNT in fuse_options
