@@ -923,6 +923,7 @@ class NativeSession:
 
     def _mount(self, mountpoint: str, opts: MountOptions) -> int:
         """The connected /dev/fuse descriptor of a new mount at mountpoint."""
+        refused: Optional[MountError] = None
         if not mounting.use_fusermount(opts.fuse_options):
             fd = mounting.open_device()
             try:
@@ -933,15 +934,18 @@ class NativeSession:
             except mounting.MountNotPermitted as e:
                 os.close(fd)
                 # As libfuse: root without CAP_SYS_ADMIN may still have fusermount.
-                log.info("%s: trying fusermount", e)
-                try:
-                    mounting.find_fusermount()
-                except MountError:
-                    raise MountError(f"{e}, and fusermount was not found (package fuse)") from None
+                log.debug("%s: trying fusermount", e)
+                refused = e
             except BaseException:
                 os.close(fd)
                 raise
-        made = mounting.mount_with_fusermount(mountpoint, opts.fuse_options)
+        try:
+            made = mounting.mount_with_fusermount(mountpoint, opts.fuse_options)
+        except MountError as e:
+            if refused is None:
+                raise
+            why = str(e).removeprefix(f"mounting {mountpoint} ")
+            raise MountError(f"{refused}, nor through fusermount ({why})") from None
         self.mounted_by = mounting.BY_FUSERMOUNT
         self.device = mounting.mounted_device(mountpoint)
         if made.sock is not None:
