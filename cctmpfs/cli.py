@@ -142,6 +142,8 @@ COLUMNS = [
     ("ERRORS", lambda m, s: str(s["internal_errors"])),
     ("TRANSPORT", lambda m, s: (s.get("transport") or {}).get("name", "-")),
     ("SPIN", lambda m, s: _spin(s)),
+    # How the mount was made: mount(2) (root) or fusermount (a user, auto_unmount).
+    ("MOUNTED_BY", lambda m, s: (s.get("transport") or {}).get("mounted_by") or "-"),
 ]
 
 

@@ -187,7 +187,9 @@ def discard_backing(fs: Filesystem, lock: Any) -> None:
 def run(source: str, mountpoint: str, opts: MountOptions, *, foreground: bool,
         debug: bool = False) -> int:
     """The `cctmpfs SOURCE MOUNTPOINT` command. Returns the exit status."""
-    mountpoint = os.path.abspath(mountpoint)
+    # The real path, as the mount table will show it: the unmount finds its
+    # own mount there (mounting.mounted_device), also through a symlinked home.
+    mountpoint = os.path.realpath(mountpoint)
     try:
         check_mountpoint(mountpoint)
     except MountError as e:

@@ -86,9 +86,9 @@ IGNORED_KEYS = frozenset({"huge", "mpol", "comment", "context", "fscontext",
 #: until the native one wins the perf suite (issue 18).
 TRANSPORTS = ("llfuse", "native")
 DEFAULT_TRANSPORT = "llfuse"
-#: libfuse options the native transport cannot honour yet (it mounts with
-#: mount(2), as root; auto_unmount needs fusermount).
-NATIVE_UNSUPPORTED = frozenset({"auto_unmount"})
+#: libfuse options the native transport cannot honour (none: it mounts with
+#: mount(2) as root, through fusermount as a user or with auto_unmount).
+NATIVE_UNSUPPORTED: frozenset[str] = frozenset()
 
 #: The INIT flags transport=native asks the kernel for, each switchable by
 #: its lowercased linux/fuse.h name (`fuse_off=NAME[:NAME...]` removes,
@@ -359,8 +359,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     mode = _parse_int("mode", ours.get("mode", "1777"), 8)
     if mode > 0o7777:
         raise OptionError(f"mode={ours['mode']}: not a permission mode (0..7777 octal)")
-    uid = _parse_int("uid", ours.get("uid", "0"))
-    gid = _parse_int("gid", ours.get("gid", "0"))
+    # The root directory is the mounter's, as a tmpfs's: root's, or the
+    # user's of a user mount (through fusermount).
+    uid = _parse_int("uid", ours.get("uid", str(os.getuid())))
+    gid = _parse_int("gid", ours.get("gid", str(os.getgid())))
     if uid >= 2 ** 32 - 1 or gid >= 2 ** 32 - 1:
         raise OptionError("uid=/gid=: out of range")
 
@@ -432,6 +434,8 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         fuse.append("subtype=cctmpfs")
     # A /tmp is for every user, as a tmpfs is: when root mounts, other users
     # may enter (the kernel still checks every mode; see default_permissions).
+    if "allow_other" in fuse and "allow_root" in fuse:
+        raise OptionError("allow_other and allow_root: give one (libfuse refuses both)")
     if os.geteuid() == 0 and "allow_other" not in fuse and "allow_root" not in fuse:
         fuse.append("allow_other")
     # The kernel enforces modes, ownership and the sticky bit only with this.

@@ -6,7 +6,8 @@ mount option `transport=`:
 * `llfuse` (llfuse_ops.py): llfuse 1.5 on libfuse 2.9, the binding this
   project was specified with; the default.
 * `native` (native.py): the kernel's FUSE protocol on /dev/fuse spoken
-  directly (wire.py has the format, mounting.py the mount(2)).
+  directly (wire.py has the format, mounting.py the mount: mount(2) as
+  root, fusermount as a user or with auto_unmount).
 
 What is not specific to a binding is shared (frontend.py): the error
 boundary, attributes, the control xattrs, request counters and stats. A

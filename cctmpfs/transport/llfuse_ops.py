@@ -24,7 +24,8 @@ from llfuse import FUSEError
 from ..namespace import Caller, Inode
 from ..options import DEFAULT_FUSE_FLAGS, MountOptions
 from .frontend import CACHE_TIMEOUT, Frontend
-from .mounting import MountError
+from .mounting import (BY_FUSERMOUNT, BY_MOUNT, MountError, check_user_allow_other,
+                       use_fusermount)
 
 log = logging.getLogger(__name__)
 
@@ -263,12 +264,18 @@ class LlfuseSession:
         self._mounted = False
 
     def mount(self, frontend: Frontend, source: str, mountpoint: str, opts: MountOptions) -> None:
+        # libfuse 2.9 chooses as the native transport does: mount(2) as
+        # root, fusermount for a user or auto_unmount (and, unseen here, after
+        # an EPERM from mount(2)).
+        by = BY_FUSERMOUNT if use_fusermount(opts.fuse_options) else BY_MOUNT
         frontend.transport_info = lambda: {"name": self.name, "libfuse": "2.9",
-                                           "workers": opts.workers}
+                                           "workers": opts.workers, "mounted_by": by,
+                                           "auto_unmount": "auto_unmount" in opts.fuse_options}
         if opts.fuse_flags != DEFAULT_FUSE_FLAGS:
             # Accepted, as workers= is under native: one fstab line can switch
             # transport= alone. libfuse 2.9 negotiates its own INIT flags.
             log.info("fuse_off=/fuse_on= apply to transport=native only: ignored")
+        check_user_allow_other(opts.fuse_options)
         ops = Operations(frontend)
         try:
             llfuse.init(ops, mountpoint, list(opts.fuse_options))

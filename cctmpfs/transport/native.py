@@ -58,6 +58,7 @@ from ..errors import FsError
 from ..namespace import Caller, Inode
 from ..options import DEFAULT_FUSE_FLAGS, MountOptions
 from . import bdi, mounting
+from .mounting import MountError
 from . import wire as w
 from .frontend import CACHE_TIMEOUT, Frontend
 from .spin import CpuCrowding, SpinPolicy
@@ -117,6 +118,10 @@ _NS = 1_000_000_000
 _UNIQUE = w.INTERRUPT_IN   # a u64: fuse_in_header.unique sits at offset 8
 #: Answers that give the kernel a lookup reference (a fuse_entry_out first).
 _ENTRY_OPS = frozenset({w.LOOKUP, w.MKNOD, w.MKDIR, w.SYMLINK, w.LINK, w.CREATE, w.TMPFILE})
+#: Served whoever asks, under allow_root (libfuse's list, and those that get no answer).
+_ANY_UID_OPS = frozenset({w.INIT, w.READ, w.WRITE, w.FSYNC, w.RELEASE, w.READDIR, w.FSYNCDIR,
+                          w.RELEASEDIR, w.READDIRPLUS, w.FORGET, w.BATCH_FORGET, w.INTERRUPT,
+                          w.DESTROY})
 #: A READDIRPLUS record's entry that gives no reference (nodeid 0).
 _NO_ENTRY = bytes(w.ENTRY_OUT.size)
 
@@ -192,6 +197,13 @@ class Server:
         #: tests over a socket.
         self.device: Optional[str] = None
         self.read_ahead_kb = 0      # what the bdi's read-ahead was raised to; 0: left alone
+        #: How the mount was made (mounting.BY_MOUNT or BY_FUSERMOUNT), and
+        #: whether a fusermount helper unmounts it if the daemon dies; set
+        #: by NativeSession.
+        self.mounted_by = ""
+        self.auto_unmount = False
+        #: allow_root: the uids let in (the mounter and root); None: all the kernel lets in.
+        self.allowed_uids: Optional[frozenset[int]] = None
         self.stopping = False
         self._waiting = False       # blocked in read(2), where a stop signal may interrupt
         self._hdr: tuple[int, ...] = ()
@@ -226,6 +238,27 @@ class Server:
         }.items():
             self.handlers[op] = h
             self.min_size[op] = _HDR + w.BODY_SIZE[op]
+
+    def allow_only(self, uids: set[int]) -> None:
+        """allow_root: answer EACCES to requests of any other uid, as libfuse
+        does (fuse_lowlevel.c), except those on what a permitted user already
+        opened (READ, WRITE, FSYNC, RELEASE, READDIR...: a descriptor may be
+        passed on) and those that get no answer. Costs nothing without it:
+        the handlers of the other opcodes are wrapped here."""
+        self.allowed_uids = frozenset(uids)
+        for op in range(w.OPCODE_LIMIT):
+            handler = self.handlers[op]
+            if handler is not None and op not in _ANY_UID_OPS:
+                self.handlers[op] = self._uid_checked(handler)
+
+    def _uid_checked(self, handler: Callable[[int, int], Reply]) -> Callable[[int, int], Reply]:
+        allowed = self.allowed_uids
+
+        def checked(nodeid: int, n: int) -> Reply:
+            if self._hdr[4] not in allowed:     # fuse_in_header.uid
+                return errno.EACCES
+            return handler(nodeid, n)
+        return checked
 
     # ---- the loop --------------------------------------------------------------
     def run(self) -> None:
@@ -493,6 +526,10 @@ class Server:
         counts = self.counts
         return {
             "name": "native",
+            # mount(2) (root) or fusermount (a user, or auto_unmount).
+            "mounted_by": self.mounted_by,
+            "auto_unmount": self.auto_unmount,
+            "allow_root": self.allowed_uids is not None,
             "protocol": f"{w.PROTOCOL_MAJOR}.{self.minor}",
             "kernel_protocol": "%d.%d" % self.kernel_version,
             # INIT: what the kernel offered, what we asked (options.INIT_SWITCHES
@@ -867,7 +904,8 @@ class Server:
 
 
 class NativeSession:
-    """One mount through /dev/fuse: mount(2), serve until unmounted, close."""
+    """One mount through /dev/fuse: mount(2) as root, fusermount as a user
+    or with auto_unmount (mounting.py); serve until unmounted; close."""
 
     name = "native"
 
@@ -878,18 +916,51 @@ class NativeSession:
         self.mountpoint = ""
         self.device: Optional[str] = None   # the mount's "major:minor", to unmount only ours
         self.server: Optional[Server] = None
+        #: How the mount was made (mounting.BY_MOUNT, BY_FUSERMOUNT), for stats.
+        self.mounted_by = ""
+        #: Through fusermount with auto_unmount: its helper and socket.
+        self.helper: Optional[mounting.FusermountMount] = None
+
+    def _mount(self, mountpoint: str, opts: MountOptions) -> int:
+        """The connected /dev/fuse descriptor of a new mount at mountpoint."""
+        refused: Optional[MountError] = None
+        if not mounting.use_fusermount(opts.fuse_options):
+            fd = mounting.open_device()
+            try:
+                # The source travels as fsname=, as options.py sets it for llfuse.
+                self.device = mounting.mount(fd, mountpoint, opts.fuse_options)
+                self.mounted_by = mounting.BY_MOUNT
+                return fd
+            except mounting.MountNotPermitted as e:
+                os.close(fd)
+                # As libfuse: root without CAP_SYS_ADMIN may still have fusermount.
+                log.debug("%s: trying fusermount", e)
+                refused = e
+            except BaseException:
+                os.close(fd)
+                raise
+        try:
+            made = mounting.mount_with_fusermount(mountpoint, opts.fuse_options)
+        except MountError as e:
+            if refused is None:
+                raise
+            why = str(e).removeprefix(f"mounting {mountpoint} ")
+            raise MountError(f"{refused}, nor through fusermount ({why})") from None
+        self.mounted_by = mounting.BY_FUSERMOUNT
+        self.device = mounting.mounted_device(mountpoint)
+        if made.sock is not None:
+            self.helper = made
+        return made.fd
 
     def mount(self, frontend: Frontend, source: str, mountpoint: str, opts: MountOptions) -> None:
-        fd = mounting.open_device()
-        try:
-            # The source travels as fsname=, as options.py sets it for llfuse.
-            self.device = mounting.mount(fd, mountpoint, opts.fuse_options)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = self._mount(mountpoint, opts)
         self.fd, self.mountpoint = fd, mountpoint
         self.server = Server(fd, frontend, self.lock, opts.fuse_flags, spin_us=opts.spin_us)
         self.server.device = self.device
+        self.server.mounted_by = self.mounted_by
+        self.server.auto_unmount = self.helper is not None
+        if mounting.ALLOW_ROOT in opts.fuse_options:
+            self.server.allow_only({0, os.getuid()})
         if self.server.guard is not None:
             self.server.guard.start(self.device)
         frontend.transport_info = self.server.info
@@ -907,8 +978,13 @@ class NativeSession:
                 signal.signal(s, h)
 
     def close(self) -> None:
+        """Unmount (root: umount2, a user: fusermount -u), then let an
+        auto_unmount helper go: it finds the mount gone and exits."""
         if self.server is not None and self.server.guard is not None:
             self.server.guard.stop()
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             mounting.unmount(fd, self.mountpoint, self.device)
+        if self.helper is not None:
+            helper, self.helper = self.helper, None
+            helper.release()

@@ -515,6 +515,42 @@ def tmpfs_mount() -> Callable[..., str]:
                     pytrace=False)
 
 
+# ---- real users ------------------------------------------------------------------
+
+@pytest.fixture
+def new_users() -> Callable[[int], list]:
+    """Factory: new_users(n) -> n real unprivileged accounts (pwd entries),
+    made with useradd for this test and removed with userdel after it,
+    whatever happened."""
+    import pwd
+    import uuid
+    if shutil.which("useradd") is None:
+        pytest.fail("useradd not found (apt-get install passwd)", pytrace=False)
+    made: list[str] = []
+
+    def factory(n: int) -> list:
+        out = []
+        for _ in range(n):
+            name = f"cct{uuid.uuid4().hex[:8]}"
+            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                           check=True, capture_output=True)
+            made.append(name)
+            out.append(pwd.getpwnam(name))
+        return out
+
+    try:
+        yield factory
+    finally:
+        for name in made:
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+            subprocess.run(["userdel", name], capture_output=True)
+
+
+def as_user_argv(user: Any) -> list[str]:
+    """The argv prefix that runs a command as user (a pwd entry), without groups."""
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+
+
 # ---- helpers shared by the mounted tests ----------------------------------------
 
 def _drop_caches() -> None:

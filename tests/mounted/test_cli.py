@@ -276,7 +276,8 @@ def test_native_says_why_it_cannot_mount(tmp_path, cause, foreground):
         want = "/dev/fuse does not exist"
     else:
         cmd = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"] + cmd
-        want = "not permitted: transport=native needs root (CAP_SYS_ADMIN)"
+        # As libfuse, root then tries fusermount, which cannot either.
+        want = "with mount(2) is not permitted (no CAP_SYS_ADMIN here), nor through fusermount"
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode == 1, (r.returncode, r.stderr)
     assert r.stderr.count("\n") == 1 and want in r.stderr, r.stderr
@@ -447,6 +448,7 @@ def test_stats_table(mount_cct, transport):
     assert cells["ERRORS"] == "0"
     assert cells["TRANSPORT"] == transport
     assert cells["SPIN"] == ("off" if transport == "native" else "-")
+    assert cells["MOUNTED_BY"] == "mount(2)"     # root, without auto_unmount
 
 
 def assert_failed_only_on_others(r: subprocess.CompletedProcess, ours: list[str]) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import as_user_argv
 from test_cli import cctmpfs_command, mounted_at  # tests/mounted is on sys.path (rootdir imports)
 
 pytestmark = pytest.mark.mounted
@@ -326,21 +327,9 @@ def test_mounting_over_a_non_empty_directory_works_as_on_tmpfs(mount_cct, tmpfs_
 # ---- several users ----------------------------------------------------------------------------
 
 @pytest.fixture
-def two_users():
+def two_users(new_users):
     """Two real unprivileged accounts, created for the test and removed after."""
-    if shutil.which("useradd") is None:
-        pytest.fail("useradd not found (apt-get install passwd)", pytrace=False)
-    names = [f"cct{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    made = []
-    try:
-        for n in names:
-            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", n],
-                           check=True, capture_output=True)
-            made.append(n)
-        yield [pwd.getpwnam(n) for n in names]
-    finally:
-        for n in made:
-            subprocess.run(["userdel", n], capture_output=True)
+    return new_users(2)
 
 
 AS_USER = r"""
@@ -375,8 +364,7 @@ print(json.dumps(out))
 
 
 def run_as(user: pwd.struct_passwd, root: str, other: str) -> dict:
-    r = subprocess.run(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
-                        "--clear-groups", sys.executable, "-c", AS_USER, root, user.pw_name, other],
+    r = subprocess.run(as_user_argv(user) + [sys.executable, "-c", AS_USER, root, user.pw_name, other],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)

@@ -771,3 +771,21 @@ def test_reads_across_blocks_are_sent_as_pieces_and_match_the_file(served):
         assert b"".join(pieces) == bytes(model[off:off + size])
         for p in pieces:
             assert isinstance(p, bytes) or (isinstance(p, memoryview) and isinstance(p.obj, bytes))
+
+
+# ---- allow_root ----------------------------------------------------------------------
+
+def test_allow_root_answers_other_users_eacces_but_serves_what_they_hold(served):
+    """As libfuse: the kernel lets everyone in (allow_other), the daemon only
+    the mounter and root; requests on what an allowed user opened (READ,
+    WRITE, RELEASE...) are served whoever sends them."""
+    k, server = served.k, served.server
+    fh = served.create(ROOT_INO, b"f", 0o666, uid=1000)
+    server.allow_only({0, 1000})
+    assert server.info()["allow_root"] is True
+    assert k.errno_of(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0), uid=2000) == errno.EACCES
+    assert k.errno_of(w.LOOKUP, ROOT_INO, name(b"f"), uid=2000) == errno.EACCES
+    assert entry(k.call(w.LOOKUP, ROOT_INO, name(b"f"), uid=0))["ino"] == fh
+    assert entry(k.call(w.LOOKUP, ROOT_INO, name(b"f"), uid=1000))["ino"] == fh
+    out = k.call(w.WRITE, fh, w.WRITE_IN.pack(fh, 0, 2, 0, 0, 0, 0) + b"hi", uid=2000)
+    assert w.WRITE_OUT.unpack(out)[0] == 2

@@ -250,7 +250,7 @@ def test_transport(ram: int) -> None:
 
 @pytest.mark.parametrize("opts,word", [("transport=", "transport"), ("transport=fuse3", "fuse3"),
                                        ("transport=Native", "Native"),
-                                       ("transport=native,auto_unmount", "auto_unmount")])
+                                       ("allow_other,allow_root", "allow_root")])
 def test_transport_refused(ram: int, opts: str, word: str) -> None:
     assert word in refused(opts)
 
@@ -279,9 +279,9 @@ def test_spin_refused(ram: int, opts: str, word: str) -> None:
     assert word in refused(opts)
 
 
-def test_auto_unmount_is_llfuses_for_now(ram: int) -> None:
+def test_auto_unmount_passes_on_to_both_transports(ram: int) -> None:
     assert "auto_unmount" in parse("auto_unmount").fuse_options
-    assert "transport=native" in refused("auto_unmount,transport=native")
+    assert "auto_unmount" in parse("auto_unmount,transport=native").fuse_options
 
 
 # ---- block size, codec ---------------------------------------------------------

@@ -128,9 +128,10 @@ def test_mount_arguments_follow_libfuse(monkeypatch):
     # libfuse's defaults are nosuid,nodev; suid and dev clear them.
     _s, _t, flags, _d = mounting.mount_arguments(("suid", "dev", "exec", "rw"), 3, 0o40000, 1, 2)
     assert flags == 0
+    # allow_root: the kernel lets everyone in, the daemon only the mounter and root.
     _s, _t, _f, data = mounting.mount_arguments(("allow_root", "default_permissions"), 3,
                                                 0o40000, 1, 2)
-    assert "allow_other" not in data and data.endswith("user_id=1,group_id=2,default_permissions")
+    assert data.endswith("user_id=1,group_id=2,allow_other,default_permissions")
     with pytest.raises(MountError, match="auto_unmount"):
         mounting.mount_arguments(("auto_unmount",), 3, 0o40000, 0, 0)
 
@@ -140,3 +141,62 @@ def test_a_missing_device_names_the_cause(tmp_path):
         mounting.open_device(str(tmp_path / "fuse"))
     with pytest.raises(MountError, match="cannot open"):   # a directory: EISDIR
         mounting.open_device(str(tmp_path))
+
+
+# ---- fusermount (user mounts, auto_unmount) ------------------------------------------
+
+def test_fusermount_is_used_as_libfuse_uses_it(monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert not mounting.use_fusermount(("default_permissions",))
+    assert mounting.use_fusermount(("auto_unmount",))       # only fusermount stays to unmount
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert mounting.use_fusermount(("default_permissions",))
+
+
+def test_fusermount_options_drop_what_only_libfuse_knows():
+    opts = ("fsname=a,b", "subtype=cctmpfs", "default_permissions", "big_writes", "nonempty",
+            "allow_root", "auto_unmount", "nosuid", "noexec")
+    assert mounting.fusermount_options(opts).split(",") == [
+        "fsname=a_b", "subtype=cctmpfs", "default_permissions", "nonempty", "allow_other",
+        "auto_unmount", "nosuid", "noexec"]
+    with pytest.raises(MountError, match="blkdev"):
+        mounting.fusermount_options(("blkdev",))
+
+
+def test_user_allow_other_is_read_from_fuse_conf(tmp_path):
+    conf = tmp_path / "fuse.conf"
+    assert not mounting.user_allow_other(str(conf))            # missing
+    conf.write_text("# user_allow_other\nmount_max = 10\n")
+    assert not mounting.user_allow_other(str(conf))
+    conf.write_text("mount_max = 10\n  user_allow_other  # yes\n")
+    assert mounting.user_allow_other(str(conf))
+
+
+def test_a_user_asking_allow_other_without_user_allow_other_is_told_why(monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    monkeypatch.setattr(mounting, "user_allow_other", lambda path=mounting.FUSE_CONF: False)
+    for opt in ("allow_other", "allow_root"):
+        with pytest.raises(MountError, match=f"{opt}.*user_allow_other.*/etc/fuse.conf"):
+            mounting.check_user_allow_other((opt, "default_permissions"))
+    mounting.check_user_allow_other(("default_permissions",))
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    mounting.check_user_allow_other(("allow_other",))
+
+
+@pytest.mark.parametrize("said,cause", [
+    ("fusermount: user has no write access to mountpoint /m", "not permitted"),
+    ("fusermount: failed to open /dev/fuse: Permission denied", "may not open /dev/fuse"),
+    ("fusermount: fuse device not found, try 'modprobe fuse' first", "modprobe fuse"),
+    ("fusermount: option allow_other only allowed if 'user_allow_other' is set in /etc/fuse.conf",
+     "user_allow_other"),
+    ("", "no reason given")])
+def test_fusermounts_refusals_name_the_cause(said, cause):
+    e = mounting._fusermount_failure(said, "/m", "")
+    assert cause in str(e) and str(e).startswith("mounting /m")
+
+
+def test_a_missing_fusermount_names_the_package(monkeypatch):
+    monkeypatch.setattr(mounting, "FUSERMOUNT_DIRS", ())
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(MountError, match="fusermount was not found .package fuse."):
+        mounting.find_fusermount()
