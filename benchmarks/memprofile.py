@@ -247,18 +247,18 @@ def walk(fs, ranges: list[tuple[int, int, int]]) -> dict[str, int]:  # type: ign
         if f is None:
             continue
         w["file_data"] += chunk(f)
-        w["file_maps"] += chunk(f.blocks)
-        for v in (f.size, f.alloc_bytes, f.seq_end, f.read_end):
+        if type(f.map) is dict:   # no block or one: no map of its own (blockmap.py)
+            w["file_maps"] += chunk(f.map)
+        for v in (f.size, f.alloc_pages):
             if id(v) not in seen_ints:
                 seen_ints.add(id(v))
                 w["inode_ints"] += int_bytes(v)
-        for slot in f.blocks.values():
+        for slot in f.slots():
             w["slots"] += chunk(slot)
-            for v in (slot.index, slot.extent, slot.page_mask, slot.generation, slot.charged):
+            for v in (slot.index, slot.page_mask, slot.generation):
                 if id(v) not in seen_ints:
                     seen_ints.add(id(v))
                     w["slot_ints"] += int_bytes(v)
-            w["slot_ints"] += chunk(slot.touched)   # a float, one per slot
             if slot.raw is not None:
                 w["raw_len"] += len(slot.raw)
                 w["raw_chunks"] += chunk(slot.raw)

@@ -152,7 +152,7 @@ def main() -> int:
 
     def drop_cached() -> None:
         b.engine.seal_everything()
-        for s in list(b.file.blocks.values()):
+        for s in b.file.slots():
             if s.raw is not None and not s.dirty:
                 b.engine._drop_clean(s)
     res["read-128k-cold"] = per_call(b.read_128k, n, setup=drop_cached)

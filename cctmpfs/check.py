@@ -17,6 +17,7 @@ from .arena import LEN_MASK, OFF_MASK, OFF_SHIFT, SEG_MASK, SEG_SHIFT
 from .blockstore import StoredBlock
 from .codec import CodecId
 from .devlog import Location
+from .blockmap import MapCensus
 from .filemap import PAGE, Slot
 from .namespace import EMPTY_ENTRIES, NAME_MAX, ROOT_INO, Filesystem
 from .packing import PackRef
@@ -161,11 +162,20 @@ def check_data(fs: Filesystem) -> list[str]:
     buffered: set[int] = set()
     total_alloc = 0
     unwritten = 0
+    maps = MapCensus()
     for ino, node in fs.inodes.items():
         f = node.data
         if f is None:
             continue
         alloc = 0
+        m = f.map
+        if type(m) is dict:
+            maps.dicts += 1
+            maps.dict_slots += len(m)
+            if len(m) < 2:
+                bad.append(f"inode {ino}: block map is a dict of {len(m)} (one slot or None wanted)")
+        elif m is not None and type(m) is not Slot:
+            bad.append(f"inode {ino}: block map is a {type(m).__name__}")
         for idx, slot in f.blocks.items():
             where = f"inode {ino} block {idx}"
             if slot.file is not f or slot.index != idx:
@@ -180,14 +190,14 @@ def check_data(fs: Filesystem) -> list[str]:
                 bad.append(f"{where}: extent {slot.extent} out of range")
             if slot.raw is not None:
                 buffered.add(id(slot))
-                if len(slot.raw) != slot.extent:
-                    bad.append(f"{where}: raw length {len(slot.raw)} != extent {slot.extent}")
             b = slot.stored
             if b is not None:
                 blocks[id(b)] = b
                 refs[id(b)] = refs.get(id(b), 0) + 1
-                if b.raw_len != slot.extent:
-                    bad.append(f"{where}: stored length {b.raw_len} != extent {slot.extent}")
+                # The extent is the raw copy's length: a CACHED copy must
+                # have the stored block's.
+                if slot.raw is not None and b.raw_len != len(slot.raw):
+                    bad.append(f"{where}: stored length {b.raw_len} != raw length {len(slot.raw)}")
             # Pages past the extent are allowed: fallocate allocates them
             # without content. None past the block, nor past the size's
             # page unless fallocate(KEEP_SIZE) put it there.
@@ -199,6 +209,9 @@ def check_data(fs: Filesystem) -> list[str]:
         if f.alloc_bytes != alloc:
             bad.append(f"inode {ino}: alloc_bytes {f.alloc_bytes} != {alloc} from its pages")
         total_alloc += alloc
+    if (eng.maps.dicts, eng.maps.dict_slots) != (maps.dicts, maps.dict_slots):
+        bad.append(f"engine map census {eng.maps.dicts} dicts of {eng.maps.dict_slots} slots, "
+                   f"the files hold {maps.dicts} of {maps.dict_slots}")
     if eng.unwritten_slots != unwritten:
         bad.append(f"engine unwritten_slots {eng.unwritten_slots} != {unwritten} UNWRITTEN slots")
     if eng.alloc_bytes != total_alloc:
@@ -214,12 +227,11 @@ def _check_buffer(fs: Filesystem, buffered: set[int]) -> list[str]:
     in_buffer = {id(s) for s in buf.slots}
     if in_buffer != buffered:
         bad.append(f"hot buffer holds {len(in_buffer)} slots, {len(buffered)} have raw copies")
-    slots: list[Slot] = list(buf.slots)
-    wrong = [s for s in slots if s.raw is None or s.charged != len(s.raw)]
+    wrong = [s for s, e in buf.slots.items() if s.raw is None or e.charged != len(s.raw)]
     if wrong:
         bad.append(f"{len(wrong)} buffered slots charged for another length, e.g. {wrong[0]!r}")
-    dirty = sum(s.charged for s in slots if s.dirty)
-    clean = sum(s.charged for s in slots if not s.dirty)
+    dirty = sum(e.charged for s, e in buf.slots.items() if s.dirty)
+    clean = sum(e.charged for s, e in buf.slots.items() if not s.dirty)
     if (buf.dirty_bytes, buf.clean_bytes) != (dirty, clean):
         bad.append(f"hot buffer counts dirty/clean {buf.dirty_bytes}/{buf.clean_bytes}, "
                    f"slots add up to {dirty}/{clean}")

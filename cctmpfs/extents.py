@@ -40,10 +40,9 @@ def seek(f: FileData, block_size: int, off: int, whence: int) -> int:
     pages_per_block = block_size // PAGE
     page = off // PAGE
     last_page = (size - 1) // PAGE
-    blocks = f.blocks
     while page <= last_page:
         idx, first = divmod(page, pages_per_block)
-        slot = blocks.get(idx)
+        slot = f.slot(idx)
         # Pages past the extent are allocated but unwritten: holes.
         mask = (slot.page_mask & ((1 << (slot.extent + PAGE - 1) // PAGE) - 1)) >> first \
             if slot is not None else 0

@@ -6,13 +6,15 @@ the engine owns one of each: moving cold stored blocks to the backing device
 and keeping its segments clean (eviction.py), and idle recompression
 (recompress.py). The hot buffer's accounting is hotbuffer.py's.
 
-A file is a dict {block index: Slot}. A missing index is a hole and costs
-nothing. A slot holds its block uncompressed (`raw`, in the hot buffer),
+A file is a map {block index: Slot} (blockmap.py: FileData, Slot, and the
+three forms the map takes). A missing index is a hole and costs nothing. A
+slot holds its block uncompressed (`raw`, in the hot buffer),
 compressed (`stored`, in the block store), or both (a clean cached copy):
 
     state    raw        stored       meaning
     DIRTY    set        None         written since the last seal; only copy
     SEALING  set        None         DIRTY, being compressed outside the lock
+                                     (in HotBuffer.sealing)
     CACHED   set        set          clean uncompressed copy of a stored block
     STORED   None       set          compressed only
     UNWRITTEN None      None         no content (all zeros): pages only allocated
@@ -38,7 +40,6 @@ copies it first, so the compressor never reads a buffer being changed.
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import logging
 import threading
@@ -49,6 +50,7 @@ import attrs
 
 from . import faults
 from .arena import LEN_MASK, ArenaFull
+from .blockmap import PAGE, BlockState, FileData, MapCensus, Slot, page_span, pages
 from .blockstore import BlockStore, Payload, StoredBlock
 from .codec import Codec, CodecId
 from .coldstore import ColdReadError, ColdStore, Tally
@@ -58,15 +60,18 @@ from .eviction import Evictor
 from .hotbuffer import HotBuffer
 from .locking import GlobalLock, released
 from .recompress import Recompressor
+from .sharedints import SharedInts
 
 if TYPE_CHECKING:
     from .packing import Packer
 
 log = logging.getLogger(__name__)
 
-PAGE = 4096
 #: tmpfs's MAX_LFS_FILESIZE; past it, writes and truncates get EFBIG.
 MAX_FILE_SIZE = 2 ** 63 - 1
+#: Files whose sequential-access ends the engine keeps (DataEngine.write_ends,
+#: read_ends): more than are open at once on a busy /tmp.
+ACCESS_ENDS_MAX = 4096
 #: A dirty block untouched this long is sealed by the background sealer.
 DIRTY_COLD_SECONDS = 2.0
 #: A clean cached copy untouched this long is dropped (the kernel page cache
@@ -95,72 +100,6 @@ def joined(pieces: list[bytes | memoryview]) -> bytes:
     if len(pieces) == 1 and isinstance(pieces[0], bytes):
         return pieces[0]
     return b"".join(pieces)
-
-
-class BlockState(enum.Enum):
-    """Derived state of a slot (see the module docstring), for stats and checks."""
-
-    DIRTY = "dirty"
-    SEALING = "sealing"
-    CACHED = "cached"
-    STORED = "stored"
-    UNWRITTEN = "unwritten"   # fallocated pages only, no content
-
-
-def pages(n: int) -> int:
-    """Bytes rounded up to whole 4 KiB pages, the unit of st_blocks and size=."""
-    return (n + PAGE - 1) // PAGE * PAGE
-
-
-def page_span(start: int, end: int) -> int:
-    """Bit mask of the 4 KiB pages of a block that bytes [start, end) touch."""
-    first, last = start // PAGE, (end - 1) // PAGE
-    return ((1 << (last - first + 1)) - 1) << first
-
-
-@attrs.define(slots=True, eq=False, repr=False, weakref_slot=False)
-class Slot:
-    """One logical block of one file. Protected by the global lock."""
-
-    file: Optional["FileData"]   # owner; None once detached (truncated away or freed)
-    index: int                   # block number within the file
-    extent: int = 0              # length of the block's content; beyond it, zeros
-    #: Pages of the block ever written (bit i = page i), as tmpfs allocates
-    #: them: what st_blocks and size= count. A sparse write into the middle of
-    #: a block charges its own pages, not the zeros before it.
-    page_mask: int = 0
-    raw: bytes | bytearray | None = None   # uncompressed content, len == extent
-    stored: Optional[StoredBlock] = None   # sealed content, None while dirty
-    generation: int = 0          # bumped on every change of content
-    sealing: bool = False        # raw is being compressed unlocked: copy before mutating
-    charged: int = 0             # bytes of raw charged to the hot buffer
-    touched: float = 0.0         # time.monotonic() of the last access
-
-    @property
-    def dirty(self) -> bool:
-        return self.raw is not None and self.stored is None
-
-    @property
-    def state(self) -> BlockState:
-        if self.stored is None:
-            if self.raw is None:
-                return BlockState.UNWRITTEN
-            return BlockState.SEALING if self.sealing else BlockState.DIRTY
-        return BlockState.STORED if self.raw is None else BlockState.CACHED
-
-    def __repr__(self) -> str:
-        return f"<Slot #{self.index} {self.state.value} extent={self.extent} gen={self.generation}>"
-
-
-@attrs.define(slots=True, eq=False)
-class FileData:
-    """The data of one regular file. Protected by the global lock."""
-
-    size: int = 0                                    # st_size
-    blocks: dict[int, Slot] = attrs.field(factory=dict)  # block index -> slot; absent = hole
-    alloc_bytes: int = 0   # PAGE * pages in the slots' page_mask: what st_blocks and size= count
-    seq_end: int = 0       # end offset of the last write, to recognise sequential writers
-    read_end: int = 0      # end offset of the last read, to recognise sequential readers
 
 
 @attrs.define(slots=True)
@@ -218,6 +157,19 @@ class DataEngine:
             store.arena.limit = store.arena.limit_for(ram_budget)
         self.clock = clock
         self.alloc_bytes = 0           # sum of FileData.alloc_bytes over live files
+        #: The files whose block map is a dict (blockmap.py), for stats.
+        self.maps = MapCensus()
+        #: One object per frequent int (a full block's page mask, a common
+        #: file size) for the slots and file records.
+        self.ints = SharedInts()
+        #: End offset of the last write and of the last read of each file
+        #: that has them, to recognise sequential writers and readers; kept
+        #: here, not in every FileData, and dropped when the file is closed
+        #: (release) or freed. Past ACCESS_ENDS_MAX files, the oldest entry
+        #: goes: a file that loses its entry is only taken for a random
+        #: accessor once.
+        self.write_ends: dict[FileData, int] = {}
+        self.read_ends: dict[FileData, int] = {}
         #: Slots in the files' maps with neither raw nor stored: UNWRITTEN
         #: (fallocated pages), for the memory estimate (stats.py).
         self.unwritten_slots = 0
@@ -260,12 +212,14 @@ class DataEngine:
         segment, record length]; segment and after are None unless the
         block is on the backing device. Never releases the lock."""
         out: list[list[object]] = []
-        for idx in sorted(f.blocks):
-            s = f.blocks[idx]
+        for idx in f.indexes():
+            s = f.slot(idx)
+            assert s is not None
             st_ = s.stored
             loc = st_.payload if st_ is not None and not st_.in_ram and not st_.packed else None
             where = "device" if loc is not None and s.raw is None else \
-                "packed" if st_ is not None and st_.packed and s.raw is None else s.state.value
+                "packed" if st_ is not None and st_.packed and s.raw is None else \
+                self.buffer.state(s).value
             out.append([idx, where, *(([loc.segment, loc.offset, loc.length]) if loc  # type: ignore[union-attr]
                                       else [None, None, None])])
         return out
@@ -285,7 +239,7 @@ class DataEngine:
         block cannot be read back; nothing is changed then.
         """
         while True:
-            slot = f.blocks.get(idx)
+            slot = f.slot(idx)
             if slot is None:
                 return None
             if slot.raw is not None:
@@ -296,7 +250,7 @@ class DataEngine:
                 return None   # UNWRITTEN: fallocated pages, zeros
             if stored.packed:   # a slice of a shared pack (packing.py)
                 raw = self.packer.member_raw(stored, mutable)  # type: ignore[union-attr]
-                if f.blocks.get(idx) is slot and slot.raw is None and slot.stored is stored:
+                if f.slot(idx) is slot and slot.raw is None and slot.stored is stored:
                     slot.raw = raw
                     self.buffer.charge(slot, self.clock())
                     self.counters.loads += 1
@@ -319,7 +273,7 @@ class DataEngine:
                     else:
                         raw = self.codec.decompress(codec, view, raw_len, mutable)
             except FsError:
-                if f.blocks.get(idx) is slot and slot.stored is stored and stored.payload is payload:
+                if f.slot(idx) is slot and slot.stored is stored and stored.payload is payload:
                     raise
                 continue   # the block was moved or freed meanwhile: look again
             finally:
@@ -327,7 +281,7 @@ class DataEngine:
                     self.arena.unpin(view)
                 else:
                     self.cold.apply(tally)  # type: ignore[union-attr, arg-type]
-            if f.blocks.get(idx) is slot and slot.raw is None and slot.stored is stored:
+            if f.slot(idx) is slot and slot.raw is None and slot.stored is stored:
                 slot.raw = raw
                 self.buffer.charge(slot, self.clock())
                 self.counters.loads += 1
@@ -384,15 +338,15 @@ class DataEngine:
             return [b""]
         end = min(off + size, f.size)
         bs = self.bs
-        sequential = off == f.read_end or off == 0
-        f.read_end = end
+        sequential = off == 0 or off == self.read_ends.get(f)
+        self._set_end(self.read_ends, f, end)
         # The fast paths of a read inside one block: a slice of a buffered
         # block, or a whole stored block for a stream. They return None when
         # they do not apply; the general path below handles every case.
         idx = off // bs
         boff = off - idx * bs
         if boff + end - off <= bs:
-            slot = f.blocks.get(idx)
+            slot = f.slot(idx)
             if slot is not None:
                 if slot.raw is not None:
                     out = self._slice_buffered(slot, boff, end - off, sequential)
@@ -407,7 +361,7 @@ class DataEngine:
         while pos < end:
             idx, boff = divmod(pos, bs)
             n = min(bs - boff, end - pos)
-            slot = f.blocks.get(idx) if sequential and n == bs else None
+            slot = f.slot(idx) if sequential and n == bs else None
             if slot is not None and slot.raw is None and slot.stored is not None:
                 # A whole stored block of a stream (1 MiB READs span 8): as
                 # the one-block fast path, decoded without entering the buffer.
@@ -432,7 +386,7 @@ class DataEngine:
                 if sequential and boff + n == bs:
                     # A stream is done with this block, and the page cache now
                     # holds it: drop our clean copy instead of aging it out.
-                    slot = f.blocks.get(idx)
+                    slot = f.slot(idx)
                     if slot is not None and slot.raw is raw and not slot.dirty:
                         self._drop_clean(slot)
             pos += n
@@ -480,7 +434,7 @@ class DataEngine:
                 raw = self.codec.decompress(stored.codec, view, self.bs)
         finally:
             arena.unpin(view)
-        if slot.stored is not stored or f.blocks.get(idx) is not slot:
+        if slot.stored is not stored or f.slot(idx) is not slot:
             return None   # written or cut meanwhile: read what is there now
         self.counters.loads += 1
         return raw  # type: ignore[return-value]
@@ -507,7 +461,7 @@ class DataEngine:
         while True:
             missing = []
             for i in idxs:
-                s = f.blocks.get(i)
+                s = f.slot(i)
                 if s is None or s.raw is not None or s.stored is None:
                     continue   # a hole, loaded, or UNWRITTEN: nothing to load
                 start = i * bs
@@ -532,7 +486,7 @@ class DataEngine:
             start = idx * bs
             boff = max(off, start) - start
             bend = min(end, start + bs) - start
-            slot = f.blocks.get(idx)
+            slot = f.slot(idx)
             if slot is None:
                 alloc += PAGE * page_span(boff, bend).bit_count()
                 ram += bend
@@ -540,7 +494,7 @@ class DataEngine:
             alloc += PAGE * (page_span(boff, bend) & ~slot.page_mask).bit_count()
             new_extent = max(slot.extent, bend)
             if slot.dirty:
-                ram += new_extent - slot.charged
+                ram += new_extent - self.buffer.charged(slot)
             else:
                 ram += new_extent
                 st_ = slot.stored
@@ -613,15 +567,16 @@ class DataEngine:
         end = boff + len(data)
         if end > bs or end == boff:
             return False       # across blocks, or empty
-        slot = f.blocks.get(idx)
+        slot = f.slot(idx)
         if slot is None:
             if boff or off < 0 or off + end > MAX_FILE_SIZE:
                 return False   # a sparse start (the general path pads the block), or EFBIG
             extent = mask = 0
-        elif slot.stored is not None or slot.raw is None or slot.sealing or boff > slot.extent:
-            return False       # not dirty, being compressed, or a gap before the write
+        elif slot.stored is not None or slot.raw is None or boff > len(slot.raw) \
+                or slot in self.buffer.sealing:
+            return False       # not dirty, a gap before the write, or being compressed
         else:
-            extent, mask = slot.extent, slot.page_mask
+            extent, mask = len(slot.raw), slot.page_mask
         new_pages = page_span(boff, end) & ~mask
         if new_pages:
             grown = PAGE * new_pages.bit_count()
@@ -635,9 +590,9 @@ class DataEngine:
         now = self.clock()
         if slot is None:
             # A whole llfuse request is kept as is, without a copy.
-            slot = Slot(file=f, index=idx, extent=end, page_mask=new_pages,
+            slot = Slot(file=f, index=idx, page_mask=self._share(new_pages),
                         raw=data if type(data) is bytes else bytes(data), generation=1)
-            f.blocks[idx] = slot
+            f.put(slot, self.maps)
             buf.add_dirty(slot, now)
         else:
             raw = slot.raw
@@ -646,20 +601,20 @@ class DataEngine:
             raw[boff:end] = data
             slot.generation += 1
             if growth > 0:
-                slot.extent = end
                 buf.grow_dirty(slot, now)    # recharged at its new length
             else:
                 buf.touch(slot, now)
             if new_pages:
-                slot.page_mask = mask | new_pages
+                slot.page_mask = self._share(mask | new_pages)
         if new_pages:   # _account_pages(), inline on this path
-            f.alloc_bytes += grown
+            f.alloc_pages += new_pages.bit_count()
             self.alloc_bytes += grown
-        if end == bs and off == f.seq_end:
+        ends = self.write_ends
+        if end == bs and off == ends.get(f, 0):
             self.seal_queue.append(slot)   # a sequential writer filled it
             self._maybe_wake_sealer()
         end += off - boff   # now the file offset
-        f.seq_end = end
+        self._set_end(ends, f, end)
         if end > f.size:
             f.size = end
         if buf.dirty_bytes + buf.clean_bytes + buf.pack_cache_bytes > buf.budget:
@@ -673,7 +628,7 @@ class DataEngine:
         while pos < end:
             idx, boff = divmod(pos, self.bs)
             page_end = min(end, pos - pos % PAGE + PAGE)
-            slot = f.blocks.get(idx)
+            slot = f.slot(idx)
             if slot is None or not slot.page_mask & page_span(boff, boff + 1):
                 room -= PAGE
                 if room < 0:
@@ -691,16 +646,16 @@ class DataEngine:
         now = self.clock()
         mv = memoryview(data)
         n = len(data)
-        sequential = off == f.seq_end
+        sequential = off == self.write_ends.get(f, 0)
         pos = 0
         while pos < n:
             idx, boff = divmod(off + pos, bs)
             k = min(bs - boff, n - pos)
             chunk = mv[pos:pos + k]
-            slot = f.blocks.get(idx)
+            slot = f.slot(idx)
             if slot is None:
                 slot = Slot(file=f, index=idx)
-                f.blocks[idx] = slot
+                f.put(slot, self.maps)
                 self.unwritten_slots += 1   # until _set_dirty below, like any empty slot
             old_extent = slot.extent
             if boff == 0 and k >= old_extent:
@@ -710,7 +665,7 @@ class DataEngine:
             else:
                 assert old_extent == 0 or slot.raw is not None, "partial write to an unloaded block"
                 raw = slot.raw if slot.raw is not None else bytearray()
-                if isinstance(raw, bytes) or slot.sealing:
+                if isinstance(raw, bytes) or slot in self.buffer.sealing:
                     raw = bytearray(raw)
                 if boff > len(raw):
                     raw.extend(_ZEROS_MV[:boff - len(raw)])
@@ -718,20 +673,34 @@ class DataEngine:
             self._set_dirty(slot, raw, now)
             new_pages = page_span(boff, boff + k) & ~slot.page_mask
             if new_pages:
-                slot.page_mask |= new_pages
+                slot.page_mask = self._share(slot.page_mask | new_pages)
                 self._account_pages(f, new_pages.bit_count())
             if sequential and boff + k == bs:
                 self.seal_queue.append(slot)
             pos += k
-        f.seq_end = off + n
+        self._set_end(self.write_ends, f, off + n)
         if off + n > f.size:
             f.size = off + n
         self._maybe_wake_sealer()
 
     def _account_pages(self, f: FileData, n: int) -> None:
         """Add n allocated pages (negative: freed) to the file and the total."""
-        f.alloc_bytes += PAGE * n
+        f.alloc_pages += n
         self.alloc_bytes += PAGE * n
+
+    def _share(self, mask: int) -> int:
+        """A page mask, as the shared object for its value past the small
+        ints: a full 128 KiB block's is 2**32 - 1, 32 bytes of its own in
+        every slot otherwise."""
+        return mask if mask <= 256 else self.ints.share(mask)
+
+    @staticmethod
+    def _set_end(ends: dict[FileData, int], f: FileData, end: int) -> None:
+        """Record f's last write or read end, keeping at most ACCESS_ENDS_MAX
+        files (the oldest entry goes)."""
+        if f not in ends and len(ends) >= ACCESS_ENDS_MAX:
+            del ends[next(iter(ends))]
+        ends[f] = end
 
     def _set_dirty(self, slot: Slot, raw: bytes | bytearray, now: float) -> None:
         if slot.raw is None and slot.stored is None:
@@ -741,7 +710,6 @@ class DataEngine:
             self.buffer.discharge(slot)   # its charge was clean; recharged as dirty below
             slot.stored = None
         slot.raw = raw
-        slot.extent = len(raw)
         slot.generation += 1
         self.buffer.charge(slot, now)
 
@@ -755,27 +723,29 @@ class DataEngine:
         keep_idx, keep = divmod(new_size, self.bs)
         while keep and new_size < f.size:
             # The block the new end falls in must be loaded before it is cut.
-            s = f.blocks.get(keep_idx)
+            s = f.slot(keep_idx)
             if s is None or s.extent <= keep or s.raw is not None:
                 break
             self.raw_for(f, keep_idx)
         faults.hit("truncate.cut")
         if new_size <= f.size:
-            for idx in [i for i in f.blocks if i > keep_idx or (i == keep_idx and not keep)]:
-                self._detach(f, f.blocks[idx])
-            slot = f.blocks.get(keep_idx) if keep else None
+            for s in f.slots():
+                if s.index > keep_idx or (s.index == keep_idx and not keep):
+                    self._detach(f, s)
+            slot = f.slot(keep_idx) if keep else None
             if slot is not None:
                 if slot.extent > keep:
                     assert slot.raw is not None
                     self._set_dirty(slot, bytes(slot.raw[:keep]), self.clock())
                 lost = slot.page_mask & ~page_span(0, keep)
                 if lost:
-                    slot.page_mask &= ~lost
+                    slot.page_mask = self._share(slot.page_mask & ~lost)
                     self._account_pages(f, -lost.bit_count())
                     if not slot.page_mask and not slot.extent:
                         self._detach(f, slot)   # UNWRITTEN, nothing left allocated
         f.size = new_size
-        f.seq_end = min(f.seq_end, new_size)
+        if self.write_ends.get(f, 0) > new_size:
+            self.write_ends[f] = new_size
 
     def make_unwritten(self, slot: Slot) -> None:
         """Drop slot's content (it reads as zeros) and keep its allocated
@@ -787,12 +757,11 @@ class DataEngine:
             self.store.unref(slot.stored)
             slot.stored = None
         slot.raw = None
-        slot.extent = 0
         slot.generation += 1
 
     def _detach(self, f: FileData, slot: Slot) -> None:
         """Remove slot from its file and release what it holds. Never releases the lock."""
-        del f.blocks[slot.index]
+        f.remove(slot, self.maps)
         if slot.raw is None and slot.stored is None:
             self.unwritten_slots -= 1
         self._account_pages(f, -slot.page_mask.bit_count())
@@ -806,16 +775,25 @@ class DataEngine:
 
     def free(self, f: FileData) -> None:
         """Release all data of a file being deleted. Never releases the lock."""
-        for slot in list(f.blocks.values()):
+        for slot in f.slots():
             self._detach(f, slot)
         f.size = 0
+        self.write_ends.pop(f, None)
+        self.read_ends.pop(f, None)
 
     def release(self, f: FileData) -> None:
-        """The last handle of f was closed: queue its dirty blocks for sealing."""
+        """The last handle of f was closed: queue its dirty blocks for
+        sealing, forget its access ends, and share its size's int."""
         queue = self.seal_queue
-        for s in f.blocks.values():
-            if s.stored is None and s.raw is not None and not s.sealing:   # dirty
+        sealing = self.buffer.sealing
+        for s in f.slots():
+            if s.stored is None and s.raw is not None and s not in sealing:   # dirty
                 queue.append(s)
+        self.write_ends.pop(f, None)
+        self.read_ends.pop(f, None)
+        if f.size > 256:
+            # Copies of a tree (and files of one record size) repeat sizes.
+            f.size = self.ints.share(f.size)
         self._maybe_wake_sealer()
 
     def _maybe_wake_sealer(self) -> None:
@@ -901,12 +879,13 @@ class DataEngine:
         """
         jobs = []
         raw_bytes = 0
+        sealing = self.buffer.sealing
         for s in slots:
-            if s.file is None or not s.dirty or s.sealing:
+            if s.file is None or not s.dirty or s in sealing:
                 continue
-            s.sealing = True
+            sealing.add(s)
             jobs.append((s, s.generation, s.raw))
-            raw_bytes += s.extent
+            raw_bytes += len(s.raw)  # type: ignore[arg-type]
         if not jobs:
             return 0
         results: list[object] = []   # Encoded, None (all zeros) or SEAL_FAILED
@@ -935,7 +914,7 @@ class DataEngine:
             if spares:
                 arena.add_spares(spares)
             for s, _gen, _raw in jobs:
-                s.sealing = False
+                sealing.discard(s)
             self.sealing_threads[me] -= 1
             if not self.sealing_threads[me]:
                 del self.sealing_threads[me]
@@ -947,7 +926,7 @@ class DataEngine:
             if res is SEAL_FAILED:
                 self.counters.seal_errors += 1
                 continue
-            if f is None or s.generation != gen or not s.dirty or f.blocks.get(s.index) is not s:
+            if f is None or s.generation != gen or not s.dirty or f.slot(s.index) is not s:
                 self.counters.seals_discarded += 1
                 continue
             if res is None:
@@ -1002,6 +981,7 @@ class DataEngine:
     def _shed(self, allow_seal: bool) -> None:
         """Bring the buffer under budget. Releases the global lock when it seals."""
         buf = self.buffer
+        sealing = buf.sealing
         self._shed_packs()
         for _ in range(4):
             excess = buf.total_bytes - buf.budget
@@ -1009,13 +989,13 @@ class DataEngine:
                 return
             victims: list[Slot] = []
             freed = 0
-            for s in buf.slots:   # oldest first
+            for s, e in buf.slots.items():   # oldest first
                 if freed >= excess:
                     break
-                if s.sealing:
+                if s in sealing:
                     continue
                 victims.append(s)
-                freed += s.charged
+                freed += e.charged
             dirty = []
             for s in victims:
                 if s.dirty:
@@ -1035,7 +1015,7 @@ class DataEngine:
         dirty = [s for s in self.buffer.slots if s.dirty]
         for i in range(0, len(dirty), SEAL_BATCH):
             self.counters.pressure_seals += self.seal(dirty[i:i + SEAL_BATCH])
-        for s in [s for s in self.buffer.slots if not s.dirty and not s.sealing]:
+        for s in [s for s in self.buffer.slots if not s.dirty and s not in self.buffer.sealing]:
             self._drop_clean(s)
         if self.cold is not None and self.ram_budget:
             self.evict(int(EVICT_LOW * self.ram_budget))
@@ -1080,13 +1060,13 @@ class DataEngine:
         done = self.queued_pass()
         now = self.clock()
         cold_dirty = []
-        for s in list(self.buffer.slots):
-            age = now - s.touched
+        for s, touched in list(self.buffer.aged()):
+            age = now - touched
             if age < DIRTY_COLD_SECONDS:
                 break
             if s.dirty:
                 cold_dirty.append(s)
-            elif age >= CLEAN_COLD_SECONDS and not s.sealing:
+            elif age >= CLEAN_COLD_SECONDS and s not in self.buffer.sealing:
                 self._drop_clean(s)
         for i in range(0, len(cold_dirty), SEAL_BATCH):
             done += self.seal(cold_dirty[i:i + SEAL_BATCH])
@@ -1117,7 +1097,7 @@ class DataEngine:
         dirty."""
         self.seal_queue.clear()
         while True:
-            dirty = [s for s in self.buffer.slots if s.dirty and not s.sealing]
+            dirty = [s for s in self.buffer.slots if s.dirty and s not in self.buffer.sealing]
             if not dirty:
                 if not set(self.sealing_threads) - {threading.get_ident()}:
                     return   # nothing in flight, or only in this thread's own outer frame

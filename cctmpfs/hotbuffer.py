@@ -2,8 +2,12 @@
 cached copies), in least-recently-used order, and their byte accounting
 against the buffer's budget (buffer=, options.py).
 
+What only a hot block needs, its byte charge, its last access and whether
+it is being compressed, lives here, in a HotEntry per buffered slot, not in
+every Slot: a sealed cold block carries none of it (blockmap.py).
+
 Pure Python, no llfuse. The data engine (filemap.DataEngine) owns one and
-charges, touches and discharges its slots (filemap.Slot), and seals or drops
+charges, touches and discharges its slots (blockmap.Slot), and seals or drops
 the oldest ones when it is over budget. Nothing here releases the global
 lock.
 """
@@ -11,22 +15,40 @@ lock.
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
+
+from .blockmap import BlockState
 
 if TYPE_CHECKING:
-    from .filemap import Slot
+    from .blockmap import Slot
+
+
+class HotEntry:
+    """What the buffer knows of one of its slots. Protected by the global lock."""
+
+    __slots__ = ("charged", "touched")
+
+    def __init__(self, charged: int, touched: float) -> None:
+        self.charged = charged   # bytes of the slot's raw charged to the buffer
+        self.touched = touched   # time.monotonic() (the engine's clock) of the last access
 
 
 class HotBuffer:
     """The uncompressed blocks in RAM, in least-recently-used order.
 
-    Protected by the global lock. `slots` is ordered by `touched`, oldest
+    Protected by the global lock. `slots` is ordered by last access, oldest
     first, because touch() moves a slot to the end.
     """
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.slots: collections.OrderedDict[Slot, None] = collections.OrderedDict()
+        #: slot -> its entry, for every slot with a raw copy
+        self.slots: collections.OrderedDict[Slot, HotEntry] = collections.OrderedDict()
+        #: Dirty slots whose raw is being compressed with the lock released
+        #: (DataEngine.seal): a writer copies their raw before changing it.
+        #: A slot stays here until its seal() returns, even if it is dropped
+        #: from the buffer meanwhile.
+        self.sealing: set[Slot] = set()
         self.dirty_bytes = 0
         self.clean_bytes = 0
         #: Decoded packs kept for reads (packing.Packer.cache): clean, and
@@ -37,49 +59,70 @@ class HotBuffer:
     def total_bytes(self) -> int:
         return self.dirty_bytes + self.clean_bytes + self.pack_cache_bytes
 
+    def charged(self, slot: Slot) -> int:
+        """Bytes of slot's raw charged to the buffer (0 if not buffered)."""
+        e = self.slots.get(slot)
+        return e.charged if e is not None else 0
+
+    def touched(self, slot: Slot) -> float:
+        """When slot was last used (KeyError if it is not buffered)."""
+        return self.slots[slot].touched
+
+    def aged(self) -> Iterator[tuple[Slot, float]]:
+        """(slot, last access), oldest first. Do not change the buffer while
+        walking it: take a list first."""
+        for slot, e in self.slots.items():
+            yield slot, e.touched
+
+    def state(self, slot: Slot) -> BlockState:
+        """slot's state, SEALING told apart from DIRTY."""
+        st = slot.state
+        return BlockState.SEALING if st is BlockState.DIRTY and slot in self.sealing else st
+
     def charge(self, slot: Slot, now: float) -> None:
         """Account slot.raw (after any change of raw or state) and mark it used."""
-        self._uncount(slot)
-        slot.charged = len(slot.raw) if slot.raw is not None else 0
-        if slot.dirty:
-            self.dirty_bytes += slot.charged
+        n = len(slot.raw) if slot.raw is not None else 0
+        e = self.slots.get(slot)
+        if e is None:
+            e = self.slots[slot] = HotEntry(n, now)
         else:
-            self.clean_bytes += slot.charged
-        slot.touched = now
-        self.slots[slot] = None
-        self.slots.move_to_end(slot)
+            self._uncount(slot, e)
+            e.charged = n
+            e.touched = now
+            self.slots.move_to_end(slot)
+        if slot.dirty:
+            self.dirty_bytes += n
+        else:
+            self.clean_bytes += n
 
     def add_dirty(self, slot: Slot, now: float) -> None:
         """charge() for a new dirty slot, without the state checks charge()
         needs: the in-place write path's accounting."""
         n = len(slot.raw)  # type: ignore[arg-type]
         self.dirty_bytes += n
-        slot.charged = n
-        slot.touched = now
-        self.slots[slot] = None   # a new key goes last: most recently used
+        self.slots[slot] = HotEntry(n, now)   # a new key goes last: most recently used
 
     def grow_dirty(self, slot: Slot, now: float) -> None:
         """charge() for a charged dirty slot whose raw grew in place."""
         n = len(slot.raw)  # type: ignore[arg-type]
-        self.dirty_bytes += n - slot.charged
-        slot.charged = n
-        slot.touched = now
+        e = self.slots[slot]
+        self.dirty_bytes += n - e.charged
+        e.charged = n
+        e.touched = now
         self.slots.move_to_end(slot)
 
     def touch(self, slot: Slot, now: float) -> None:
-        slot.touched = now
+        self.slots[slot].touched = now
         self.slots.move_to_end(slot)
 
     def discharge(self, slot: Slot) -> None:
         """Forget slot; the caller drops or has dropped slot.raw."""
-        if slot in self.slots:
-            self._uncount(slot)
-            del self.slots[slot]
-        slot.charged = 0
+        e = self.slots.pop(slot, None)
+        if e is not None:
+            self._uncount(slot, e)
 
-    def _uncount(self, slot: Slot) -> None:
-        if slot.charged and slot in self.slots:
-            if slot.dirty:
-                self.dirty_bytes -= slot.charged
-            else:
-                self.clean_bytes -= slot.charged
+    def _uncount(self, slot: Slot, e: HotEntry) -> None:
+        if slot.dirty:
+            self.dirty_bytes -= e.charged
+        else:
+            self.clean_bytes -= e.charged

@@ -78,9 +78,9 @@ COPY_CHUNK = 1 << 20
 def _blocks_in(f: FileData, first: int, last: int) -> list[int]:
     """The mapped block indexes in [first, last], in order, without walking
     a huge range block by block."""
-    if last - first + 1 <= len(f.blocks):
-        return [i for i in range(first, last + 1) if i in f.blocks]
-    return sorted(i for i in f.blocks if first <= i <= last)
+    if last - first + 1 <= f.count():
+        return [i for i in range(first, last + 1) if f.slot(i) is not None]
+    return [i for i in f.indexes() if first <= i <= last]
 
 
 def allocate(eng: DataEngine, f: FileData, off: int, length: int, keep_size: bool) -> None:
@@ -97,7 +97,7 @@ def allocate(eng: DataEngine, f: FileData, off: int, length: int, keep_size: boo
     for idx in _blocks_in(f, first, last):
         start = idx * bs
         span = page_span(max(off, start) - start, min(end, start + bs) - start)
-        have += (f.blocks[idx].page_mask & span).bit_count()
+        have += (f.slot(idx).page_mask & span).bit_count()  # type: ignore[union-attr]
     new = touched - have
     if new and eng.size_limit and eng.alloc_bytes + PAGE * new > eng.size_limit:
         eng.counters.enospc += 1
@@ -106,17 +106,16 @@ def allocate(eng: DataEngine, f: FileData, off: int, length: int, keep_size: boo
         for idx in range(first, last + 1):
             start = idx * bs
             span = page_span(max(off, start) - start, min(end, start + bs) - start)
-            slot = f.blocks.get(idx)
+            slot = f.slot(idx)
             if slot is None:
-                f.blocks[idx] = Slot(file=f, index=idx, page_mask=span)   # UNWRITTEN
+                f.put(Slot(file=f, index=idx, page_mask=eng._share(span)), eng.maps)   # UNWRITTEN
                 eng.unwritten_slots += 1
                 grown = span.bit_count()
             else:
                 grown = (span & ~slot.page_mask).bit_count()
-                slot.page_mask |= span
+                slot.page_mask = eng._share(slot.page_mask | span)
             if grown:
-                f.alloc_bytes += PAGE * grown
-                eng.alloc_bytes += PAGE * grown
+                eng._account_pages(f, grown)
     if not keep_size and end > f.size:
         f.size = end
 
@@ -136,7 +135,7 @@ def punch_hole(eng: DataEngine, f: FileData, off: int, length: int) -> None:
         # not loaded: load them (this releases the lock), then look again.
         missing = []
         for idx in (first, last):
-            slot = f.blocks.get(idx)
+            slot = f.slot(idx)
             if slot is None or slot.raw is not None or slot.stored is None:
                 continue
             start = idx * bs
@@ -150,7 +149,8 @@ def punch_hole(eng: DataEngine, f: FileData, off: int, length: int) -> None:
             eng.raw_for(f, idx, mutable=True)
     now = eng.clock()
     for idx in _blocks_in(f, first, last):
-        slot = f.blocks[idx]
+        slot = f.slot(idx)
+        assert slot is not None
         start = idx * bs
         bstart = max(off, start) - start
         bend = min(end, start + bs) - start
@@ -162,7 +162,7 @@ def punch_hole(eng: DataEngine, f: FileData, off: int, length: int) -> None:
         p1 = bend // PAGE
         freed = slot.page_mask & (((1 << max(0, p1 - p0)) - 1) << p0)
         if freed:
-            slot.page_mask &= ~freed
+            slot.page_mask = eng._share(slot.page_mask & ~freed)
             eng._account_pages(f, -freed.bit_count())
         if bstart < slot.extent:
             raw = slot.raw
@@ -194,8 +194,8 @@ def _share_block(eng: DataEngine, src: FileData, s_idx: int, dst: FileData, d_id
     copies it instead; and False if the pages the copy
     allocates do not fit in size= (nothing is changed then). Never
     releases the lock."""
-    s = src.blocks.get(s_idx)
-    old = dst.blocks.get(d_idx)
+    s = src.slot(s_idx)
+    old = dst.slot(d_idx)
     if s is None or (s.raw is None and s.stored is None):
         # A hole, or UNWRITTEN: zeros. The destination block becomes a
         # hole (tmpfs would write zero pages: a documented difference),
@@ -214,7 +214,8 @@ def _share_block(eng: DataEngine, src: FileData, s_idx: int, dst: FileData, d_id
         return False
     eng.store.ref(block)   # first: old may hold this very block
     if old is None:
-        old = dst.blocks[d_idx] = Slot(file=dst, index=d_idx)
+        old = Slot(file=dst, index=d_idx)
+        dst.put(old, eng.maps)
     else:
         if old.raw is None and old.stored is None:
             eng.unwritten_slots -= 1   # it was UNWRITTEN
@@ -223,11 +224,10 @@ def _share_block(eng: DataEngine, src: FileData, s_idx: int, dst: FileData, d_id
             eng.store.unref(old.stored)
         old.raw = None
     old.stored = block
-    old.extent = block.raw_len
     old.generation += 1
     eng.counters.copy_shared_blocks += 1
     if grown:
-        old.page_mask |= grown
+        old.page_mask = eng._share(old.page_mask | grown)
         eng._account_pages(dst, grown.bit_count())
     return True
 
@@ -235,7 +235,8 @@ def _share_block(eng: DataEngine, src: FileData, s_idx: int, dst: FileData, d_id
 def _seal_sources(eng: DataEngine, src: FileData, first: int, last: int) -> None:
     """Seal the dirty blocks of src in [first, last], so that they can be
     shared. Releases the global lock."""
-    dirty = [src.blocks[i] for i in _blocks_in(src, first, last) if src.blocks[i].dirty]
+    dirty = [s for s in (src.slot(i) for i in _blocks_in(src, first, last))
+             if s is not None and s.dirty]
     for i in range(0, len(dirty), SEAL_BATCH):
         eng.seal(dirty[i:i + SEAL_BATCH])
 

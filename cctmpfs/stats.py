@@ -15,8 +15,9 @@ from typing import Any, Optional
 
 import attrs
 
+from .blockmap import FILE_DATA_BYTES, SLOT_BYTES
 from .blockstore import RECORD_BYTES
-from .filemap import BlockState, FileData, Slot
+from .filemap import BlockState
 from .memtrim import rss_bytes
 from .namespace import DirInode, FileInode, Filesystem, Inode, SymlinkInode
 from .packing import MEMBER_EXTRA_BYTES
@@ -53,9 +54,9 @@ def _inode_bytes(cls: type[Inode]) -> int:
             + _int_bytes(_BIG) + 3 * _int_bytes(_TIME))
 
 
-#: A regular file: the inode, its FileData record and its size and allocated
-#: bytes ints (its block map is in file_map_bytes).
-FILE_INODE_BYTES = _inode_bytes(FileInode) + sys.getsizeof(FileData()) + _int_bytes(_BIG, _BIG)
+#: A regular file: the inode, its FileData record and its size int
+#: (blockmap.FILE_DATA_BYTES; its block map is in file_map_bytes).
+FILE_INODE_BYTES = _inode_bytes(FileInode) + FILE_DATA_BYTES
 #: A directory: the inode (its entries dict is in the directory model below).
 DIR_INODE_BYTES = _inode_bytes(DirInode)
 #: A symlink, FIFO, socket or device node: the inode (the largest of those
@@ -66,9 +67,9 @@ OTHER_INODE_BYTES = _inode_bytes(SymlinkInode) + sys.getsizeof(b"")
 #: header (its dict slot is in the directory model; the value is the inode's
 #: own ino int).
 ENTRY_BYTES = sys.getsizeof(b"")
-#: One block of a file's map: the Slot record, its extent and page mask ints
-#: and its access time float (its dict slot is in the file map model).
-SLOT_BYTES = sys.getsizeof(Slot(file=None, index=0)) + _int_bytes(_BIG, _BIG) + sys.getsizeof(0.5)
+#: One block of a file's map is blockmap.SLOT_BYTES: the Slot record (its
+#: page mask is a small or shared int; its dict slot, if the map is a dict,
+#: is in the file map model).
 #: Past this many entries a dict's size per entry is taken as constant.
 _DICT_SAMPLE_MAX = 4096
 
@@ -121,7 +122,12 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
              + others * OTHER_INODE_BYTES + c.entries * ENTRY_BYTES + c.name_bytes
              + sys.getsizeof(fs.xattrs) + sys.getsizeof(fs.open_counts)
              + full_dirs * dict_bytes(c.entries / full_dirs if full_dirs else 0))
-    file_map = c.files * dict_bytes(slots / c.files if c.files else 0) + slots * SLOT_BYTES
+    # A map of no block or one costs nothing beyond its slot (blockmap.py).
+    # In a dict, a block index past 256 is an int of its own (the dict's key
+    # and the slot's index are one object); dense maps are the usual case.
+    maps = fs.engine.maps
+    file_map = maps.dicts * dict_bytes(maps.dict_slots / maps.dicts if maps.dicts else 0) \
+        + slots * SLOT_BYTES + max(0, maps.dict_slots - 257 * maps.dicts) * _int_bytes(_BIG)
     # Pack members keep their block record (fingerprint, index entry) and
     # point into their pack with a PackRef instead of an arena handle.
     records = store.counters.blocks * RECORD_BYTES + fs.packer.members * MEMBER_EXTRA_BYTES
@@ -139,7 +145,7 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
         # Inode records, the inode table, directory entries, names and symlink
         # targets, the xattr and open count tables (not the xattrs in them).
         "inode_bytes": int(inode),
-        # Each file's block map: its dict and a Slot per block.
+        # The block maps held as dicts, and a Slot per block.
         "file_map_bytes": int(file_map),
         # StoredBlock records with their fingerprints and payload headers.
         "block_record_bytes": records,
@@ -303,7 +309,7 @@ def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> 
     # pages, no content) hold no RAM and are not listed.
     states = {s.value: 0 for s in BlockState if s is not BlockState.UNWRITTEN}
     for slot in buf.slots:
-        states[slot.state.value] += 1
+        states[buf.state(slot).value] += 1
     # Slots, not distinct blocks: every reference is a slot that is either
     # cached (also in the buffer) or stored only.
     states["stored"] = store.refs - states["cached"]

@@ -270,7 +270,7 @@ class Harness:
                     assert self.stored_content(slot.stored) == bytes(slot.raw), \
                         "cached copy differs from its stored block"
                 if not sealing_allowed:
-                    assert not slot.sealing
+                    assert slot not in eng.buffer.sealing
                 assert self.content(slot) == bytes(model[start:start + slot.extent]), \
                     f"ino {ino} block {idx} content differs"
                 tail = model[start + slot.extent:start + bs]
@@ -292,9 +292,9 @@ class Harness:
         buf = eng.buffer
         assert {id(s) for s in buf.slots} == with_raw
         for s in buf.slots:
-            assert s.charged == len(s.raw)
-        assert buf.dirty_bytes == sum(s.charged for s in buf.slots if s.dirty)
-        assert buf.clean_bytes == sum(s.charged for s in buf.slots if not s.dirty)
+            assert buf.charged(s) == len(s.raw)
+        assert buf.dirty_bytes == sum(buf.charged(s) for s in buf.slots if s.dirty)
+        assert buf.clean_bytes == sum(buf.charged(s) for s in buf.slots if not s.dirty)
         # block store
         c = self.fs.store.counters
         # Blocks with a payload of their own: plain ones, and the packs of members.
@@ -1372,7 +1372,7 @@ def test_seal_everything_waits_for_blocks_another_thread_is_sealing() -> None:
     timer = threading.Timer(0.2, go.set)
     timer.start()
     with lock:
-        assert [s.state for s in h.eng.buffer.slots] == [BlockState.SEALING]
+        assert [h.eng.buffer.state(s) for s in h.eng.buffer.slots] == [BlockState.SEALING]
         h.eng.seal_everything()
         assert list(h.eng.buffer.slots) == [] and h.fs.store.counters.blocks == 1
         assert h.eng.sealing_threads == {}
