@@ -51,6 +51,7 @@ from __future__ import annotations
 import errno
 from typing import Optional
 
+from .blockmap import SLOT_BYTES
 from .errors import FsError
 from .filemap import MAX_FILE_SIZE, PAGE, SEAL_BATCH, DataEngine, FileData, Slot, page_span
 
@@ -94,7 +95,8 @@ def allocate(eng: DataEngine, f: FileData, off: int, length: int, keep_size: boo
     first, last = off // bs, (end - 1) // bs
     touched = (end - 1) // PAGE - off // PAGE + 1
     have = 0   # pages of the range already allocated
-    for idx in _blocks_in(f, first, last):
+    mapped = _blocks_in(f, first, last)
+    for idx in mapped:
         start = idx * bs
         span = page_span(max(off, start) - start, min(end, start + bs) - start)
         have += (f.slot(idx).page_mask & span).bit_count()  # type: ignore[union-attr]
@@ -102,6 +104,15 @@ def allocate(eng: DataEngine, f: FileData, off: int, length: int, keep_size: boo
     if new and eng.size_limit and eng.alloc_bytes + PAGE * new > eng.size_limit:
         eng.counters.enospc += 1
         raise FsError(errno.ENOSPC, "size= limit reached")
+    if new and not eng.size_limit and eng.ram_budget and \
+            (last - first + 1 - len(mapped)) * SLOT_BYTES > eng.ram_budget - eng.ram_in_use():
+        # Without size= (size=0, as tmpfs: unlimited) only RAM bounds the
+        # allocation, and here an allocated page costs none: each block
+        # costs its UNWRITTEN slot. Unchecked, fallocate -l 1P made 2**33
+        # slots with the global lock held: the mount hung until the daemon
+        # ran out of memory (tmpfs fails such a request as it runs out).
+        eng.counters.enospc += 1
+        raise FsError(errno.ENOSPC, "not enough RAM for the allocation's block records")
     if new:
         for idx in range(first, last + 1):
             start = idx * bs

@@ -155,6 +155,22 @@ def test_allocate_enospc_allocates_nothing() -> None:
     assert check_all(fs) == []
 
 
+def test_allocate_without_size_limit_is_bounded_by_ram() -> None:
+    """size=0 (unlimited, as tmpfs): a petabyte fallocate made one UNWRITTEN
+    slot per block with the lock held, 2**33 of them, and hung the mount.
+    It is refused when the slots would not fit in ram=, nothing allocated;
+    what fits is allocated."""
+    fs = new_fs(size_limit=0, ram_budget=64 << 20)
+    f = new_file(fs, b"a", b"x" * 100)
+    assert err(lambda: fs.fallocate(f, 0, 0, 1 << 50)) == "ENOSPC"
+    assert err(lambda: fs.fallocate(f, KEEP, BS, 1 << 50)) == "ENOSPC"
+    assert (fs.inodes[f].data.size, blocks512(fs, f), fs.engine.unwritten_slots) == (100, 8, 0)
+    fs.fallocate(f, 0, 0, 64 * BS)   # 63 slots: far below the RAM
+    assert (fs.inodes[f].data.size, blocks512(fs, f)) == (64 * BS, 64 * BS // 512)
+    assert fs.engine.unwritten_slots == 63
+    assert check_all(fs) == []
+
+
 def test_fallocate_errors_as_tmpfs() -> None:
     fs = new_fs()
     f = new_file(fs, b"a", b"x" * 20000)
