@@ -9,8 +9,8 @@ Lock discipline (docs/locking.md has the whole story):
 * It is released only around compression, decompression, hashing, encryption
   and backing-device I/O, through `released()`. Every function that may release it says
   "Releases the global lock" in its docstring, and so do its callers.
-* Work done unlocked is done on data nobody mutates (a block marked
-  `sealing`, a `bytes` payload). Results are published under the lock only if
+* Work done unlocked is done on data nobody mutates (a block in
+  `HotBuffer.sealing`, a `bytes` payload). Results are published under the lock only if
   the slot is still attached and its generation unchanged.
 * Nothing waits on another lock, event or queue while holding the global lock.
 """
