@@ -338,15 +338,19 @@ class DataEngine:
             return [b""]
         end = min(off + size, f.size)
         bs = self.bs
-        sequential = off == 0 or off == self.read_ends.get(f)
-        self._set_end(self.read_ends, f, end)
+        ends = self.read_ends
+        sequential = off == 0 or off == ends.get(f)
+        ends[f] = end   # _set_end(), inline on this path
+        if len(ends) > ACCESS_ENDS_MAX:
+            del ends[next(iter(ends))]
         # The fast paths of a read inside one block: a slice of a buffered
         # block, or a whole stored block for a stream. They return None when
         # they do not apply; the general path below handles every case.
         idx = off // bs
         boff = off - idx * bs
         if boff + end - off <= bs:
-            slot = f.slot(idx)
+            m = f.map   # f.slot(idx), inline on this path
+            slot = m if type(m) is Slot and m.index == idx else m.get(idx) if type(m) is dict else None
             if slot is not None:
                 if slot.raw is not None:
                     out = self._slice_buffered(slot, boff, end - off, sequential)
@@ -567,13 +571,15 @@ class DataEngine:
         end = boff + len(data)
         if end > bs or end == boff:
             return False       # across blocks, or empty
-        slot = f.slot(idx)
+        m = f.map   # f.slot(idx), inline on this path
+        slot = m if type(m) is Slot and m.index == idx else m.get(idx) if type(m) is dict else None
+        buf = self.buffer
         if slot is None:
             if boff or off < 0 or off + end > MAX_FILE_SIZE:
                 return False   # a sparse start (the general path pads the block), or EFBIG
             extent = mask = 0
         elif slot.stored is not None or slot.raw is None or boff > len(slot.raw) \
-                or slot in self.buffer.sealing:
+                or slot in buf.sealing:
             return False       # not dirty, a gap before the write, or being compressed
         else:
             extent, mask = len(slot.raw), slot.page_mask
@@ -582,7 +588,6 @@ class DataEngine:
             grown = PAGE * new_pages.bit_count()
             if self.size_limit and self.alloc_bytes + grown > self.size_limit:
                 return False
-        buf = self.buffer
         growth = end - extent
         if growth > 0 and (self.arena.full or self.ram_budget and
                            self.store.counters.stored_bytes + buf.dirty_bytes + growth > self.ram_budget):
@@ -590,7 +595,8 @@ class DataEngine:
         now = self.clock()
         if slot is None:
             # A whole llfuse request is kept as is, without a copy.
-            slot = Slot(file=f, index=idx, page_mask=self._share(new_pages),
+            slot = Slot(file=f, index=idx,
+                        page_mask=new_pages if new_pages <= 256 else self.ints.share(new_pages),
                         raw=data if type(data) is bytes else bytes(data), generation=1)
             f.put(slot, self.maps)
             buf.add_dirty(slot, now)
@@ -605,7 +611,8 @@ class DataEngine:
             else:
                 buf.touch(slot, now)
             if new_pages:
-                slot.page_mask = self._share(mask | new_pages)
+                mask |= new_pages
+                slot.page_mask = mask if mask <= 256 else self.ints.share(mask)
         if new_pages:   # _account_pages(), inline on this path
             f.alloc_pages += new_pages.bit_count()
             self.alloc_bytes += grown
@@ -614,7 +621,9 @@ class DataEngine:
             self.seal_queue.append(slot)   # a sequential writer filled it
             self._maybe_wake_sealer()
         end += off - boff   # now the file offset
-        self._set_end(ends, f, end)
+        ends[f] = end   # _set_end(), inline on this path
+        if len(ends) > ACCESS_ENDS_MAX:
+            del ends[next(iter(ends))]
         if end > f.size:
             f.size = end
         if buf.dirty_bytes + buf.clean_bytes + buf.pack_cache_bytes > buf.budget:
@@ -698,9 +707,9 @@ class DataEngine:
     def _set_end(ends: dict[FileData, int], f: FileData, end: int) -> None:
         """Record f's last write or read end, keeping at most ACCESS_ENDS_MAX
         files (the oldest entry goes)."""
-        if f not in ends and len(ends) >= ACCESS_ENDS_MAX:
-            del ends[next(iter(ends))]
         ends[f] = end
+        if len(ends) > ACCESS_ENDS_MAX:
+            del ends[next(iter(ends))]
 
     def _set_dirty(self, slot: Slot, raw: bytes | bytearray, now: float) -> None:
         if slot.raw is None and slot.stored is None:
@@ -784,11 +793,13 @@ class DataEngine:
     def release(self, f: FileData) -> None:
         """The last handle of f was closed: queue its dirty blocks for
         sealing, forget its access ends, and share its size's int."""
-        queue = self.seal_queue
-        sealing = self.buffer.sealing
-        for s in f.slots():
-            if s.stored is None and s.raw is not None and s not in sealing:   # dirty
-                queue.append(s)
+        m = f.map
+        if m is not None:
+            queue = self.seal_queue
+            sealing = self.buffer.sealing
+            for s in m.values() if type(m) is dict else (m,):   # type: ignore[union-attr]
+                if s.stored is None and s.raw is not None and s not in sealing:   # dirty
+                    queue.append(s)
         self.write_ends.pop(f, None)
         self.read_ends.pop(f, None)
         if f.size > 256:
