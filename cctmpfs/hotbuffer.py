@@ -15,6 +15,7 @@ lock.
 from __future__ import annotations
 
 import collections
+import sys
 from typing import TYPE_CHECKING, Iterator
 
 from .blockmap import BlockState
@@ -31,6 +32,11 @@ class HotEntry:
     def __init__(self, charged: int, touched: float) -> None:
         self.charged = charged   # bytes of the slot's raw charged to the buffer
         self.touched = touched   # time.monotonic() (the engine's clock) of the last access
+
+
+#: RAM of one buffered slot's entry beyond the LRU dict: the HotEntry and its
+#: access-time float (the charge is an int the raw's length already made).
+HOT_ENTRY_BYTES = sys.getsizeof(HotEntry(0, 0.5)) + sys.getsizeof(0.5)
 
 
 class HotBuffer:

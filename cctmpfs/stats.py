@@ -18,6 +18,7 @@ import attrs
 from .blockmap import FILE_DATA_BYTES, SLOT_BYTES
 from .blockstore import RECORD_BYTES
 from .filemap import BlockState
+from .hotbuffer import HOT_ENTRY_BYTES
 from .memtrim import rss_bytes
 from .namespace import DirInode, FileInode, Filesystem, Inode, SymlinkInode
 from .packing import MEMBER_EXTRA_BYTES
@@ -140,8 +141,9 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
         # compacted, the unfilled room of the heads, the spare segments.
         # Known exactly, and bounded by compaction (docs/arenas.md).
         "arena_free_bytes": store.arena.free_bytes,
-        # Uncompressed hot blocks and the buffer's LRU order.
-        "hot_buffer_bytes": buf.total_bytes + sys.getsizeof(buf.slots),
+        # Uncompressed hot blocks, the buffer's LRU order and its entries.
+        "hot_buffer_bytes": buf.total_bytes + sys.getsizeof(buf.slots)
+        + len(buf.slots) * HOT_ENTRY_BYTES,
         # Inode records, the inode table, directory entries, names and symlink
         # targets, the xattr and open count tables (not the xattrs in them).
         "inode_bytes": int(inode),
