@@ -124,6 +124,8 @@ _ANY_UID_OPS = frozenset({w.INIT, w.READ, w.WRITE, w.FSYNC, w.RELEASE, w.READDIR
                           w.DESTROY})
 #: A READDIRPLUS record's entry that gives no reference (nodeid 0).
 _NO_ENTRY = bytes(w.ENTRY_OUT.size)
+#: The zero bytes that pad a directory record's name to 8 bytes, by count.
+_PADDING = tuple(bytes(i) for i in range(8))
 
 #: What a handler returns: the answer's payload (bytes-like, or a list of
 #: immutable bytes-like pieces sent in order: READ), None for no answer at
@@ -821,16 +823,16 @@ class Server:
     def readdir(self, nodeid: int, n: int) -> Reply:
         fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)
         out = bytearray()
-        pack = w.DIRENT.pack
+        pack, head = w.DIRENT.pack, w.DIRENT.size
         for name, node, next_off in self.fs.readdir(fh, off):
             namelen = len(name)
-            reclen = (w.DIRENT.size + namelen + 7) & ~7
+            reclen = (head + namelen + 7) & ~7
             if len(out) + reclen > size:
                 break
             # The type is the S_IFMT bits as a DT_* value.
             out += pack(node.ino, next_off, namelen, (node.mode >> 12) & 15)
             out += name
-            out += bytes(reclen - w.DIRENT.size - namelen)
+            out += _PADDING[reclen - head - namelen]
         return out
 
     def readdirplus(self, nodeid: int, n: int) -> Reply:
@@ -845,7 +847,9 @@ class Server:
         fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)
         size = min(size, READDIRPLUS_MAX)
         out = bytearray()
-        pack, entry, base = w.DIRENT.pack, self._entry, w.DIRENTPLUS_NAME_OFFSET
+        pack, dirent = w.DIRENTPLUS.pack, w.DIRENT.pack
+        base = w.DIRENTPLUS_NAME_OFFSET
+        attributes = self.frontend.attributes
         linked = []
         for name, node, next_off in self.fs.readdir(fh, off):
             namelen = len(name)
@@ -854,12 +858,17 @@ class Server:
                 break
             if name == b"." or name == b"..":
                 out += _NO_ENTRY
+                out += dirent(node.ino, next_off, namelen, (node.mode >> 12) & 15)
             else:
-                out += entry(node)
+                # The fuse_entry_out (_entry's fields) and the fuse_dirent in one pack.
+                ino, sz, blocks, at, mt, ct, mode, nlink, uid, gid, rdev, blksize = attributes(node)
+                out += pack(ino, 0, CACHE_TIMEOUT, CACHE_TIMEOUT, 0, 0,
+                            ino, sz, blocks, at // _NS, mt // _NS, ct // _NS,
+                            at % _NS, mt % _NS, ct % _NS, mode, nlink, uid, gid, rdev, blksize, 0,
+                            ino, next_off, namelen, (mode >> 12) & 15)
                 linked.append(node)
-            out += pack(node.ino, next_off, namelen, (node.mode >> 12) & 15)
             out += name
-            out += bytes(reclen - base - namelen)
+            out += _PADDING[reclen - base - namelen]
         self.fs.referenced(linked)
         return out
 

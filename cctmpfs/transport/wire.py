@@ -159,6 +159,10 @@ DIRENT = struct.Struct("<QQII")                # ino off namelen type, then the 
 #: fuse_direntplus: a fuse_entry_out, then a fuse_dirent; the name starts
 #: here (FUSE_NAME_OFFSET_DIRENTPLUS) and the record is padded to 8 bytes.
 DIRENTPLUS_NAME_OFFSET = ENTRY_OUT.size + DIRENT.size
+#: The fixed part of a fuse_direntplus as one layout, so a READDIRPLUS record
+#: is one pack_into (it was three packs and two joins: 3 us a record, 2.5x a
+#: plain READDIR record's cost).
+DIRENTPLUS = struct.Struct(ENTRY_OUT.format + DIRENT.format[1:])
 
 INIT_IN = struct.Struct("<IIII")               # major minor max_readahead flags (7.6+)
 INIT_IN_FLAGS2 = struct.Struct("<I")           # flags2, after them (7.36+, with INIT_EXT)
@@ -200,7 +204,8 @@ for _s, _size in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128
                   (MKNOD_IN, 16), (CREATE_IN, 16), (READ_IN, 40), (RELEASE_IN, 24),
                   (FLUSH_IN, 24), (FSYNC_IN, 16), (RENAME2_IN, 16), (GETATTR_IN, 16),
                   (LSEEK_IN, 24), (LSEEK_OUT, 8), (FALLOCATE_IN, 32),
-                  (COPY_FILE_RANGE_IN, 56), (NOTIFY_INVAL_INODE_OUT, 24)):
+                  (COPY_FILE_RANGE_IN, 56), (NOTIFY_INVAL_INODE_OUT, 24),
+                  (DIRENTPLUS, 152)):
     assert _s.size == _size, (_s.format, _s.size, _size)
 assert DIRENTPLUS_NAME_OFFSET == 152
 
