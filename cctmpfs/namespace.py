@@ -218,6 +218,13 @@ class Filesystem:
         #: Hard links beyond the first of each file. tmpfs charges each against
         #: nr_inodes (shmem_link reserves an inode for the extra dentry).
         self.extra_links = 0
+        #: Inodes with no name and no handle left, kept only until the
+        #: kernel's FORGET. Nothing can reach them, so, as on tmpfs, they
+        #: count against nr_inodes no more, and their data is freed already
+        #: (_remove_entry, release). The kernel queues the FORGET only after
+        #: the inode's last reference goes (an async RELEASE, a cached
+        #: dentry): up to ~10 ms later here, after the next CREATE.
+        self.awaiting_forget: set[int] = set()
         self.next_ino = ROOT_INO
         #: open directory handle -> (directory inode, snapshot of its entries)
         self.dir_handles: dict[int, tuple[int, list[tuple[bytes, int]]]] = {}
@@ -275,8 +282,9 @@ class Filesystem:
 
     @property
     def inodes_used(self) -> int:
-        """What counts against nr_inodes: inodes plus extra hard links."""
-        return len(self.inodes) + self.extra_links
+        """What counts against nr_inodes: inodes plus extra hard links, less
+        those only awaiting FORGET."""
+        return len(self.inodes) + self.extra_links - len(self.awaiting_forget)
 
     def _reserve_inode(self) -> None:
         if self.nr_inodes and self.inodes_used >= self.nr_inodes:
@@ -309,8 +317,19 @@ class Filesystem:
             census.name_bytes -= len(node.target)
         if self.xattrs:
             self.xattrs.pop(ino, None)
+        self.awaiting_forget.discard(ino)
         del self.inodes[ino]
         self.counters.inodes_freed += 1
+
+    def _unreachable(self, node: Inode) -> None:
+        """node lost its last name and its last handle: free it, or, while
+        the kernel still holds it (nlookup), free its data now and the inode
+        at FORGET, as awaiting_forget says."""
+        if node.data is not None:
+            self.engine.free(node.data)
+        self._maybe_free(node)
+        if node.ino in self.inodes:
+            self.awaiting_forget.add(node.ino)
 
     def _touch_dir(self, d: Inode, now: int) -> None:
         d.mtime_ns = d.ctime_ns = now
@@ -506,7 +525,8 @@ class Filesystem:
                 self.extra_links -= 1
             node.nlink -= 1
         node.ctime_ns = now
-        self._maybe_free(node)
+        if node.nlink == 0 and node.ino not in self.open_counts:
+            self._unreachable(node)
 
     def _child(self, d: Inode, name: bytes) -> Inode:
         if len(name) > NAME_MAX:
@@ -745,8 +765,21 @@ class Filesystem:
                 # at this close, as tmpfs does; the inode waits for FORGET,
                 # which the kernel queues only after this RELEASE's answer,
                 # too late for a statvfs right after close(2).
-                self.engine.free(node.data)
-                self._maybe_free(node)
+                self._unreachable(node)
+
+    def unlinked_open_bytes(self) -> int:
+        """Bytes allocated to files that have no name left but are still
+        open: freed at their last close (release). A space error while this
+        is not 0 may be only a RELEASE the kernel has not sent yet (it sends
+        it asynchronously, after the file's outstanding reads are answered).
+        Walks the open files only; asked on ENOSPC, not per request."""
+        inodes = self.inodes
+        total = 0
+        for ino in self.open_counts:
+            node = inodes.get(ino)
+            if node is not None and node.nlink == 0 and node.data is not None:
+                total += node.data.alloc_bytes
+        return total
 
     def seek(self, fh: int, off: int, whence: int) -> int:
         """lseek(2) SEEK_DATA / SEEK_HOLE of an open file (extents.py)."""

@@ -789,3 +789,51 @@ def test_allow_root_answers_other_users_eacces_but_serves_what_they_hold(served)
     assert entry(k.call(w.LOOKUP, ROOT_INO, name(b"f"), uid=1000))["ino"] == fh
     out = k.call(w.WRITE, fh, w.WRITE_IN.pack(fh, 0, 2, 0, 0, 0, 0) + b"hi", uid=2000)
     assert w.WRITE_OUT.unpack(out)[0] == 2
+
+
+# ---- space held by unlinked open files ------------------------------------------------
+
+@pytest.mark.parametrize("spin_us", [0, 200])
+def test_a_write_waits_for_the_release_that_frees_its_space(clock, monkeypatch, spin_us):
+    """tmpfs frees an unlinked file at its last close; the kernel may send
+    our RELEASE after the UNLINK and the next WRITE (ASYNC_READ), so a WRITE
+    that finds no space while such a file is open waits for the RELEASE
+    (SPACE_WAIT_NS), and is answered ENOSPC if none frees it in time."""
+    monkeypatch.setattr(native, "SPACE_WAIT_NS", 300_000_000)
+    fs = Filesystem(block_size=BS, size_limit=256 * 1024, nr_inodes=100, clock_ns=clock.ns)
+    k, server, t, socks = start(fs, spin_us=spin_us)
+    try:
+        k.init()
+        s = Served(k, server, fs, clock)
+        held = s.create(ROOT_INO, b"held")
+        assert s.write(held, 0, os.urandom(160 * 1024)) == 160 * 1024
+        k.call(w.UNLINK, ROOT_INO, name(b"held"))       # still open: its space stays
+        new = s.create(ROOT_INO, b"new")
+        chunk = os.urandom(128 * 1024)
+        unique = k.send(w.WRITE, new, w.WRITE_IN.pack(new, 0, len(chunk), 0, 0, 0, 0) + chunk)
+        # Not answered yet: served requests overtake it.
+        k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
+        assert server.info()["space_waits"] == 1
+        k.call(w.RELEASE, held, w.RELEASE_IN.pack(held, 0, 0, 0))  # the last close: freed
+        got, err, payload = k.answer()
+        assert (got, err) == (unique, 0) and w.WRITE_OUT.unpack(payload)[0] == len(chunk)
+        assert s.read(new, 0, len(chunk)) == chunk
+        # Held by a file that stays open: ENOSPC once the wait is over.
+        again = s.create(ROOT_INO, b"again")
+        assert s.write(again, 0, os.urandom(128 * 1024)) == 128 * 1024   # full now
+        k.call(w.UNLINK, ROOT_INO, name(b"again"))
+        unique = k.send(w.WRITE, new, w.WRITE_IN.pack(new, len(chunk), len(chunk), 0, 0, 0, 0) + chunk)
+        assert k.answer()[:2] == (unique, errno.ENOSPC)
+        info = server.info()
+        assert (info["space_waits"], info["space_waits_won"]) == (2, 1)
+        # No file without a name open: ENOSPC at once, no wait.
+        k.call(w.RELEASE, again, w.RELEASE_IN.pack(again, 0, 0, 0))
+        assert s.write(new, len(chunk), chunk) == len(chunk)             # full again
+        assert k.errno_of(w.WRITE, new, w.WRITE_IN.pack(new, 2 * len(chunk), len(chunk), 0, 0, 0, 0)
+                          + chunk) == errno.ENOSPC
+        assert server.info()["space_waits"] == 2
+    finally:
+        socks[1].close()
+        t.join(10)
+        assert not t.is_alive()
+        socks[0].close()
