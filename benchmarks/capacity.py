@@ -151,15 +151,17 @@ class Target:
 
 
     def wait_idle(self) -> None:
-        """Wait until the idle sealer is done: packing (pack=) and idle
-        recompression (recompress=) made no progress for IDLE_STABLE_S
+        """Wait until the idle sealer is done: packing (pack=), idle
+        recompression (recompress=) and the idle compaction made no progress for IDLE_STABLE_S
         (longer than either's quiet time), at most IDLE_MAX_S."""
         end = time.monotonic() + IDLE_MAX_S
         last, since = None, time.monotonic()
         while time.monotonic() < end:
             st = self.stats(False)
             pk, rc = st.get("packing") or {}, st.get("recompress") or {}
-            now = (pk.get("packs_made"), pk.get("repacks"), rc.get("recompressed"), rc.get("no_gain"))
+            moved = (st.get("arena") or {}).get("bytes_moved")   # the idle compaction
+            now = (pk.get("packs_made"), pk.get("repacks"), rc.get("recompressed"), rc.get("no_gain"),
+                   moved)
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= IDLE_STABLE_S:

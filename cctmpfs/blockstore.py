@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Optional
 import attrs
 import xxhash
 
-from .arena import LEN_MASK, RAW_SHIFT, SEGMENT_BYTES, Arena
+from .arena import COMPACT_FREE_FRACTION, LEN_MASK, RAW_SHIFT, SEGMENT_BYTES, Arena
 from .codec import CodecId, decoded_length
 from .devlog import Location
 
@@ -443,10 +443,11 @@ class BlockStore:
         if not block.settled:
             block.__class__ = SETTLED_TYPES[block.codec]
 
-    def compact(self, lock: "GlobalLock", max_bytes: int) -> int:
-        """Compact the payload arena if it holds too much free space.
+    def compact(self, lock: "GlobalLock", max_bytes: int, fraction: float = COMPACT_FREE_FRACTION) -> int:
+        """Compact the payload arena if it holds more free space than
+        fraction of its live payloads allows (arena.compaction_target).
         Releases the global lock. Returns the bytes moved."""
-        return self.arena.compact(lock, max_bytes)
+        return self.arena.compact(lock, max_bytes, fraction)
 
     def index_bytes(self) -> int:
         """RAM of the content index plus the block records, payloads excluded."""

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 import attrs
 
 from . import faults
-from .arena import LEN_MASK, ArenaFull
+from .arena import COMPACT_IDLE_FRACTION, LEN_MASK, ArenaFull
 from .blockmap import PAGE, BlockState, FileData, MapCensus, Slot, page_span, pages
 from .blockstore import BlockStore, Payload, StoredBlock
 from .codec import Codec, CodecId
@@ -59,6 +59,7 @@ from .errors import FsError
 from .eviction import Evictor
 from .hotbuffer import HotBuffer
 from .locking import GlobalLock, released
+from .quiet import QuietWatch
 from .recompress import Recompressor
 from .sharedints import SharedInts
 
@@ -90,6 +91,10 @@ SEAL_BATCH = 16
 #: (0.5 s) is at most ~0.5% of a CPU of memcpy here, and empties eight
 #: segments a pass when they are nearly empty, as after a partial `rm -rf`.
 COMPACT_BYTES_PER_PASS = 8 << 20
+#: The mount is quiet this long (no block sealed, loaded or promoted, no
+#: sealing work) before the idle pass compacts the arena to
+#: arena.COMPACT_IDLE_FRACTION: as idle recompression waits.
+COMPACT_QUIET_SECONDS = 5.0
 
 _ZEROS = bytes(1 << 20)
 _ZEROS_MV = memoryview(_ZEROS)
@@ -176,6 +181,7 @@ class DataEngine:
         self.counters = EngineCounters()
         #: Idle recompression of cold stored blocks (recompress.py).
         self.recompressor = Recompressor(self)
+        self.compact_watch = QuietWatch(COMPACT_QUIET_SECONDS)
         self.recompress_counters = self.recompressor.counters
         #: `with self._unlocked:` releases the global lock for the body
         #: (one stateless instance, entered by any thread).
@@ -1092,7 +1098,17 @@ class DataEngine:
             self.packer.background_pass()
         if not done:
             self.recompress_pass()
+            self.idle_compact()
         return done
+
+    def idle_compact(self) -> int:
+        """Compact the arena to COMPACT_IDLE_FRACTION once the mount is
+        quiet (packing and recompression leave dead payloads behind), at
+        most COMPACT_BYTES_PER_PASS a pass. Releases the global lock.
+        Returns the bytes moved."""
+        if not self.compact_watch.quiet(self, self.clock()):
+            return 0
+        return self.store.compact(self.lock, COMPACT_BYTES_PER_PASS, COMPACT_IDLE_FRACTION)
 
     # ---- idle recompression ------------------------------------------------------
     def recompress_pass(self) -> int:

@@ -1,5 +1,6 @@
 """When the mount counts as quiet, for the idle sealer's background jobs:
-idle recompression (recompress.py) and small-file packing (packing.py).
+idle recompression (recompress.py), small-file packing (packing.py) and the
+idle compaction of the payload arena (DataEngine.idle_compact).
 
 A job runs once no block was sealed, loaded or promoted for its quiet time
 and there is no sealing work (queued slots, dirty blocks); a scan that found

@@ -405,3 +405,32 @@ def test_threads_writing_deleting_and_reading_while_the_sealer_compacts(small_se
     with lock:
         assert check_all(fs) == []
         assert fs.store.arena.counters.bytes_moved > 0, "compaction never ran: the test is too weak"
+
+
+def test_a_quiet_mount_compacts_to_the_idle_bound(small_segments, monkeypatch) -> None:
+    """Busy, compaction leaves up to COMPACT_FREE_FRACTION of the live
+    payloads free; once the mount is quiet, the idle pass compacts down to
+    COMPACT_IDLE_FRACTION, keeping every payload."""
+    from cctmpfs.filemap import COMPACT_QUIET_SECONDS
+    monkeypatch.setattr(arena_mod, "COMPACT_MIN_FREE_SEGMENTS", 0)
+    h = Harness("zstd", buffer_blocks=8)
+    inos = fill_files(h, 600, 2000, noise=1000)
+    h.eng.seal_everything()
+    a = h.fs.store.arena
+    for ino in random.Random(3).sample(inos, 200):
+        remove(h, ino)
+    h.fs.store.compact(h.fs.lock, 1 << 30)             # what the busy passes do
+    busy_left = a.reclaimable_bytes
+    idle_target = a.compaction_target(arena_mod.COMPACT_IDLE_FRACTION)
+    assert busy_left > idle_target
+    assert h.eng.idle_compact() == 0                     # activity seen just now
+    h.clock.advance(COMPACT_QUIET_SECONDS / 2)
+    assert h.eng.idle_compact() == 0                     # not quiet long enough
+    h.clock.advance(COMPACT_QUIET_SECONDS / 2 + 0.1)
+    moved = 0
+    while (n := h.eng.idle_compact()):
+        moved += n
+    assert moved > 0 and a.reclaimable_bytes <= idle_target < busy_left
+    assert check_all(h.fs) == []
+    for ino in h.models:
+        assert h.read_all(ino) == bytes(h.models[ino])
