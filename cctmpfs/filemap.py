@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
 import attrs
 
-from . import faults
+from . import faults, tables
 from .arena import COMPACT_IDLE_FRACTION, LEN_MASK, ArenaFull
 from .blockmap import PAGE, BlockState, FileData, MapCensus, Slot, page_span, pages
 from .blockstore import BlockStore, Payload, StoredBlock
@@ -126,6 +126,7 @@ class EngineCounters:
     device_full: int = 0       # evictions that found no free segment on the device
     copy_shared_blocks: int = 0   # blocks copy_range shared (a reference, no data copied)
     copy_copied_bytes: int = 0    # bytes copy_range copied through read and write (the edges)
+    table_bytes_freed: int = 0    # bytes of emptied dicts and sets the idle pass gave back (tables.py)
 
 
 @attrs.frozen
@@ -182,6 +183,10 @@ class DataEngine:
         #: Idle recompression of cold stored blocks (recompress.py).
         self.recompressor = Recompressor(self)
         self.compact_watch = QuietWatch(COMPACT_QUIET_SECONDS)
+        #: Tables of the engine and of its owners (Filesystem adds its own)
+        #: that the idle pass rebuilds once they have emptied (tables.py).
+        self.idle_tables: list[tables.Table] = [
+            self.write_ends, self.read_ends, self.buffer.slots, self.buffer.sealing]
         self.recompress_counters = self.recompressor.counters
         #: `with self._unlocked:` releases the global lock for the body
         #: (one stateless instance, entered by any thread).
@@ -1104,10 +1109,13 @@ class DataEngine:
     def idle_compact(self) -> int:
         """Compact the arena to COMPACT_IDLE_FRACTION once the mount is
         quiet (packing and recompression leave dead payloads behind), at
-        most COMPACT_BYTES_PER_PASS a pass. Releases the global lock.
+        most COMPACT_BYTES_PER_PASS a pass, and first rebuild the tables
+        that emptied (idle_tables, tables.py). Releases the global lock.
         Returns the bytes moved."""
         if not self.compact_watch.quiet(self, self.clock()):
             return 0
+        for table in self.idle_tables:
+            self.counters.table_bytes_freed += tables.shrink(table)
         return self.store.compact(self.lock, COMPACT_BYTES_PER_PASS, COMPACT_IDLE_FRACTION)
 
     # ---- idle recompression ------------------------------------------------------

@@ -1133,3 +1133,26 @@ def test_empty_directories_share_one_mapping_that_never_changes(fs: Filesystem) 
     assert [name for name, _n, _o in listing] == [b"..", b"h"]
     fs.releasedir(dh)
     assert check_all(fs) == []
+
+
+def test_the_idle_pass_gives_back_the_room_of_emptied_tables(clock: FakeClock) -> None:
+    import sys
+    from cctmpfs.filemap import COMPACT_QUIET_SECONDS
+    fs = Filesystem(block_size=16384, clock_ns=clock.ns)
+    fs.engine.clock = clock.seconds
+    for i in range(20_000):
+        fs.mknod(ROOT_INO, b"f%d" % i, S.S_IFREG | 0o644, 0, ME)
+    full = sys.getsizeof(fs.inodes)
+    for i in range(20_000):
+        node = fs.find(ROOT_INO, b"f%d" % i)
+        fs.unlink(ROOT_INO, b"f%d" % i)
+        fs.forget(node.ino, node.nlookup)
+    assert sys.getsizeof(fs.inodes) == full >= 256 * 1024   # a dict never shrinks by itself
+    fs.engine.idle_compact()                                # notes the activity
+    clock.advance(COMPACT_QUIET_SECONDS + 1)
+    fs.engine.idle_compact()
+    assert sys.getsizeof(fs.inodes) < full // 50
+    assert fs.engine.counters.table_bytes_freed >= full - sys.getsizeof(fs.inodes)
+    assert list(fs.inodes) == [ROOT_INO] and not check_all(fs)
+    fs.mknod(ROOT_INO, b"again", S.S_IFREG | 0o644, 0, ME)  # the table still works
+    assert fs.find(ROOT_INO, b"again") is not None
