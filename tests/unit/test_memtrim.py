@@ -47,3 +47,25 @@ def test_no_trim_without_free_heap() -> None:
     t = memtrim.Trimmer(clock=Clock())
     t.maybe_trim()
     assert t.maybe_trim() is False and t.trims == 0
+
+
+@pytest.mark.skipif(memtrim.heap_free_bytes() is None, reason="needs glibc's mallinfo2")
+def test_memory_freed_without_rss_growth_is_given_back() -> None:
+    """After a delete RSS does not grow (the payload arena even shrinks it)
+    while freed heap stays resident: the trim follows the heap's free bytes."""
+    memtrim._malloc_trim(0)
+    t = memtrim.Trimmer(clock=Clock())
+    big, pins = [], []
+    for _ in range(768):                 # 48 MiB, resident, pinned as above
+        b = bytearray(64 * 1024)
+        b[::4096] = b"x" * len(b[::4096])
+        big.append(b)
+        pins.append(bytes(600))
+    t.maybe_trim()                       # the floor at the peak, as a trim there leaves it
+    t.floor = memtrim.rss_bytes()
+    del big
+    assert memtrim.rss_bytes() >= t.floor - 8 * MiB   # freed, still resident
+    assert t.maybe_trim() is True
+    assert t.freed_bytes >= 24 * MiB
+    assert t.maybe_trim() is False
+    assert pins
