@@ -131,10 +131,6 @@ def _check_side_tables(fs: Filesystem) -> list[str]:
     if fs.awaiting_forget != unreachable:
         bad.append(f"awaiting_forget {sorted(fs.awaiting_forget)[:10]}, inodes with no name "
                    f"and no handle {sorted(unreachable)[:10]}")
-    for ino in unreachable:
-        data = inodes[ino].data
-        if data is not None and (data.size or data.alloc_bytes or data.map is not None):
-            bad.append(f"inode {ino}: no name and no handle, its data still held")
     if EMPTY_ENTRIES:
         bad.append(f"the shared EMPTY_ENTRIES holds {len(EMPTY_ENTRIES)} entries")
     for ino, node in inodes.items():

@@ -218,12 +218,15 @@ class Filesystem:
         #: Hard links beyond the first of each file. tmpfs charges each against
         #: nr_inodes (shmem_link reserves an inode for the extra dentry).
         self.extra_links = 0
-        #: Inodes with no name and no handle left, kept only until the
-        #: kernel's FORGET. Nothing can reach them, so, as on tmpfs, they
-        #: count against nr_inodes no more, and their data is freed already
-        #: (_remove_entry, release). The kernel queues the FORGET only after
-        #: the inode's last reference goes (an async RELEASE, a cached
-        #: dentry): up to ~10 ms later here, after the next CREATE.
+        #: Inodes with no name and no handle left, kept until the kernel's
+        #: FORGET. An unlinked file's data must stay until then: a path walk
+        #: that found the name before the unlink may still OPEN the inode by
+        #: its number and read it, as on tmpfs (tests/stress: a reader
+        #: racing a rename over its file read 0 bytes when the data was
+        #: freed at unlink). The kernel queues the FORGET once its last
+        #: reference goes, usually at once; a request that finds no room
+        #: meanwhile may wait for it (pending_release(), transport/native.py
+        #: SPACE_WAIT_NS).
         self.awaiting_forget: set[int] = set()
         #: The idle pass gives back the room of these once they have emptied
         #: (tables.py: after `rm -rf` of 59,426 inodes the inode table and
@@ -287,9 +290,8 @@ class Filesystem:
 
     @property
     def inodes_used(self) -> int:
-        """What counts against nr_inodes: inodes plus extra hard links, less
-        those only awaiting FORGET."""
-        return len(self.inodes) + self.extra_links - len(self.awaiting_forget)
+        """What counts against nr_inodes: inodes plus extra hard links."""
+        return len(self.inodes) + self.extra_links
 
     def _reserve_inode(self) -> None:
         if self.nr_inodes and self.inodes_used >= self.nr_inodes:
@@ -325,16 +327,6 @@ class Filesystem:
         self.awaiting_forget.discard(ino)
         del self.inodes[ino]
         self.counters.inodes_freed += 1
-
-    def _unreachable(self, node: Inode) -> None:
-        """node lost its last name and its last handle: free it, or, while
-        the kernel still holds it (nlookup), free its data now and the inode
-        at FORGET, as awaiting_forget says."""
-        if node.data is not None:
-            self.engine.free(node.data)
-        self._maybe_free(node)
-        if node.ino in self.inodes:
-            self.awaiting_forget.add(node.ino)
 
     def _touch_dir(self, d: Inode, now: int) -> None:
         d.mtime_ns = d.ctime_ns = now
@@ -487,6 +479,7 @@ class Filesystem:
             self.extra_links += 1
         self._add_entry(d, new_name, ino)
         node.nlink += 1
+        self.awaiting_forget.discard(ino)   # named again (the kernel links what it holds)
         now = self.now_ns()
         node.ctime_ns = now
         self._touch_dir(d, now)
@@ -530,8 +523,9 @@ class Filesystem:
                 self.extra_links -= 1
             node.nlink -= 1
         node.ctime_ns = now
-        if node.nlink == 0 and node.ino not in self.open_counts:
-            self._unreachable(node)
+        self._maybe_free(node)
+        if node.nlink == 0 and node.ino in self.inodes and node.ino not in self.open_counts:
+            self.awaiting_forget.add(node.ino)
 
     def _child(self, d: Inode, name: bytes) -> Inode:
         if len(name) > NAME_MAX:
@@ -743,7 +737,9 @@ class Filesystem:
     # ---- file I/O --------------------------------------------------------
     def open(self, ino: int) -> int:
         """Open a regular file; the handle is its inode number."""
-        self._file(ino)
+        node = self._file(ino)
+        if node.nlink == 0:
+            self.awaiting_forget.discard(ino)   # opened by number after its unlink
         opens = self.open_counts
         opens[ino] = opens.get(ino, 0) + 1
         return ino
@@ -766,25 +762,34 @@ class Filesystem:
             if node.nlink > 0:
                 self.engine.release(node.data)
             else:
-                # Nothing can reach the data now: no name, no handle. Free it
-                # at this close, as tmpfs does; the inode waits for FORGET,
-                # which the kernel queues only after this RELEASE's answer,
-                # too late for a statvfs right after close(2).
-                self._unreachable(node)
+                # No name and no handle: free the data at this close, as
+                # tmpfs does; the inode waits for FORGET, which the kernel
+                # queues only after this RELEASE's answer, too late for a
+                # statvfs right after close(2). (A path walk that found the
+                # name before its unlink could still open the inode by
+                # number after this close and read it empty: a narrow race
+                # tmpfs does not have; unlink without a handle keeps the
+                # data until FORGET for that reason.)
+                self.engine.free(node.data)
+                self._maybe_free(node)
+                if fh in self.inodes:
+                    self.awaiting_forget.add(fh)
 
-    def unlinked_open_bytes(self) -> int:
-        """Bytes allocated to files that have no name left but are still
-        open: freed at their last close (release). A space error while this
-        is not 0 may be only a RELEASE the kernel has not sent yet (it sends
-        it asynchronously, after the file's outstanding reads are answered).
-        Walks the open files only; asked on ENOSPC, not per request."""
+    def pending_release(self) -> bool:
+        """Whether a RELEASE or FORGET the kernel still owes would free space
+        or inodes: a file without a name is still open (the kernel sends
+        RELEASE asynchronously, after the file's reads in flight are
+        answered), or an inode without a name or handle awaits its FORGET.
+        A request that found no room may wait for them. Walks the open
+        files only; asked on ENOSPC, not per request."""
+        if self.awaiting_forget:
+            return True
         inodes = self.inodes
-        total = 0
         for ino in self.open_counts:
             node = inodes.get(ino)
-            if node is not None and node.nlink == 0 and node.data is not None:
-                total += node.data.alloc_bytes
-        return total
+            if node is not None and node.nlink == 0:
+                return True
+        return False
 
     def seek(self, fh: int, off: int, whence: int) -> int:
         """lseek(2) SEEK_DATA / SEEK_HOLE of an open file (extents.py)."""
@@ -974,10 +979,11 @@ class Filesystem:
             total = min(total, by_ram) if total else by_ram
         free = max(0, total - used)
         files = self.nr_inodes
+        inodes_used = self.inodes_used
         return {
             "f_bsize": unit, "f_frsize": unit,
             "f_blocks": total // unit, "f_bfree": free // unit, "f_bavail": free // unit,
-            "f_files": files, "f_ffree": max(0, files - self.inodes_used) if files else 0,
-            "f_favail": max(0, files - self.inodes_used) if files else 0,
+            "f_files": files, "f_ffree": max(0, files - inodes_used) if files else 0,
+            "f_favail": max(0, files - inodes_used) if files else 0,
             "f_namemax": NAME_MAX,
         }

@@ -52,7 +52,7 @@ import select
 import signal
 import threading
 import time
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Optional
 
 from ..errors import FsError
 from ..namespace import Caller, Inode
@@ -109,16 +109,20 @@ BASE_FLAGS = w.BIG_WRITES
 #: answer ends the batch; the next getdents gets READDIRPLUS again only if
 #: the caller looked entries up meanwhile.
 READDIRPLUS_MAX = 32 * 1024
-#: How long a WRITE or FALLOCATE that found no space waits for a RELEASE
-#: that may free it, when files without a name but still open hold space.
-#: tmpfs frees an unlinked file at its last close(2); the kernel sends our
-#: RELEASE asynchronously, and later still when the file had reads in
-#: flight (ASYNC_READ: the last READ's answer drops the last reference), so
-#: `cat f; rm f; write` can bring the UNLINK and the WRITE before the
-#: RELEASE. Seen under load as ENOSPC right after freeing 2 MiB
-#: (tests/mounted/test_semantics.py, test_enospc_at_size_keeps_existing_files).
-#: A real ENOSPC with such files open is answered this much later.
+#: How long a request that found no room (ENOSPC: size= or nr_inodes=)
+#: waits for a RELEASE or FORGET the kernel still owes, when one would free
+#: some (Filesystem.pending_release). tmpfs frees an unlinked file at its
+#: last close(2); the kernel sends our RELEASE asynchronously, later still
+#: when the file had reads in flight (ASYNC_READ: the last READ's answer
+#: drops the last reference), and FORGET after that, so `cat f; rm f;
+#: write` can bring the WRITE first. Seen under load as ENOSPC right after
+#: freeing 2 MiB (tests/mounted/test_semantics.py,
+#: test_enospc_at_size_keeps_existing_files), and at nr_inodes. A real
+#: ENOSPC with such files about is answered this much later.
 SPACE_WAIT_NS = 100_000_000
+#: The requests that may wait so: those that take space or an inode.
+_SPACE_OPS = frozenset({w.WRITE, w.FALLOCATE, w.COPY_FILE_RANGE, w.CREATE, w.MKNOD, w.MKDIR,
+                        w.SYMLINK, w.LINK, w.TMPFILE, w.SETXATTR})
 #: Signals that end the loop and unmount, as under llfuse.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -162,9 +166,8 @@ class BadRequest(Exception):
 
 
 class _AwaitSpace(Exception):
-    """A WRITE or FALLOCATE found no space while files without a name but
-    still open hold some: a RELEASE the kernel still owes may free it
-    (Server._defer)."""
+    """A WRITE was short for want of space while a RELEASE or FORGET the
+    kernel still owes may free some (Server._defer)."""
 
 
 class _Stop(BaseException):
@@ -204,7 +207,7 @@ class Server:
         self.bad_requests = 0       # short or garbled requests, answered EIO
         self.dropped_replies = 0    # answers to requests the kernel had given up (ENOENT)
         self.reply_errors = 0       # answers the kernel refused (a bug: EIO sent instead)
-        #: Requests waiting for space a RELEASE may free (_defer): (deadline
+        #: Requests waiting for room a RELEASE or FORGET may free (_defer): (deadline
         #: in monotonic ns, request header, a copy of the request). The loop
         #: keeps an alias: never rebound.
         self.deferred: list[tuple[int, tuple[int, ...], bytes]] = []
@@ -367,13 +370,19 @@ class Server:
                     self._defer(n)
                     continue
                 except Exception as e:
+                    if opcode in _SPACE_OPS and self._waits_for_space(e):
+                        lock.release()
+                        self._defer(n)
+                        continue
                     err = frontend.errno_for(e, w.OPCODE_NAMES[opcode], (nodeid,))
                     lock.release()
                     self._send(pack_out(_OUT, -err, unique))
                     continue
                 lock.release()
-                if payload is None:
-                    continue            # FORGET, BATCH_FORGET, INTERRUPT
+                if payload is None:     # FORGET, BATCH_FORGET, INTERRUPT
+                    if deferred:
+                        self._retry_deferred(clock())   # a FORGET may have freed room
+                    continue
                 if type(payload) is int:
                     # An errno answered without raising: see getxattr().
                     self._send(pack_out(_OUT, -payload, unique))
@@ -394,6 +403,11 @@ class Server:
             return
 
     # ---- requests waiting for space (SPACE_WAIT_NS) -------------------------------
+    def _waits_for_space(self, e: Exception) -> bool:
+        """e is ENOSPC that a RELEASE or FORGET the kernel still owes may lift."""
+        return (type(e) is FsError and e.errno == errno.ENOSPC  # type: ignore[attr-defined]
+                and self._may_wait_for_space and self.fs.pending_release())
+
     def _defer(self, n: int) -> None:
         """Keep the request in the buffer (n bytes) for _retry_deferred."""
         self.space_waits += 1
@@ -441,6 +455,9 @@ class Server:
                     self.deferred.append((deadline, hdr, request))
                     continue
                 except Exception as e:
+                    if self._waits_for_space(e):
+                        self.deferred.append((deadline, hdr, request))
+                        continue
                     payload = self.frontend.errno_for(e, w.OPCODE_NAMES[opcode], (nodeid,))
                 finally:
                     self._may_wait_for_space = True
@@ -842,10 +859,7 @@ class Server:
     def fallocate(self, nodeid: int, n: int) -> Reply:
         # The kernel drops its own cached pages of a punched range itself.
         _fh, off, length, mode, _pad = w.FALLOCATE_IN.unpack_from(self.buf, _HDR)
-        try:
-            self.fs.fallocate(nodeid, mode, off, length)
-        except FsError as e:
-            self._space_error(e)
+        self.fs.fallocate(nodeid, mode, off, length)
         if self.guard is not None:
             self.guard.check_space()
         return b""
@@ -884,11 +898,8 @@ class Server:
         # and ctime then, and sends its own (SETATTR, FATTR_CTIME).
         guard = self.guard
         if not write_flags & w.WRITE_CACHE:
-            try:
-                written = self.fs.write(nodeid, off, self.mv[start:start + size])
-            except FsError as e:
-                self._space_error(e)
-            if written < size and self._may_wait_for_space and self.fs.unlinked_open_bytes():
+            written = self.fs.write(nodeid, off, self.mv[start:start + size])
+            if written < size and self._may_wait_for_space and self.fs.pending_release():
                 # Short at size=: the whole write may fit once a RELEASE
                 # comes. Written again then, the same bytes at the same offset.
                 raise _AwaitSpace
@@ -909,13 +920,6 @@ class Server:
         if guard is not None:
             guard.check_space()
         return w.WRITE_OUT.pack(written, 0)
-
-    def _space_error(self, e: FsError) -> NoReturn:
-        """Raise e, or _AwaitSpace if it is ENOSPC that a RELEASE the kernel
-        still owes may lift (SPACE_WAIT_NS)."""
-        if e.errno == errno.ENOSPC and self._may_wait_for_space and self.fs.unlinked_open_bytes():
-            raise _AwaitSpace from e
-        raise e
 
     def release(self, nodeid: int, n: int) -> Reply:
         self._release(w.RELEASE_IN.unpack_from(self.buf, _HDR)[0])

@@ -583,34 +583,31 @@ def test_unlinked_open_file_lives_until_forget_and_release(fs: Filesystem) -> No
         fails(errno.ENOENT, fs.getattr, f.ino)
 
 
-def test_unlink_of_a_closed_file_frees_its_space_before_forget(fs: Filesystem) -> None:
-    """tmpfs frees a closed file at unlink; the kernel's FORGET may come
-    after the next write (it waits for the inode's last reference)."""
+def test_unlinked_data_stays_until_forget_and_pending_release_says_so(clock: FakeClock) -> None:
+    """A path walk that found the name before the unlink may still open
+    the inode by number and read it, as on tmpfs: the data stays until
+    FORGET, or the last close after such an open. pending_release() tells
+    whether a RELEASE or FORGET still owed would free something."""
+    fs = Filesystem(block_size=16384, size_limit=1 << 20, nr_inodes=100, clock_ns=clock.ns)
     ino = mkfile(fs, ROOT_INO, b"f", b"x" * 100_000)     # closed; the kernel holds it
-    fs.engine.seal_everything()
-    assert fs.engine.alloc_bytes >= 100_000 and fs.store.counters.blocks
+    assert not fs.pending_release()
     fs.unlink(ROOT_INO, b"f")
-    assert ino in fs.inodes and fs.awaiting_forget == {ino}
-    assert fs.engine.alloc_bytes == 0
-    assert fs.store.counters == StoreCounters() and not check_all(fs)
+    assert fs.awaiting_forget == {ino} and fs.pending_release()
+    fs.open(ino)                                         # the racing open
+    assert fs.read(ino, 0, 100_000) == b"x" * 100_000 and not fs.awaiting_forget
+    fs.release(ino)                                      # the last close: freed
+    assert fs.awaiting_forget == {ino} and fs.engine.alloc_bytes == 0
+    st = fs.statfs()
+    assert st["f_bfree"] == st["f_blocks"] and not check_all(fs)
     fs.forget(ino, 1)
-    assert ino not in fs.inodes and not fs.awaiting_forget and not check_all(fs)
-
-
-def test_unlinked_open_bytes_counts_only_nameless_open_files(fs: Filesystem) -> None:
-    kept = fs.create(ROOT_INO, b"kept", 0o644, ME)       # open, named
-    fs.write(kept.ino, 0, b"k" * 50_000)
-    gone = fs.create(ROOT_INO, b"gone", 0o644, ME)
-    fs.write(gone.ino, 0, b"g" * 40_000)
-    assert fs.unlinked_open_bytes() == 0
-    fs.unlink(ROOT_INO, b"gone")
-    held = fs.unlinked_open_bytes()
-    assert held == gone.data.alloc_bytes >= 40_000
-    fs.release(gone.ino)                                 # the last close frees it
-    assert fs.unlinked_open_bytes() == 0
-    fs.unlink(ROOT_INO, b"kept")
-    fs.release(kept.ino)
-    assert fs.unlinked_open_bytes() == 0
+    assert ino not in fs.inodes and not fs.awaiting_forget and not fs.pending_release()
+    # A file without a name, still open: its RELEASE is owed.
+    f = fs.create(ROOT_INO, b"g", 0o644, ME)
+    fs.unlink(ROOT_INO, b"g")
+    assert fs.pending_release() and not fs.awaiting_forget
+    fs.release(f.ino)
+    fs.forget(f.ino, 1)
+    assert not fs.pending_release() and not check_all(fs)
 
 
 def test_several_open_handles(fs: Filesystem) -> None:
@@ -692,27 +689,15 @@ def test_nr_inodes_limit(clock: FakeClock) -> None:
     fs.unlink(d.ino, b"hard")                   # removing the extra link frees it
     assert fs.statfs()["f_ffree"] == 1
     fs.link(a, d.ino, b"hard")
-    # An unlinked inode that is still open counts, as on tmpfs.
-    fs.open(a)
-    fs.unlink(d.ino, b"hard")
-    mkfile(fs, ROOT_INO, b"z")
-    fs.unlink(ROOT_INO, b"a")
-    fails(errno.ENOSPC, fs.create, ROOT_INO, b"x", 0o644, ME)
-    # Closed, it counts no more, though the kernel holds it until FORGET
-    # (tmpfs frees it at once): its data is freed, the inode awaits FORGET.
-    fs.release(a)
-    assert a in fs.inodes and fs.awaiting_forget == {a}
-    assert fs.statfs()["f_ffree"] == 1
-    x = fs.create(ROOT_INO, b"x", 0o644, ME)
-    fs.forget(a, fs.inodes[a].nlookup)         # the create's and the links' references
-    assert a not in fs.inodes and not fs.awaiting_forget
-    # So does one unlinked and never open.
+    # An unlinked inode still held by the kernel still counts: it may
+    # still be opened by number (test_unlinked_data_stays_until_forget...).
     fs.unlink(ROOT_INO, b"p")
+    fails(errno.ENOSPC, fs.create, ROOT_INO, b"x", 0o644, ME)
     p = [ino for ino, n in fs.inodes.items() if S.S_ISFIFO(n.mode)][0]
-    assert fs.awaiting_forget == {p}
-    fs.create(ROOT_INO, b"y", 0o644, ME)
+    assert fs.awaiting_forget == {p} and fs.pending_release()
     fs.forget(p, 1)
-    assert x.ino in fs.inodes and p not in fs.inodes and not check_all(fs)
+    x = fs.create(ROOT_INO, b"x", 0o644, ME)
+    assert x.ino in fs.inodes and not fs.awaiting_forget
 
 
 def test_statfs_follows_limits(clock: FakeClock) -> None:

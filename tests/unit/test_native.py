@@ -796,8 +796,8 @@ def test_allow_root_answers_other_users_eacces_but_serves_what_they_hold(served)
 @pytest.mark.parametrize("spin_us", [0, 200])
 def test_a_write_waits_for_the_release_that_frees_its_space(clock, monkeypatch, spin_us):
     """tmpfs frees an unlinked file at its last close; the kernel may send
-    our RELEASE after the UNLINK and the next WRITE (ASYNC_READ), so a WRITE
-    that finds no space while such a file is open waits for the RELEASE
+    our RELEASE and FORGET after the UNLINK and the next WRITE (ASYNC_READ),
+    so a WRITE that finds no space while such a file is about waits for them
     (SPACE_WAIT_NS), and is answered ENOSPC if none frees it in time."""
     monkeypatch.setattr(native, "SPACE_WAIT_NS", 300_000_000)
     fs = Filesystem(block_size=BS, size_limit=256 * 1024, nr_inodes=100, clock_ns=clock.ns)
@@ -826,12 +826,39 @@ def test_a_write_waits_for_the_release_that_frees_its_space(clock, monkeypatch, 
         assert k.answer()[:2] == (unique, errno.ENOSPC)
         info = server.info()
         assert (info["space_waits"], info["space_waits_won"]) == (2, 1)
-        # No file without a name open: ENOSPC at once, no wait.
+        # No file without a name about: ENOSPC at once, no wait.
         k.call(w.RELEASE, again, w.RELEASE_IN.pack(again, 0, 0, 0))
+        k.send(w.FORGET, again, w.FORGET_IN.pack(fs.inodes[again].nlookup))
+        k.send(w.FORGET, held, w.FORGET_IN.pack(fs.inodes[held].nlookup))
         assert s.write(new, len(chunk), chunk) == len(chunk)             # full again
         assert k.errno_of(w.WRITE, new, w.WRITE_IN.pack(new, 2 * len(chunk), len(chunk), 0, 0, 0, 0)
                           + chunk) == errno.ENOSPC
         assert server.info()["space_waits"] == 2
+    finally:
+        socks[1].close()
+        t.join(10)
+        assert not t.is_alive()
+        socks[0].close()
+
+
+def test_a_create_at_nr_inodes_waits_for_the_forget_that_frees_an_inode(clock, monkeypatch):
+    monkeypatch.setattr(native, "SPACE_WAIT_NS", 300_000_000)
+    fs = Filesystem(block_size=BS, nr_inodes=3, clock_ns=clock.ns)
+    k, server, t, socks = start(fs)
+    try:
+        k.init()
+        for n in (b"a", b"b"):
+            k.call(w.MKNOD, ROOT_INO, w.MKNOD_IN.pack(stat.S_IFREG | 0o644, 0, 0, 0) + name(n))
+        assert k.errno_of(w.MKNOD, ROOT_INO, w.MKNOD_IN.pack(stat.S_IFREG | 0o644, 0, 0, 0)
+                          + name(b"c")) == errno.ENOSPC          # nothing owed: at once
+        b = fs.find(ROOT_INO, b"b").ino
+        k.call(w.UNLINK, ROOT_INO, name(b"b"))                   # awaits its FORGET
+        unique = k.send(w.MKNOD, ROOT_INO, w.MKNOD_IN.pack(stat.S_IFREG | 0o644, 0, 0, 0) + name(b"c"))
+        k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))  # answered first
+        k.send(w.FORGET, b, w.FORGET_IN.pack(fs.inodes[b].nlookup))
+        got, err, payload = k.answer()
+        assert (got, err) == (unique, 0) and entry(payload)["ino"] == fs.find(ROOT_INO, b"c").ino
+        assert server.info()["space_waits_won"] == 1
     finally:
         socks[1].close()
         t.join(10)
