@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""listing.py - cold directory listings on tmpfs, cctmpfs over llfuse and
+cctmpfs over the native transport, interleaved in one run (issue 18: "a bare
+`ls -f` of 5,000 entries no slower than on llfuse", what READDIRPLUS_AUTO is
+for).
+
+    benchmarks/listing.py [--entries 5000] [--rounds 15] [--variant NAME=OPTS]...
+                          [--cctmpfs PATH] [--name listing]
+
+Root only. Each target gets one directory of --entries empty files named as a
+source tree names them. Each round, for every target in turn: drop the
+kernel's caches (so dentries and inodes are gone, as for a tree nobody
+touched lately), then time
+
+  ls -f    os.listdir: getdents alone (READDIRPLUS for the first batch, then
+           plain READDIR, when the kernel decides: READDIRPLUS_AUTO);
+  ls -l    os.listdir and an lstat of every entry (what READDIRPLUS saves:
+           a LOOKUP per entry).
+
+Reports the median of each, in ms, and each cctmpfs target's time as a ratio
+to llfuse's (lower is better). Writes results/NAME.json and results/NAME.md.
+Timing is reported, never asserted. stdlib only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import drop_caches  # noqa: E402
+
+
+def timed_ls_f(path: str) -> float:
+    t0 = time.perf_counter()
+    os.listdir(path)
+    return time.perf_counter() - t0
+
+
+def timed_ls_l(path: str) -> float:
+    t0 = time.perf_counter()
+    for name in os.listdir(path):
+        os.lstat(os.path.join(path, name))
+    return time.perf_counter() - t0
+
+
+def mount(kind: str, opts: str, cctmpfs: str, mp: str) -> None:
+    if kind == "tmpfs":
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", mp], check=True)
+    else:
+        subprocess.run([cctmpfs, "cctmpfs", mp, "-o", opts], check=True)
+
+
+def unmount(mp: str) -> None:
+    for _ in range(20):
+        if subprocess.run(["umount", mp], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.5)
+    os.rmdir(mp)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--entries", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTS",
+                    help="one more cctmpfs target mounted with -o OPTS")
+    ap.add_argument("--cctmpfs", default=os.path.join(HERE, "..", ".venv", "bin", "cctmpfs"))
+    ap.add_argument("--name", default="listing")
+    ap.add_argument("--results", default=os.path.join(HERE, "results"))
+    a = ap.parse_args()
+    targets = [("tmpfs", "tmpfs", ""), ("llfuse", "cct", "transport=llfuse"),
+               ("native", "cct", "transport=native")]
+    for v in a.variant:
+        name, _, opts = v.partition("=")
+        targets.append((name, "cct", opts))
+    mps: dict[str, str] = {}
+    times: dict[str, dict[str, list[float]]] = {t[0]: {"ls -f": [], "ls -l": []} for t in targets}
+    try:
+        for name, kind, opts in targets:
+            mp = tempfile.mkdtemp(prefix=f"listing-{name}.", dir="/var/tmp")
+            mount(kind, opts, a.cctmpfs, mp)
+            mps[name] = mp
+            d = os.path.join(mp, "d")
+            os.mkdir(d)
+            for i in range(a.entries):
+                os.close(os.open(os.path.join(d, f"module_{i:05d}.py"), os.O_CREAT | os.O_WRONLY, 0o644))
+        for rnd in range(a.rounds):
+            order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+            for name, _kind, _opts in order:
+                for what, fn in (("ls -f", timed_ls_f), ("ls -l", timed_ls_l)):
+                    drop_caches()
+                    times[name][what].append(fn(os.path.join(mps[name], "d")))
+            print(f"round {rnd + 1}: " + ", ".join(
+                f"{n} {times[n]['ls -f'][-1] * 1e3:.2f}/{times[n]['ls -l'][-1] * 1e3:.2f} ms"
+                for n, _k, _o in targets), flush=True)
+    finally:
+        for mp in mps.values():
+            unmount(mp)
+    med = {n: {w: statistics.median(v) * 1e3 for w, v in t.items()} for n, t in times.items()}
+    os.makedirs(a.results, exist_ok=True)
+    with open(os.path.join(a.results, a.name + ".json"), "w") as f:
+        json.dump({"argv": sys.argv, "entries": a.entries, "rounds": a.rounds,
+                   "targets": [{"name": n, "kind": k, "opts": o} for n, k, o in targets],
+                   "seconds": times, "median_ms": med}, f, indent=1)
+    names = [t[0] for t in targets]
+    lines = ["# Cold directory listings", "",
+             f"`benchmarks/listing.py --entries {a.entries} --rounds {a.rounds}`, "
+             f"{time.strftime('%Y-%m-%d %H:%M')}: one directory of {a.entries} empty files per "
+             "target, the kernel's caches dropped before every listing, targets interleaved. "
+             "Median milliseconds; `÷ llfuse` is the cctmpfs target's time over cctmpfs on "
+             "llfuse's (lower is better).", "",
+             "| listing | " + " | ".join(names) + " | "
+             + " | ".join(f"{n} ÷ llfuse" for n in names if n not in ("tmpfs", "llfuse")) + " |",
+             "|---|" + "---:|" * (2 * len(names) - 2)]
+    for what in ("ls -f", "ls -l"):
+        cells = ["%.2f" % med[n][what] for n in names]
+        cells += ["**%.2f**" % (med[n][what] / med["llfuse"][what])
+                  for n in names if n not in ("tmpfs", "llfuse")]
+        lines.append(f"| `{what}` | " + " | ".join(cells) + " |")
+    for n, _k, o in targets:
+        lines.append(f"\n- `{n}`: " + (f"`-o {o}`" if o else "the kernel's tmpfs"))
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(a.results, a.name + ".md"), "w") as f:
+        f.write(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
