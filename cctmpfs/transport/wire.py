@@ -163,6 +163,15 @@ DIRENTPLUS_NAME_OFFSET = ENTRY_OUT.size + DIRENT.size
 #: is one pack_into (it was three packs and two joins: 3 us a record, 2.5x a
 #: plain READDIR record's cost).
 DIRENTPLUS = struct.Struct(ENTRY_OUT.format + DIRENT.format[1:])
+#: By name length (1..255, NAME_MAX): a whole record, its name and the zero
+#: padding to 8 bytes included ("Ns" pads with zeros), so a READDIR record
+#: is one pack (0.61 -> ~0.4 us a record in-process; llfuse's C loop does a
+#: bare `ls -f` of 5,000 entries faster than three packs a record did).
+DIRENT_BY_NAMELEN = [struct.Struct(DIRENT.format + "%ds" % (((DIRENT.size + n + 7) & ~7) - DIRENT.size))
+                     for n in range(256)]
+DIRENTPLUS_BY_NAMELEN = [struct.Struct(DIRENTPLUS.format + "%ds" % (((DIRENTPLUS.size + n + 7) & ~7)
+                                                                  - DIRENTPLUS.size))
+                         for n in range(256)]
 
 INIT_IN = struct.Struct("<IIII")               # major minor max_readahead flags (7.6+)
 INIT_IN_FLAGS2 = struct.Struct("<I")           # flags2, after them (7.36+, with INIT_EXT)
