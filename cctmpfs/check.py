@@ -14,10 +14,10 @@ from __future__ import annotations
 import stat
 
 from .arena import LEN_MASK, OFF_MASK, OFF_SHIFT, SEG_MASK, SEG_SHIFT
+from .blockmap import MapCensus
 from .blockstore import StoredBlock
 from .codec import CodecId
 from .devlog import Location
-from .blockmap import MapCensus
 from .filemap import PAGE, Slot
 from .namespace import EMPTY_ENTRIES, NAME_MAX, ROOT_INO, Filesystem
 from .packing import PackRef

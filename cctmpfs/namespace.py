@@ -979,11 +979,10 @@ class Filesystem:
             total = min(total, by_ram) if total else by_ram
         free = max(0, total - used)
         files = self.nr_inodes
-        inodes_used = self.inodes_used
         return {
             "f_bsize": unit, "f_frsize": unit,
             "f_blocks": total // unit, "f_bfree": free // unit, "f_bavail": free // unit,
-            "f_files": files, "f_ffree": max(0, files - inodes_used) if files else 0,
-            "f_favail": max(0, files - inodes_used) if files else 0,
+            "f_files": files, "f_ffree": max(0, files - self.inodes_used) if files else 0,
+            "f_favail": max(0, files - self.inodes_used) if files else 0,
             "f_namemax": NAME_MAX,
         }

@@ -215,7 +215,7 @@ class Server:
         #: in monotonic ns, request header, a copy of the request). The loop
         #: keeps an alias: never rebound.
         self.deferred: list[tuple[int, tuple[int, ...], bytes]] = []
-        self.space_waits = 0        # requests that waited for a RELEASE (_defer)
+        self.space_waits = 0        # requests that waited for a RELEASE or FORGET (_defer)
         self.space_waits_won = 0    # of them, those that then found the space
         self._deferral_poller: Optional[Any] = None
         #: False while a deferred request is served past its deadline: it
@@ -670,9 +670,9 @@ class Server:
             "unknown_requests": counts[w.OPCODE_LIMIT],
             "dropped_replies": self.dropped_replies,
             "reply_errors": self.reply_errors,
-            # WRITEs and FALLOCATEs that found no space while unlinked open
-            # files held some, and waited for their RELEASE (SPACE_WAIT_NS);
-            # of them, those that then found it.
+            # Requests that found no room while a RELEASE or FORGET the
+            # kernel still owed would free some, and waited for it
+            # (SPACE_WAIT_NS); of them, those that then found it.
             "space_waits": self.space_waits,
             "space_waits_won": self.space_waits_won,
         }
