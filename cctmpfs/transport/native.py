@@ -126,6 +126,13 @@ READDIRPLUS_MAX = 32 * 1024
 #: test_enospc_at_size_keeps_existing_files), and at nr_inodes. A real
 #: ENOSPC with such files about is answered this much later.
 SPACE_WAIT_NS = 100_000_000
+#: How long a STATFS waits for the FORGET of unlinked inodes that still hold
+#: data: tmpfs has freed them at the last close (or unlink), and `df` right
+#: after a close must say so. The kernel queues that FORGET after our
+#: RELEASE's answer; under load it came ~10 ms later. Shorter than
+#: SPACE_WAIT_NS: an inode the kernel keeps (a cached dentry) delays every
+#: STATFS by this much.
+STATFS_WAIT_NS = 30_000_000
 #: The requests that may wait so: those that take space or an inode.
 _SPACE_OPS = frozenset({w.WRITE, w.FALLOCATE, w.COPY_FILE_RANGE, w.CREATE, w.MKNOD, w.MKDIR,
                         w.SYMLINK, w.LINK, w.TMPFILE, w.SETXATTR})
@@ -170,8 +177,9 @@ class BadRequest(Exception):
 
 
 class _AwaitSpace(Exception):
-    """A WRITE was short for want of space while a RELEASE or FORGET the
-    kernel still owes may free some (Server._defer)."""
+    """A WRITE was short for want of space, or a STATFS would count space
+    tmpfs has freed, while a RELEASE or FORGET the kernel still owes may
+    free some (Server._defer)."""
 
 
 class _Stop(BaseException):
@@ -417,7 +425,8 @@ class Server:
         self.space_waits += 1
         if not self.deferred and self.spin is None:
             os.set_blocking(self.fd, False)    # _read_deferring must not block past a deadline
-        self.deferred.append((time.monotonic_ns() + SPACE_WAIT_NS, self._hdr, bytes(self.buf[:n])))
+        wait = STATFS_WAIT_NS if self._hdr[1] == w.STATFS else SPACE_WAIT_NS
+        self.deferred.append((time.monotonic_ns() + wait, self._hdr, bytes(self.buf[:n])))
 
     def _read_deferring(self) -> int:
         """Read the next request, waiting no later than the first deadline of
@@ -937,6 +946,8 @@ class Server:
         return None
 
     def statfs(self, nodeid: int, n: int) -> Reply:
+        if self._may_wait_for_space and self.fs.awaiting_forget_bytes():
+            raise _AwaitSpace   # wait for their FORGET (STATFS_WAIT_NS)
         s = self.fs.statfs()
         return w.KSTATFS.pack(s["f_blocks"], s["f_bfree"], s["f_bavail"], s["f_files"],
                               s["f_ffree"], s["f_bsize"], s["f_namemax"], s["f_frsize"], 0)

@@ -814,9 +814,17 @@ def test_a_write_waits_for_the_release_that_frees_its_space(clock, monkeypatch, 
         # Not answered yet: served requests overtake it.
         k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))
         assert server.info()["space_waits"] == 1
-        k.call(w.RELEASE, held, w.RELEASE_IN.pack(held, 0, 0, 0))  # the last close: freed
-        got, err, payload = k.answer()
+        k.call(w.RELEASE, held, w.RELEASE_IN.pack(held, 0, 0, 0))  # the last close
+        # The data stays until FORGET (the kernel may still open it by
+        # number); a STATFS meanwhile waits for that FORGET too.
+        statfs = k.send(w.STATFS, ROOT_INO)
+        k.call(w.GETATTR, ROOT_INO, w.GETATTR_IN.pack(0, 0, 0))  # answered first
+        k.send(w.FORGET, held, w.FORGET_IN.pack(fs.inodes[held].nlookup))
+        got, err, payload = k.answer()          # the WRITE, retried first
         assert (got, err) == (unique, 0) and w.WRITE_OUT.unpack(payload)[0] == len(chunk)
+        got, err, payload = k.answer()          # then the STATFS: held's space is back
+        blocks, bfree = w.KSTATFS.unpack(payload)[:2]
+        assert (got, err) == (statfs, 0) and blocks - bfree == len(chunk) // 4096
         assert s.read(new, 0, len(chunk)) == chunk
         # Held by a file that stays open: ENOSPC once the wait is over.
         again = s.create(ROOT_INO, b"again")
@@ -825,15 +833,14 @@ def test_a_write_waits_for_the_release_that_frees_its_space(clock, monkeypatch, 
         unique = k.send(w.WRITE, new, w.WRITE_IN.pack(new, len(chunk), len(chunk), 0, 0, 0, 0) + chunk)
         assert k.answer()[:2] == (unique, errno.ENOSPC)
         info = server.info()
-        assert (info["space_waits"], info["space_waits_won"]) == (2, 1)
+        assert (info["space_waits"], info["space_waits_won"]) == (3, 2)   # the STATFS waited too
         # No file without a name about: ENOSPC at once, no wait.
         k.call(w.RELEASE, again, w.RELEASE_IN.pack(again, 0, 0, 0))
         k.send(w.FORGET, again, w.FORGET_IN.pack(fs.inodes[again].nlookup))
-        k.send(w.FORGET, held, w.FORGET_IN.pack(fs.inodes[held].nlookup))
         assert s.write(new, len(chunk), chunk) == len(chunk)             # full again
         assert k.errno_of(w.WRITE, new, w.WRITE_IN.pack(new, 2 * len(chunk), len(chunk), 0, 0, 0, 0)
                           + chunk) == errno.ENOSPC
-        assert server.info()["space_waits"] == 2
+        assert server.info()["space_waits"] == 3
     finally:
         socks[1].close()
         t.join(10)
