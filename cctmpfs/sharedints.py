@@ -38,12 +38,11 @@ class SharedInts:
     share(value) is the shared object equal to value (value itself when it
     is new)."""
 
-    __slots__ = ("table", "limit", "share")
+    __slots__ = ("table", "share")
 
     def __init__(self, limit: int = SHARED_INTS_LIMIT) -> None:
         self.table = _Table()
         self.table.limit = limit
-        self.limit = limit
         self.share = self.table.__getitem__
 
     def __len__(self) -> int:

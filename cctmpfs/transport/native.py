@@ -417,7 +417,7 @@ class Server:
     # ---- requests waiting for space (SPACE_WAIT_NS) -------------------------------
     def _waits_for_space(self, e: Exception) -> bool:
         """e is ENOSPC that a RELEASE or FORGET the kernel still owes may lift."""
-        return (type(e) is FsError and e.errno == errno.ENOSPC  # type: ignore[attr-defined]
+        return (isinstance(e, FsError) and e.errno == errno.ENOSPC
                 and self._may_wait_for_space and self.fs.pending_release())
 
     def _defer(self, n: int) -> None:
@@ -438,7 +438,7 @@ class Server:
         wait_ms = -(-(min(d[0] for d in self.deferred) - time.monotonic_ns()) // 1_000_000)
         self._waiting = True
         try:
-            ready = self._deferral_poller.poll(max(0, wait_ms)) if wait_ms > 0 else []
+            ready = self._deferral_poller.poll(wait_ms) if wait_ms > 0 else []
         finally:
             self._waiting = False
         if ready:
