@@ -17,12 +17,14 @@ object (a clock in, decisions out) so that tests drive it without a mount:
   request (so that a burst that began while it slept starts spinning).
   A request that was already queued counts as close.
 * **A bounded CPU budget.** Serving a request earns credit, BUDGET_FRACTION
-  of the time it took (read to answer written); spinning spends it; a spin
-  never lasts longer than the credit, and with less than a quarter window
-  left the reader blocks.
-  Over any interval, spinning costs at most BUDGET_FRACTION of the serving
-  time plus the credit cap (CREDIT_WINDOWS windows), however requests are
-  timed.
+  of the time it took (read to answer written); spinning spends it: a spin
+  that misses, all it lasted; one that catches its request, only what it
+  lasted beyond HIT_FREE_NS, the vCPU wake-up it saved. A spin never lasts
+  longer than the credit, and with less than a quarter window left the
+  reader blocks. Over any interval, what is charged costs at most
+  BUDGET_FRACTION of the serving time plus the credit cap (CREDIT_WINDOWS
+  windows), however requests are timed; a spin that is not charged was
+  shorter than the wake-up it replaced.
 * **Only when the CPU would otherwise idle.** Not while the sealer is in a
   pass (`busy`): a spinning reader holds the GIL between its reads, and on
   two vCPUs it takes the core the sealer compresses on (an untar spinning
@@ -57,6 +59,13 @@ WAKE_ALLOWANCE_NS = 100 * _US
 #: daemon's CPU; a burst whose spins catch their request costs far less,
 #: since a spin that catches one lasts only the client's turnaround.
 BUDGET_FRACTION = 0.5
+#: What a spin that caught its request is not charged: the wake-up of a
+#: halted vCPU it saved, 55-75 us here (BASELINE.md 5.1), at its low end.
+#: Charging hits in full starved the budget on a quiet machine: at a
+#: client turnaround of ~30 us against ~40 us of serving, credit ran out
+#: and 300k of 720k waits in fsbench's meta phase slept (stat 94 us a
+#: call, against 28 us for native_mem.py spinning freely).
+HIT_FREE_NS = 60 * _US
 #: The credit cap, in windows: what a long handler (a 1 MiB write, a
 #: compression) earns beyond this is lost, so a busy stretch cannot pay
 #: for a long train of missed spins afterwards.
@@ -139,8 +148,13 @@ class SpinPolicy:
         c.waits += 1
         return 0
     def caught(self, now: int) -> None:
-        """A spin read a request at now."""
-        self._spent(now)
+        """A spin read a request at now. It is charged only what it lasted
+        beyond the wake-up it saved (HIT_FREE_NS)."""
+        spent = now - self.wait_start
+        self.counters.spin_ns += spent
+        if spent > HIT_FREE_NS:
+            self.credit_ns -= spent - HIT_FREE_NS
+        self.spin_until = 0
         self.counters.hits += 1
         self.close = True
 
