@@ -5,7 +5,8 @@ cctmpfs over the native transport, interleaved in one run (issue 18: "a bare
 for).
 
     benchmarks/listing.py [--entries 5000] [--rounds 15] [--variant NAME=OPTS]...
-                          [--cctmpfs PATH] [--name listing]
+                          [--base NAME=PATH]... [--tree SRC] [--cctmpfs PATH]
+                          [--name listing]
 
 Root only. Each target gets one directory of --entries empty files named as a
 source tree names them. Each round, for every target in turn: drop the
@@ -15,7 +16,13 @@ touched lately), then time
   ls -f    os.listdir: getdents alone (READDIRPLUS for the first batch, then
            plain READDIR, when the kernel decides: READDIRPLUS_AUTO);
   ls -l    os.listdir and an lstat of every entry (what READDIRPLUS saves:
-           a LOOKUP per entry).
+           a LOOKUP per entry);
+  du -s    with --tree SRC: `du -s` of a copy of SRC (cp -a) made on every
+           target, a tree of many small directories (READDIRPLUS's best case,
+           against ls -f's worst).
+
+--base NAME=PATH adds a cctmpfs target run by the cctmpfs command PATH of
+another checkout (an A/B of two commits), mounted with transport=native.
 
 Reports the median of each, in ms, and each cctmpfs target's time as a ratio
 to llfuse's (lower is better). Writes results/NAME.json and results/NAME.md.
@@ -50,9 +57,15 @@ def timed_ls_l(path: str) -> float:
     return time.perf_counter() - t0
 
 
+def timed_du(path: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["du", "-s", path], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
 def mount(kind: str, opts: str, cctmpfs: str, mp: str) -> None:
     if kind == "tmpfs":
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", mp], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", mp], check=True)
     else:
         subprocess.run([cctmpfs, "cctmpfs", mp, "-o", opts], check=True)
 
@@ -71,35 +84,47 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTS",
                     help="one more cctmpfs target mounted with -o OPTS")
+    ap.add_argument("--base", action="append", default=[], metavar="NAME=PATH",
+                    help="one more target: another checkout's cctmpfs command, transport=native")
+    ap.add_argument("--tree", metavar="SRC", help="also time a cold du -s of a copy of SRC")
     ap.add_argument("--cctmpfs", default=os.path.join(HERE, "..", ".venv", "bin", "cctmpfs"))
     ap.add_argument("--name", default="listing")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     a = ap.parse_args()
-    targets = [("tmpfs", "tmpfs", ""), ("llfuse", "cct", "transport=llfuse"),
-               ("native", "cct", "transport=native")]
+    # (name, kind, -o options, cctmpfs command)
+    targets = [("tmpfs", "tmpfs", "", ""), ("llfuse", "cct", "transport=llfuse", a.cctmpfs),
+               ("native", "cct", "transport=native", a.cctmpfs)]
     for v in a.variant:
         name, _, opts = v.partition("=")
-        targets.append((name, "cct", opts))
+        targets.append((name, "cct", opts, a.cctmpfs))
+    for v in a.base:
+        name, _, path = v.partition("=")
+        targets.append((name, "cct", "transport=native", path))
+    timings = [("ls -f", "d", timed_ls_f), ("ls -l", "d", timed_ls_l)]
+    if a.tree:
+        timings.append(("du -s", "tree", timed_du))
     mps: dict[str, str] = {}
-    times: dict[str, dict[str, list[float]]] = {t[0]: {"ls -f": [], "ls -l": []} for t in targets}
+    times: dict[str, dict[str, list[float]]] = {t[0]: {w[0]: [] for w in timings} for t in targets}
     try:
-        for name, kind, opts in targets:
+        for name, kind, opts, cmd in targets:
             mp = tempfile.mkdtemp(prefix=f"listing-{name}.", dir="/var/tmp")
-            mount(kind, opts, a.cctmpfs, mp)
+            mount(kind, opts, cmd, mp)
             mps[name] = mp
             d = os.path.join(mp, "d")
             os.mkdir(d)
             for i in range(a.entries):
                 os.close(os.open(os.path.join(d, f"module_{i:05d}.py"), os.O_CREAT | os.O_WRONLY, 0o644))
+            if a.tree:
+                subprocess.run(["cp", "-a", a.tree, os.path.join(mp, "tree")], check=True)
         for rnd in range(a.rounds):
             order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
-            for name, _kind, _opts in order:
-                for what, fn in (("ls -f", timed_ls_f), ("ls -l", timed_ls_l)):
+            for name, *_ in order:
+                for what, sub, fn in timings:
                     drop_caches()
-                    times[name][what].append(fn(os.path.join(mps[name], "d")))
+                    times[name][what].append(fn(os.path.join(mps[name], sub)))
             print(f"round {rnd + 1}: " + ", ".join(
-                f"{n} {times[n]['ls -f'][-1] * 1e3:.2f}/{times[n]['ls -l'][-1] * 1e3:.2f} ms"
-                for n, _k, _o in targets), flush=True)
+                f"{t[0]} " + "/".join(f"{times[t[0]][w[0]][-1] * 1e3:.2f}" for w in timings)
+                + " ms" for t in targets), flush=True)
     finally:
         for mp in mps.values():
             unmount(mp)
@@ -107,7 +132,8 @@ def main() -> int:
     os.makedirs(a.results, exist_ok=True)
     with open(os.path.join(a.results, a.name + ".json"), "w") as f:
         json.dump({"argv": sys.argv, "entries": a.entries, "rounds": a.rounds,
-                   "targets": [{"name": n, "kind": k, "opts": o} for n, k, o in targets],
+                   "targets": [{"name": n, "kind": k, "opts": o, "cctmpfs": c}
+                               for n, k, o, c in targets],
                    "seconds": times, "median_ms": med}, f, indent=1)
     names = [t[0] for t in targets]
     lines = ["# Cold directory listings", "",
@@ -119,13 +145,16 @@ def main() -> int:
              "| listing | " + " | ".join(names) + " | "
              + " | ".join(f"{n} ÷ llfuse" for n in names if n not in ("tmpfs", "llfuse")) + " |",
              "|---|" + "---:|" * (2 * len(names) - 2)]
-    for what in ("ls -f", "ls -l"):
+    for what, _sub, _fn in timings:
         cells = ["%.2f" % med[n][what] for n in names]
         cells += ["**%.2f**" % (med[n][what] / med["llfuse"][what])
                   for n in names if n not in ("tmpfs", "llfuse")]
         lines.append(f"| `{what}` | " + " | ".join(cells) + " |")
-    for n, _k, o in targets:
-        lines.append(f"\n- `{n}`: " + (f"`-o {o}`" if o else "the kernel's tmpfs"))
+    for n, _k, o, c in targets:
+        lines.append(f"\n- `{n}`: " + (f"`-o {o}`" if o else "the kernel's tmpfs")
+                     + (f", `{c}`" if c not in ("", a.cctmpfs) else ""))
+    if a.tree:
+        lines.append(f"\n`du -s` is of a copy of `{a.tree}` on each target.")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(a.results, a.name + ".md"), "w") as f:
         f.write(md)
