@@ -82,10 +82,14 @@ IGNORED_KEYS = frozenset({"huge", "mpol", "comment", "context", "fscontext",
 
 
 #: The FUSE bindings (cctmpfs/transport): llfuse on libfuse 2.9, or the
-#: kernel protocol on /dev/fuse spoken directly. llfuse stays the default
-#: until the native one wins the perf suite (issue 18).
+#: kernel protocol on /dev/fuse spoken directly. The native one is the
+#: default since it won the perf suite on a quiet machine (issue 18, stop 22,
+#: with spin=200; results/spin-s22c.md and default-s22.md): against llfuse,
+#: random 4 KiB writes 3.1-3.8x the IOPS, reads 2.0-2.1x, stat 3.6x,
+#: create 2.1x, a cold du 3.0-3.5x, sequential writes 1.2-1.6x, the untar
+#: of the stdlib 0.52-0.55x the time; cold 1 MiB reads equal.
 TRANSPORTS = ("llfuse", "native")
-DEFAULT_TRANSPORT = "llfuse"
+DEFAULT_TRANSPORT = "native"
 #: libfuse options the native transport cannot honour (none: it mounts with
 #: mount(2) as root, through fusermount as a user or with auto_unmount).
 NATIVE_UNSUPPORTED: frozenset[str] = frozenset()
@@ -141,20 +145,17 @@ DEFAULT_FUSE_FLAGS = frozenset(n for n, on in INIT_SWITCHES.items() if on)
 #: Adaptive polling of /dev/fuse (spin=MICROSECONDS, transport/spin.py):
 #: after an answer the reader keeps reading without blocking for up to this
 #: long, while requests come close together, before it sleeps. 0 = off.
-#: Off by default: measured here it gave no consistent gain (2 vCPUs shared
-#: with other jobs, load 3-7; ratios to spin=0, medians of interleaved
-#: rounds; docs/locking.md, "Spinning", has the table):
-#:   spin=200 with no checks: untar of the stdlib 2.0x the time (1.10 s
-#:     against 0.54), and 1.7x the daemon CPU (0.56 s against 0.33);
-#:   as built (sealer and crowding checks), fio random 4 KiB reads: 0.85x
-#:     the IOPS in one run (load 4-7) and 1.22x in another (load 3-4), at
-#:     17.1 against 12.2 and 25.1 against 21.0 us of daemon CPU a request;
-#:     in a full fsbench run at load 4-5 the checks stopped nearly every
-#:     spin and spin=50/100/200 came out as noise (untar 1.24/0.97/0.77x).
-#: The win shared/bench/native_mem.py measured (untar 0.62x -> 0.19x of
-#: llfuse) was on an idle machine, with no sealer beside the reader. Turn
-#: it on (spin=200) where bursts of small requests meet idle CPUs.
-DEFAULT_SPIN_US = 0
+#: On by default since stop 22. On a quiet machine, where a halted vCPU
+#: takes 55-75 us to wake, spin=200 against spin=0, interleaved
+#: (results/spin-s22b.md, after spins that catch their request stopped
+#: being charged in full, spin.HIT_FREE_NS): random 4 KiB writes 14.3k
+#: against 8.1k IOPS, reads 15.3k against 7.8k, stat 48 against 135 us,
+#: create 399 against 809 us, untar 9.98 against 14.1 s, at the same daemon
+#: CPU per request (65-70 us). Where other jobs keep the CPUs busy it
+#: stops itself (the crowding check): measured earlier under load 3-7 it
+#: came out as noise either way (docs/locking.md, "Spinning"). An idle
+#: mount spins one window and then uses no CPU (a mounted test bounds it).
+DEFAULT_SPIN_US = 200
 #: The largest window accepted: past 10 ms a "spin" is a busy sleep, not a
 #: bridge over a vCPU wake-up (55-75 us here).
 MAX_SPIN_US = 10_000

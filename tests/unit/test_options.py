@@ -240,7 +240,7 @@ def test_seal_priority_malformed(ram: int, text: str) -> None:
 
 
 def test_transport(ram: int) -> None:
-    assert parse().transport == "llfuse"
+    assert parse().transport == "native"      # the default (options.DEFAULT_TRANSPORT)
     assert parse("transport=llfuse").transport == "llfuse"
     o = parse("transport=native,workers=4")   # workers= is llfuse's; accepted, unused
     assert (o.transport, o.workers) == ("native", 4)
@@ -257,13 +257,13 @@ def test_transport_refused(ram: int, opts: str, word: str) -> None:
 
 def test_spin(ram: int) -> None:
     from cctmpfs.options import DEFAULT_SPIN_US, MAX_SPIN_US
-    assert parse("transport=native").spin_us == DEFAULT_SPIN_US
+    assert parse("transport=native").spin_us == DEFAULT_SPIN_US == parse().spin_us == 200
     assert parse("transport=native,spin=200").spin_us == 200
     assert parse("transport=native,spin=0").spin_us == 0
     assert parse(f"transport=native,spin={MAX_SPIN_US}").spin_us == MAX_SPIN_US
     # llfuse's C loop cannot poll: spin=0 says what it does anyway.
-    assert parse().spin_us == 0
-    assert parse("spin=0").spin_us == 0
+    assert parse("transport=llfuse").spin_us == 0
+    assert parse("transport=llfuse,spin=0").spin_us == 0
     # spin= passes nothing on to the kernel.
     assert set(parse("transport=native,spin=50").fuse_options) == set(parse().fuse_options)
 
@@ -273,7 +273,7 @@ def test_spin(ram: int) -> None:
                                        ("transport=native,spin=1.5", "microseconds"),
                                        ("transport=native,spin=10001", "at most"),
                                        ("transport=native,spin=" + "9" * 50, "microseconds"),
-                                       ("spin=100", "transport=native"),
+                                       ("transport=llfuse,spin=100", "transport=native"),
                                        ("transport=llfuse,spin=1", "transport=native")])
 def test_spin_refused(ram: int, opts: str, word: str) -> None:
     assert word in refused(opts)
@@ -486,10 +486,10 @@ def test_unknown_fuse_flag_is_an_option_error_naming_it(ram: int, opt: str) -> N
 
 
 def test_fuse_off_on_llfuse_is_accepted_but_still_checked(ram: int) -> None:
-    opts = parse_options(["fuse_off=max_pages"])
+    opts = parse_options(["transport=llfuse", "fuse_off=max_pages"])
     assert opts.transport == "llfuse" and "max_pages" not in opts.fuse_flags
     with pytest.raises(OptionError):
-        parse_options(["fuse_off=nonsense"])   # a typo fails on any transport
+        parse_options(["transport=llfuse", "fuse_off=nonsense"])   # a typo fails on any transport
 
 
 # ---- pack= -------------------------------------------------------------------
