@@ -67,7 +67,7 @@ def mount(kind: str, opts: str, cctmpfs: str, mp: str) -> None:
     if kind == "tmpfs":
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", mp], check=True)
     else:
-        subprocess.run([cctmpfs, "cctmpfs", mp, "-o", opts], check=True)
+        subprocess.run([cctmpfs, "cctmpfs", mp] + (["-o", opts] if opts else []), check=True)
 
 
 def unmount(mp: str) -> None:
