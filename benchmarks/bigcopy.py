@@ -40,7 +40,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import MiB, drop_caches, parse_size  # noqa: E402
+from common import MiB, drop_caches, parse_size, write_report  # noqa: E402
 from listing import mount, unmount  # noqa: E402
 
 FIO_JOBS = os.path.join(os.path.dirname(HERE), "examples", "fio")
@@ -113,11 +113,6 @@ def main() -> int:
         for mp in mps.values():
             unmount(mp)
     med = {n: {w: statistics.median(v) for w, v in t.items()} for n, t in secs.items()}
-    os.makedirs(a.results, exist_ok=True)
-    with open(os.path.join(a.results, a.name + ".json"), "w") as f:
-        json.dump({"argv": sys.argv, "size": size, "rounds": a.rounds,
-                   "targets": [{"name": n, "kind": k, "opts": o} for n, k, o in targets],
-                   "seconds": secs, "rss_growth_bytes": rss, "median_s": med}, f, indent=1)
     lines = ["# Copying a big file", "",
              f"`benchmarks/bigcopy.py --size {a.size} --rounds {a.rounds}`, "
              f"{time.strftime('%Y-%m-%d %H:%M')}: one {a.size} fio file (60% compressible) per "
@@ -133,10 +128,10 @@ def main() -> int:
     for n, _k, o in targets:
         lines.append(f"\n- `{n}`: " + ("the kernel's tmpfs" if n == "tmpfs" else
                                       f"`-o {o}`" if o else "cctmpfs with its defaults"))
-    md = "\n".join(lines) + "\n"
-    with open(os.path.join(a.results, a.name + ".md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_report(a.results, a.name,
+                 {"argv": sys.argv, "size": size, "rounds": a.rounds,
+                  "targets": [{"name": n, "kind": k, "opts": o} for n, k, o in targets],
+                  "seconds": secs, "rss_growth_bytes": rss, "median_s": med}, lines)
     return 0
 
 

@@ -169,3 +169,15 @@ def tar_logical(data: bytes) -> int:
     """Bytes of regular files in a tar archive held in memory."""
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         return sum(m.size for m in tf.getmembers() if m.isreg())
+
+
+def write_report(results: str, name: str, raw: dict, lines: list[str]) -> None:
+    """results/NAME.json (raw) and results/NAME.md (lines, a Markdown report), and print
+    the report."""
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, name + ".json"), "w") as f:
+        json.dump(raw, f, indent=1)
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(results, name + ".md"), "w") as f:
+        f.write(md)
+    print(md)

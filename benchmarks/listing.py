@@ -31,7 +31,6 @@ Timing is reported, never asserted. stdlib only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -41,7 +40,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import drop_caches  # noqa: E402
+from common import drop_caches, write_report  # noqa: E402
 
 
 def timed_ls_f(path: str) -> float:
@@ -129,12 +128,6 @@ def main() -> int:
         for mp in mps.values():
             unmount(mp)
     med = {n: {w: statistics.median(v) * 1e3 for w, v in t.items()} for n, t in times.items()}
-    os.makedirs(a.results, exist_ok=True)
-    with open(os.path.join(a.results, a.name + ".json"), "w") as f:
-        json.dump({"argv": sys.argv, "entries": a.entries, "rounds": a.rounds,
-                   "targets": [{"name": n, "kind": k, "opts": o, "cctmpfs": c}
-                               for n, k, o, c in targets],
-                   "seconds": times, "median_ms": med}, f, indent=1)
     names = [t[0] for t in targets]
     lines = ["# Cold directory listings", "",
              f"`benchmarks/listing.py --entries {a.entries} --rounds {a.rounds}`, "
@@ -155,10 +148,11 @@ def main() -> int:
                      + (f", `{c}`" if c not in ("", a.cctmpfs) else ""))
     if a.tree:
         lines.append(f"\n`du -s` is of a copy of `{a.tree}` on each target.")
-    md = "\n".join(lines) + "\n"
-    with open(os.path.join(a.results, a.name + ".md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_report(a.results, a.name,
+                 {"argv": sys.argv, "entries": a.entries, "rounds": a.rounds,
+                  "targets": [{"name": n, "kind": k, "opts": o, "cctmpfs": c}
+                              for n, k, o, c in targets],
+                  "seconds": times, "median_ms": med}, lines)
     return 0
 
 
