@@ -54,10 +54,11 @@ _US = 1000
 #: and still count as close: the wake-up of a halted vCPU, 55-75 us here
 #: (BASELINE.md 5.1), with a margin.
 WAKE_ALLOWANCE_NS = 100 * _US
-#: Spinning may cost at most this fraction of the time spent serving
-#: requests (plus the credit cap). 0.5: at worst, spinning adds half the
-#: daemon's CPU; a burst whose spins catch their request costs far less,
-#: since a spin that catches one lasts only the client's turnaround.
+#: What spinning is charged (HIT_FREE_NS) may cost at most this fraction of
+#: the time spent serving requests (plus the credit cap). 0.5: at worst,
+#: charged spinning adds half the daemon's CPU. A spin that catches its
+#: request within HIT_FREE_NS is not charged: it lasts only the client's
+#: turnaround, at most one per request, and replaces a wake-up.
 BUDGET_FRACTION = 0.5
 #: What a spin that caught its request is not charged: the wake-up of a
 #: halted vCPU it saved, 55-75 us here (BASELINE.md 5.1), at its low end.
