@@ -121,6 +121,14 @@ def start(fs: Filesystem, switches: frozenset[str] = DEFAULT_FUSE_FLAGS, spin_us
     return Kernel(theirs), server, t, [ours, theirs]
 
 
+def stop(t: threading.Thread, socks: list[socket.socket]) -> None:
+    """End a loop start() began: end of file on the kernel's side returns it."""
+    socks[1].close()
+    t.join(10)
+    assert not t.is_alive()
+    socks[0].close()
+
+
 @pytest.fixture
 def served(clock) -> Iterator[Served]:  # type: ignore[no-untyped-def]
     fs = Filesystem(block_size=BS, codec=Codec("zstd", 3), buffer_bytes=64 * BS,
@@ -130,10 +138,7 @@ def served(clock) -> Iterator[Served]:  # type: ignore[no-untyped-def]
         k.init()
         yield Served(k, server, fs, clock)
     finally:
-        socks[1].close()           # end of file: the loop returns
-        t.join(10)
-        assert not t.is_alive()
-        socks[0].close()
+        stop(t, socks)
 
 
 # ---- INIT --------------------------------------------------------------------------
@@ -168,9 +173,7 @@ def test_init_asks_for_the_switched_on_flags_the_kernel_offers(clock, offered):
         assert info["kernel_flags"] == w.flag_names(offered)
         assert (info["max_write"], info["max_pages"]) == (max_write, max_pages)
     finally:
-        socks[1].close()
-        t.join(10)
-        socks[0].close()
+        stop(t, socks)
 
 
 @pytest.mark.parametrize("off", ["max_pages", "handle_killpriv_v2:atomic_o_trunc"])
@@ -188,9 +191,7 @@ def test_fuse_off_removes_flags_from_what_is_asked(clock, off):
         if off == "max_pages":
             assert server.max_write == native.MAX_WRITE
     finally:
-        socks[1].close()
-        t.join(10)
-        socks[0].close()
+        stop(t, socks)
 
 
 @pytest.mark.parametrize("major,minor,expect", [
@@ -214,9 +215,7 @@ def test_init_follows_the_kernels_version(clock, major, minor, expect):
             assert err == 0 and len(payload) == expect[1]
             assert struct.unpack_from("<II", payload) == (7, expect[2])
     finally:
-        socks[1].close()
-        t.join(10)
-        socks[0].close()
+        stop(t, socks)
 
 
 # ---- requests ----------------------------------------------------------------------
@@ -619,9 +618,7 @@ def test_an_interrupted_readdirplus_takes_its_references_back(clock, monkeypatch
         assert server.info()["dropped_replies"] == 1
         assert {n.ino: n.nlookup for n in fs.inodes.values()} == counts
     finally:
-        socks[1].close()
-        t.join(10)
-        socks[0].close()
+        stop(t, socks)
 
 
 def test_an_answer_to_an_interrupted_request_is_dropped(clock, monkeypatch):
@@ -670,9 +667,7 @@ def test_an_answer_to_an_interrupted_request_is_dropped(clock, monkeypatch):
         assert ino not in fs.inodes and list(fs.dir_handles) == [dh]
         assert server.info()["dropped_replies"] == 5 and server.frontend.internal_errors == 1
     finally:
-        socks[1].close()
-        t.join(10)
-        socks[0].close()
+        stop(t, socks)
 
 
 def test_a_stop_signal_leaves_only_a_blocking_read():
@@ -734,9 +729,7 @@ def test_a_failed_writeback_write_is_answered_with_its_errno(clock):
     finally:
         if server.guard is not None:
             server.guard.stop()
-        socks[1].close()
-        t.join(10)
-        socks[0].close()
+        stop(t, socks)
 
 
 def test_reads_across_blocks_are_sent_as_pieces_and_match_the_file(served):
@@ -842,10 +835,7 @@ def test_a_write_waits_for_the_release_that_frees_its_space(clock, monkeypatch, 
                           + chunk) == errno.ENOSPC
         assert server.info()["space_waits"] == 3
     finally:
-        socks[1].close()
-        t.join(10)
-        assert not t.is_alive()
-        socks[0].close()
+        stop(t, socks)
 
 
 def test_a_create_at_nr_inodes_waits_for_the_forget_that_frees_an_inode(clock, monkeypatch):
@@ -867,7 +857,4 @@ def test_a_create_at_nr_inodes_waits_for_the_forget_that_frees_an_inode(clock, m
         assert (got, err) == (unique, 0) and entry(payload)["ino"] == fs.find(ROOT_INO, b"c").ino
         assert server.info()["space_waits_won"] == 1
     finally:
-        socks[1].close()
-        t.join(10)
-        assert not t.is_alive()
-        socks[0].close()
+        stop(t, socks)

@@ -200,7 +200,7 @@ def test_stats_fields() -> None:
 # ---- the loop, spinning ------------------------------------------------------------
 
 def test_the_loop_serves_with_spinning_on(clock) -> None:  # type: ignore[no-untyped-def]
-    from tests.unit.test_native import Kernel, name, start
+    from tests.unit.test_native import Kernel, name, start, stop
 
     fs = Filesystem(block_size=16384, codec=Codec("zstd", 3), size_limit=64 << 20,
                     nr_inodes=1000, clock_ns=clock.ns)
@@ -212,10 +212,7 @@ def test_the_loop_serves_with_spinning_on(clock) -> None:  # type: ignore[no-unt
         for i in range(200):
             k.call(w.LOOKUP, 1, name(b"d%d" % i))
     finally:
-        socks[1].close()
-        t.join(10)
-        assert not t.is_alive()
-        socks[0].close()
+        stop(t, socks)
     assert sum(1 for n in fs.inodes.values() if n.ino != 1) == 200
     spin = server.info()["spin"]
     assert spin["window_us"] == 200
