@@ -328,6 +328,14 @@ class Filesystem:
         del self.inodes[ino]
         self.counters.inodes_freed += 1
 
+    def _unreachable(self, node: Inode) -> None:
+        """node lost its last name and its last handle: free it, or, while
+        the kernel still holds it (nlookup), keep it, data and all, until
+        its FORGET (awaiting_forget)."""
+        self._maybe_free(node)
+        if node.ino in self.inodes:
+            self.awaiting_forget.add(node.ino)
+
     def _touch_dir(self, d: Inode, now: int) -> None:
         d.mtime_ns = d.ctime_ns = now
 
@@ -523,9 +531,8 @@ class Filesystem:
                 self.extra_links -= 1
             node.nlink -= 1
         node.ctime_ns = now
-        self._maybe_free(node)
-        if node.nlink == 0 and node.ino in self.inodes and node.ino not in self.open_counts:
-            self.awaiting_forget.add(node.ino)
+        if node.nlink == 0 and node.ino not in self.open_counts:
+            self._unreachable(node)
 
     def _child(self, d: Inode, name: bytes) -> Inode:
         if len(name) > NAME_MAX:
@@ -769,9 +776,7 @@ class Filesystem:
                 # as on tmpfs (tests/stress/test_exerciser read 0 bytes when
                 # 902fdd0 freed it at this close). The native transport
                 # holds a STATFS back for that FORGET (STATFS_WAIT_NS).
-                self._maybe_free(node)
-                if fh in self.inodes:
-                    self.awaiting_forget.add(fh)
+                self._unreachable(node)
 
     def awaiting_forget_bytes(self) -> int:
         """Bytes allocated to inodes that await only the kernel's FORGET:
