@@ -312,11 +312,26 @@ def _parse_fuse_switches(off: Optional[str], on: Optional[str]) -> frozenset[str
     return frozenset(flags)
 
 
+#: A backslash escape in a -o string, as libfuse 2.9's option parser reads
+#: them (fuse_opt.c): three octal digits are one byte (fstab's \054 is a
+#: comma), any other character stands for itself (`fsname=a\,b`).
+_ESCAPE = re.compile(r"\\([0-3][0-7][0-7]|.)", re.DOTALL)
+_SPLIT = re.compile(r"(?:[^,\\]|\\.?)+", re.DOTALL)
+
+
+def _unescape(part: str) -> str:
+    return _ESCAPE.sub(lambda m: chr(int(m[1], 8)) if len(m[1]) == 3 else m[1], part)
+
+
 def split_option_strings(option_strings: list[str]) -> list[str]:
-    """Split `-o a,b=c` strings into single options, dropping empty ones."""
+    r"""Split `-o a,b=c` strings into single options, dropping empty ones.
+    A comma after a backslash does not split: libfuse's escapes apply, so a
+    name may hold one (`fsname=a\,b`, or the source `a,b` of an fstab line,
+    which arrives as fsname= unescaped and is escaped again for libfuse and
+    fusermount: mounting.escape_name_option)."""
     out: list[str] = []
     for text in option_strings:
-        out.extend(part for part in text.split(",") if part)
+        out.extend(_unescape(part) for part in _SPLIT.findall(text))
     return out
 
 

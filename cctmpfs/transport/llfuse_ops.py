@@ -25,7 +25,7 @@ from ..namespace import Caller, Inode
 from ..options import DEFAULT_FUSE_FLAGS, MountOptions
 from .frontend import CACHE_TIMEOUT, Frontend
 from .mounting import (BY_FUSERMOUNT, BY_MOUNT, MountError, check_user_allow_other,
-                       use_fusermount)
+                       escape_name_option, use_fusermount)
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class LlfuseSession:
         check_user_allow_other(opts.fuse_options)
         ops = Operations(frontend)
         try:
-            llfuse.init(ops, mountpoint, list(opts.fuse_options))
+            llfuse.init(ops, mountpoint, [escape_name_option(o) for o in opts.fuse_options])
         except Exception as e:  # noqa: BLE001 - reported to the user, nothing is mounted
             raise MountError(f"mounting {mountpoint} failed: {e}") from None
         self._mounted = True

@@ -76,6 +76,10 @@ COMMFD_ENV = "_FUSE_COMMFD"
 #: Where fusermount is looked for when PATH does not have it: mount(8) runs
 #: its helpers with a bare PATH, or none.
 FUSERMOUNT_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
+#: Options whose values are names, which may hold a comma: libfuse 2.9
+#: (fuse_opt.c) and fusermount (do_mount) read a backslash in them as "the
+#: next character is literal" (escape_option_value).
+NAME_KEYS = ("fsname", "subtype")
 #: How mounted_by (stats) names the two ways.
 BY_MOUNT = "mount(2)"
 BY_FUSERMOUNT = "fusermount"
@@ -121,6 +125,18 @@ def mount_arguments(fuse_options: tuple[str, ...], fd: int, root_mode: int, uid:
     return source, f"fuse.{subtype}", flags, ",".join(data)
 
 
+def escape_name_option(opt: str) -> str:
+    """fsname=/subtype= as one option of a -o string for libfuse 2.9 or
+    fusermount: a comma in the name would end the option there (`a,b`
+    became fsname=a plus an unknown option b), so it and the backslash
+    are escaped with a backslash, which both unescape. Other options pass
+    unchanged (fusermount takes escapes only in these two)."""
+    key, eq, value = opt.partition("=")
+    if key not in NAME_KEYS or not eq:
+        return opt
+    return key + "=" + value.replace("\\", "\\\\").replace(",", "\\,")
+
+
 def use_fusermount(fuse_options: tuple[str, ...]) -> bool:
     """Whether this mount goes through fusermount: as libfuse decides, for a
     user (mount(2) of FUSE needs CAP_SYS_ADMIN) and for auto_unmount (only
@@ -140,9 +156,8 @@ def fusermount_options(fuse_options: tuple[str, ...]) -> str:
             continue
         if opt == ALLOW_ROOT:
             opt = "allow_other"
-        if key in ("fsname", "subtype"):
-            # fusermount splits on commas; a comma in a name would split it.
-            opt = opt.replace(",", "_")
+        if key in NAME_KEYS:
+            opt = escape_name_option(opt)
         elif not (opt in MOUNT_FLAGS or opt in KERNEL_FLAGS or opt in ("nonempty", AUTO_UNMOUNT)):
             raise MountError(f"{opt}: not supported with transport=native")
         if opt not in out:

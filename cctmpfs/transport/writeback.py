@@ -13,7 +13,9 @@ acknowledged:
    gets `max_bytes` = the reserve and `strict_limit` on, so the kernel
    never holds more unwritten bytes for this mount than the reserve
    (a writer past it waits in balance_dirty_pages until WRITEs are
-   answered).
+   answered). A user cannot write sysfs: a user mount keeps the kernel's
+   strict bound (FUSE's max_ratio 1%, 47.8 MB here) and the reserve grows
+   to it, so a small user mount opens uncached (rule 2) sooner.
 2. **A reserve.** While free space (statfs: size= and the RAM budget) is
    above the reserve, whatever the kernel holds still fits. When it falls
    to the reserve, OPEN and CREATE are answered with FOPEN_DIRECT_IO: those
@@ -113,7 +115,9 @@ class WritebackGuard:
 
     def start(self, device: Optional[str]) -> None:
         self.bdi_max_bytes = bdi.set_dirty_limit(device, self.reserve)
-        # The kernel may take a little more than asked (its ratio's rounding).
+        # The kernel may take a little more than asked (its ratio's rounding),
+        # and a user mount keeps the kernel's bound (47.8 MB here): whatever
+        # the kernel may hold dirty must fit in the reserve (rule 1).
         self.reserve = max(self.reserve, self.bdi_max_bytes)
         self._thread = threading.Thread(target=self._notifier, name="cctmpfs-notify", daemon=True)
         self._thread.start()

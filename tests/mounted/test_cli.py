@@ -165,6 +165,23 @@ def test_daemonized_mount_is_usable_when_the_command_returns(daemonized, transpo
     assert not mounted_at(mp)
 
 
+def test_a_source_with_a_comma_and_a_backslash_is_shown_as_tmpfs_shows_it(daemonized, transport):
+    """libfuse 2.9 and fusermount split their -o strings at commas: the
+    source (which travels as fsname=) is escaped for them, not split."""
+    source = "a,b\\c d"
+    mp, ref = daemonized(), daemonized("ref")
+    r = run_cli(source, mp, "-o", f"size=8m,transport={transport}")
+    assert r.returncode == 0, r.stderr
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", source, ref], check=True)
+    try:
+        shown = [subprocess.run(["findmnt", "-n", "-o", "SOURCE", "--mountpoint", p],
+                                capture_output=True, text=True, check=True).stdout
+                 for p in (mp, ref)]
+    finally:
+        subprocess.run(["umount", ref], check=True)
+    assert shown[0] == shown[1] == source + "\n"
+
+
 def test_daemonized_mount_repeatedly_answers_at_once(daemonized, transport):
     # The "returns only once usable" promise must hold every time, not by luck.
     for i in range(5):

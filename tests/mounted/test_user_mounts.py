@@ -152,14 +152,19 @@ def test_a_user_mounts_and_unmounts(new_users, transport, tmp_path):
 
 
 @pytest.mark.parametrize("transport", ["native"])
-def test_sigterm_unmounts_a_user_mount(new_users, transport):
+@pytest.mark.parametrize("extra", ["", ",auto_unmount"], ids=["plain", "auto_unmount"])
+def test_sigterm_unmounts_a_user_mount(new_users, transport, extra):
+    """SIGTERM unmounts and ends the daemon; with auto_unmount the
+    fusermount helper must go with it, not stay behind."""
     (user,) = new_users(1)
     mp = user_mountpoint(user)
     r = run_as_users(GONE + f"""
-        {as_user(user)} cctmpfs usrc {mp} -o size=8m,transport={transport}
+        {as_user(user)} cctmpfs usrc {mp} -o size=8m,transport={transport}{extra}
         {as_user(user)} sh -c 'echo x > {mp}/f'
         pkill -TERM -f "$(daemon {mp})"
         gone {mp} || {{ echo "SIGTERM did not unmount"; exit 1; }}
+        for i in $(seq 1 50); do pgrep -x fusermount >/dev/null || break; sleep 0.1; done
+        if pgrep -x fusermount; then echo "helper left after SIGTERM"; exit 1; fi
         """)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -219,6 +224,52 @@ def test_sigkill_without_auto_unmount_leaves_a_mount_fusermount_u_clears(new_use
         """)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Transport endpoint is not connected" in (tmp_path / "stat.err").read_text()
+
+
+@pytest.mark.parametrize("transport", ["native"])
+def test_a_user_mount_under_writeback_cache_keeps_the_kernels_dirty_bound(new_users, transport,
+                                                                           tmp_path):
+    """A user cannot set the bdi's max_bytes (writeback.py, rule 1): the
+    reserve grows to the kernel's own strict bound instead, so a writer that
+    fills a small mount gets ENOSPC at write(2), as on tmpfs, and everything
+    it wrote reads back from the daemon."""
+    (user,) = new_users(1)
+    mp = user_mountpoint(user)
+    src = Path(new_dir("src"), "data")
+    src.write_bytes(os.urandom(40 << 20))
+    src.chmod(0o644)
+    # Root may not stat a user's mount: its device comes from mountinfo.
+    bdi = f"/sys/class/bdi/$(awk '$5 == \"{mp}\" {{print $3}}' /proc/self/mountinfo)"
+    try:
+        r = run_as_users(GONE + f"""
+            {as_user(user)} cctmpfs usrc {mp} \
+                -o size=24m,fuse_on=writeback_cache,transport={transport}
+            cat {bdi}/max_bytes {bdi}/strict_limit
+            if {as_user(user)} dd if={src} of={mp}/f bs=1M 2> {tmp_path}/dd.err; then
+                echo "40 MiB fitted in size=24m"; exit 1
+            fi
+            sync; echo 3 > /proc/sys/vm/drop_caches
+            {as_user(user)} stat -c %s {mp}/f
+            {as_user(user)} cmp -n "$({as_user(user)} stat -c %s {mp}/f)" {src} {mp}/f || exit 1
+            cctmpfs stats {mp} --json > {tmp_path}/stats.json
+            {as_user(user)} fusermount -u {mp}
+            gone {mp} || {{ echo "still mounted or daemon left"; exit 1; }}
+            """)
+    finally:
+        shutil.rmtree(src.parent, ignore_errors=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kernels_bound, strict, stored = (int(x) for x in r.stdout.split())
+    assert strict == 1
+    assert "No space left on device" in (tmp_path / "dd.err").read_text()
+    assert stored > 8 << 20
+    import json
+    wb = json.loads((tmp_path / "stats.json").read_text())["transport"]["writeback"]
+    # The kernel derives max_bytes from its ratio and the memory free now:
+    # read again later, it moves by a few KB.
+    assert kernels_bound > 0 and abs(wb["bdi_max_bytes"] - kernels_bound) < kernels_bound / 100
+    # Not the 6 MiB a root mount of size=24m holds back (test_native_flags).
+    assert wb["reserve_bytes"] == wb["bdi_max_bytes"]
+    assert wb["direct_io_opens"] > 0
 
 
 def test_allow_other_without_user_allow_other_is_refused_clearly(new_users, transport, tmp_path):

@@ -78,6 +78,10 @@ def test_default_permissions_and_big_writes_always_once(ram: int) -> None:
 
 def test_option_strings_split_on_commas_and_repeat(ram: int) -> None:
     assert split_option_strings(["a,b", "", "c,,d"]) == ["a", "b", "c", "d"]
+    # libfuse's escapes: a backslash makes the next character literal, three
+    # octal digits are one character (fstab's \054), a lone one at the end stays.
+    assert split_option_strings([r"fsname=a\,b,x\\y,o\054p,t\\"]) == [
+        "fsname=a,b", "x\\y", "o,p", "t\\"]
     o = parse_options(["size=1g,mode=755", "nr_inodes=10k"])
     assert (o.size_bytes, o.root_mode, o.nr_inodes) == (GiB, 0o755, 10 * KiB)
 

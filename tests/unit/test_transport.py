@@ -12,7 +12,7 @@ import pytest
 
 from cctmpfs.errors import FsError
 from cctmpfs.namespace import ROOT_INO, Caller, Filesystem
-from cctmpfs.options import parse_options
+from cctmpfs.options import parse_options, split_option_strings
 from cctmpfs.transport import NAMES, open_session
 from cctmpfs.transport import mounting
 from cctmpfs.transport.frontend import Frontend
@@ -154,13 +154,24 @@ def test_fusermount_is_used_as_libfuse_uses_it(monkeypatch):
 
 
 def test_fusermount_options_drop_what_only_libfuse_knows():
-    opts = ("fsname=a,b", "subtype=cctmpfs", "default_permissions", "big_writes", "nonempty",
+    opts = ("fsname=src", "subtype=cctmpfs", "default_permissions", "big_writes", "nonempty",
             "allow_root", "auto_unmount", "nosuid", "noexec")
     assert mounting.fusermount_options(opts).split(",") == [
-        "fsname=a_b", "subtype=cctmpfs", "default_permissions", "nonempty", "allow_other",
+        "fsname=src", "subtype=cctmpfs", "default_permissions", "nonempty", "allow_other",
         "auto_unmount", "nosuid", "noexec"]
     with pytest.raises(MountError, match="blkdev"):
         mounting.fusermount_options(("blkdev",))
+
+
+def test_a_comma_or_backslash_in_a_name_is_escaped_for_libfuse_and_fusermount():
+    """fusermount and libfuse 2.9 split -o at commas, except after a
+    backslash: a source `a,b` must not become fsname=a and an option b."""
+    assert mounting.escape_name_option("fsname=a,b\\c") == "fsname=a\\,b\\\\c"
+    assert mounting.escape_name_option("subtype=x,y") == "subtype=x\\,y"
+    assert mounting.escape_name_option("allow_other") == "allow_other"
+    names = ("fsname=a,b\\c", "subtype=s,t")
+    # What we escape, our own parser (libfuse's rules) reads back whole.
+    assert split_option_strings([mounting.fusermount_options(names)]) == list(names)
 
 
 def test_user_allow_other_is_read_from_fuse_conf(tmp_path):
