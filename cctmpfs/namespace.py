@@ -234,8 +234,13 @@ class Filesystem:
         self.engine.idle_tables += [self.inodes, self.xattrs, self.open_counts, self.awaiting_forget,
                                     self.store.index]
         self.next_ino = ROOT_INO
-        #: open directory handle -> (directory inode, snapshot of its entries)
-        self.dir_handles: dict[int, tuple[int, list[tuple[bytes, int]]]] = {}
+        #: open directory handle -> (directory inode, snapshot of its entries,
+        #: entry_changes when the snapshot was taken)
+        self.dir_handles: dict[int, tuple[int, list[tuple[bytes, int]], int]] = {}
+        #: Bumped by every change of any directory's entries: a listing whose
+        #: snapshot is no older than this has every entry still live, and
+        #: skips readdir()'s per-entry recheck (listing()).
+        self.entry_changes = 0
         self.next_dh = 1
         root = self._new_inode(S.S_IFDIR | (root_mode & 0o7777), root_uid, root_gid)
         root.parent = ROOT_INO
@@ -422,6 +427,7 @@ class Filesystem:
             d.entries = entries = {}
             census.empty_dirs -= 1
         entries[name] = node.ino  # type: ignore[index]
+        self.entry_changes += 1
         census.entries += 1
         census.name_bytes += len(name)
         if node.entries is not None:   # a directory
@@ -504,6 +510,7 @@ class Filesystem:
             d.entries = entries = {}
             census.empty_dirs -= 1
         entries[name] = ino  # type: ignore[index]
+        self.entry_changes += 1
         census.entries += 1
         census.name_bytes += len(name)
 
@@ -513,6 +520,7 @@ class Filesystem:
         to, is freed)."""
         entries = d.entries
         del entries[name]  # type: ignore[union-attr]
+        self.entry_changes += 1
         census = self.census
         census.entries -= 1
         census.name_bytes -= len(name)
@@ -638,6 +646,7 @@ class Filesystem:
             raise FsError(errno.EINVAL, "directory exchanged into itself")
         od.entries[old_name] = b.ino  # type: ignore[index]
         nd.entries[new_name] = a.ino  # type: ignore[index]
+        self.entry_changes += 1
         if od is not nd:
             if a.is_dir:
                 a.parent = nd.ino
@@ -890,8 +899,23 @@ class Filesystem:
         self._dir(ino)
         dh = self.next_dh
         self.next_dh += 1
-        self.dir_handles[dh] = (ino, [])
+        self.dir_handles[dh] = (ino, [], -1)
         return dh
+
+    def _snapshot(self, dh: int, off: int) -> tuple[Inode, list[tuple[bytes, int]], int]:
+        """(directory, snapshot, entry_changes at the snapshot) of handle
+        dh; offset 0 takes a new snapshot."""
+        try:
+            ino, snap, changes = self.dir_handles[dh]
+        except KeyError:
+            raise FsError(errno.EBADF, "unknown directory handle") from None
+        d = self._dir(ino)
+        if off == 0:
+            snap = [(b".", d.ino), (b"..", d.parent)] + list(d.entries.items())  # type: ignore[union-attr]
+            changes = self.entry_changes
+            self.dir_handles[dh] = (ino, snap, changes)
+            self._maybe_update_atime(d)
+        return d, snap, changes
 
     def readdir(self, dh: int, off: int) -> Iterator[tuple[bytes, Inode, int]]:
         """Yield (name, inode, next offset) from offset off.
@@ -900,15 +924,7 @@ class Filesystem:
         nor repeats an entry that exists throughout it, whatever is created or
         removed meanwhile. Entries removed since the snapshot are skipped.
         """
-        try:
-            ino, snap = self.dir_handles[dh]
-        except KeyError:
-            raise FsError(errno.EBADF, "unknown directory handle") from None
-        d = self._dir(ino)
-        if off == 0:
-            snap = [(b".", d.ino), (b"..", d.parent)] + list(d.entries.items())  # type: ignore[union-attr]
-            self.dir_handles[dh] = (ino, snap)
-            self._maybe_update_atime(d)
+        d, snap, _changes = self._snapshot(dh, off)
         for i in range(off, len(snap)):
             name, child = snap[i]
             # d.entries each time: between two yields the directory may
@@ -919,6 +935,17 @@ class Filesystem:
             if node is None:
                 continue
             yield name, node, i + 1
+
+    def listing(self, dh: int, off: int) -> Optional[list[tuple[bytes, int]]]:
+        """readdir() for a transport that packs many entries at once: the
+        snapshot of handle dh, (name, inode number) pairs whose entry at
+        index i has offset i + 1, taken at offset 0 as readdir() takes it.
+        Only while no directory entry changed since the snapshot
+        (entry_changes), so that every pair in it is live and readdir()'s
+        per-entry recheck is moot; None otherwise (use readdir()). The same
+        list is returned until the next snapshot; nobody may change it."""
+        _d, snap, changes = self._snapshot(dh, off)
+        return snap if changes == self.entry_changes else None
 
     def releasedir(self, dh: int) -> None:
         self.dir_handles.pop(dh, None)

@@ -45,7 +45,9 @@ what it keeps (tests/unit/test_native.py pins that).
 
 from __future__ import annotations
 
+import bisect
 import errno
+import itertools
 import logging
 import os
 import select
@@ -115,6 +117,13 @@ BASE_FLAGS = w.BIG_WRITES
 #: (results/readdirplus-tree.md). Trees of small directories are the
 #: common case: it stays on.
 READDIRPLUS_MAX = 32 * 1024
+#: Plain READDIR records packed at once for an unchanged listing
+#: (Server._packed_listing). One list comprehension packs an entry in
+#: 0.28 us, against 0.50 us through readdir()'s generator with its
+#: per-entry recheck (5,000 entries, warm). The bound keeps what a listing
+#: of a huge directory holds at once to ~200 KB; an answer stops at the
+#: end of a packed range, and the kernel asks again from there.
+LISTING_CHUNK = 2048
 #: How long a request that found no room (ENOSPC: size= or nr_inodes=)
 #: waits for a RELEASE or FORGET the kernel still owes, when one would free
 #: some (Filesystem.pending_release). tmpfs frees an unlinked file at its
@@ -260,6 +269,9 @@ class Server:
             self._poller = select.poll()
             self._poller.register(fd, select.POLLIN)
         self._negative_entry = w.ENTRY_OUT.pack(0, 0, CACHE_TIMEOUT, 0, 0, 0, *([0] * 16))
+        #: Directory handle -> (its snapshot, offset of the first record,
+        #: packed READDIR records, their cumulative ends): _packed_listing.
+        self._listings: dict[int, tuple[list, int, list[bytes], list[int]]] = {}
         self.handlers: list[Optional[Callable[[int, int], Reply]]] = [None] * w.OPCODE_LIMIT
         self.min_size = [_HDR] * w.OPCODE_LIMIT
         for op, h in {
@@ -962,6 +974,13 @@ class Server:
 
     def readdir(self, nodeid: int, n: int) -> Reply:
         fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)
+        packed = self._packed_listing(fh, off)
+        if packed is not None:
+            _snap, first, recs, ends = packed
+            i = off - first
+            # Whole records up to size: the first whose end passes it stops.
+            stop = bisect.bisect_right(ends, (ends[i - 1] if i else 0) + size, i)
+            return b"".join(recs[i:stop])
         out = bytearray()
         used = 0
         records = w.DIRENT_BY_NAMELEN   # one pack a record, name and padding included
@@ -1012,8 +1031,32 @@ class Server:
         self.fs.referenced(linked)
         return out
 
+    def _packed_listing(self, fh: int, off: int) -> Optional[tuple[list, int, list[bytes],
+                                                                    list[int]]]:
+        """READDIR's records of handle fh packed from off on, at most
+        LISTING_CHUNK of them, while no directory entry changed since the
+        listing's snapshot (Filesystem.listing); None when it did, or at
+        its end: then readdir() walks it entry by entry."""
+        snap = self.fs.listing(fh, off)
+        if snap is None or off >= len(snap):
+            self._listings.pop(fh, None)
+            return None
+        packed = self._listings.get(fh)
+        if packed is not None and packed[0] is snap and 0 <= off - packed[1] < len(packed[2]):
+            return packed
+        records, inodes = w.DIRENT_BY_NAMELEN, self.fs.inodes
+        try:
+            recs = [records[len(name)].pack(ino, k, len(name), (inodes[ino].mode >> 12) & 15, name)
+                    for k, (name, ino) in enumerate(snap[off:off + LISTING_CHUNK], off + 1)]
+        except KeyError:    # `..` of a removed directory whose parent went too
+            return None
+        packed = self._listings[fh] = (snap, off, recs, list(itertools.accumulate(map(len, recs))))
+        return packed
+
     def releasedir(self, nodeid: int, n: int) -> Reply:
-        self.fs.releasedir(w.RELEASE_IN.unpack_from(self.buf, _HDR)[0])
+        fh = w.RELEASE_IN.unpack_from(self.buf, _HDR)[0]
+        self._listings.pop(fh, None)
+        self.fs.releasedir(fh)
         return b""
 
     # ---- extended attributes -----------------------------------------------------

@@ -830,6 +830,39 @@ def test_readdir_is_stable_while_entries_change(fs: Filesystem, seed: int) -> No
     assert {n for n, _ in list_all(fs, dh)[2:]} == live
 
 
+def test_listing_is_the_snapshot_only_while_no_entry_changed_anywhere(fs: Filesystem) -> None:
+    """listing() lets a transport pack without readdir()'s per-entry
+    recheck: it gives the snapshot while every pair in it is live, and
+    None once any directory's entries changed since it was taken."""
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    other = fs.mkdir(ROOT_INO, b"other", 0o755, ME)
+    for n in (b"a", b"b"):
+        mkfile(fs, d.ino, n)
+    dh = fs.opendir(d.ino)
+    assert fs.listing(dh, 3) is None                  # no snapshot taken yet
+    snap = fs.listing(dh, 0)
+    assert snap == [(b".", d.ino), (b"..", ROOT_INO), (b"a", fs.find(d.ino, b"a").ino),
+                    (b"b", fs.find(d.ino, b"b").ino)]
+    assert fs.listing(dh, 2) is snap                  # the same list until the next snapshot
+    assert [(n, node.ino) for n, node, _ in fs.readdir(dh, 0)] == snap
+    f = fs.find(d.ino, b"a")
+    changes: list[Callable[[], object]] = [
+        lambda: mkfile(fs, other.ino, b"x"),          # elsewhere counts too
+        lambda: fs.unlink(other.ino, b"x"),
+        lambda: fs.rename(d.ino, b"a", other.ino, b"y"),
+        lambda: fs.link(f.ino, d.ino, b"a2"),
+        lambda: fs.mkdir(other.ino, b"sub", 0o755, ME),
+        lambda: fs.rmdir(other.ino, b"sub"),
+        lambda: fs.rename(d.ino, b"b", other.ino, b"y", RENAME_EXCHANGE),
+    ]
+    for change in changes:
+        assert fs.listing(dh, 0) is not None
+        change()
+        assert fs.listing(dh, 2) is None, change
+    fs.releasedir(dh)
+    fails(errno.EBADF, lambda: fs.listing(dh, 0))
+
+
 def test_readdir_skips_entries_removed_before_they_are_reached(fs: Filesystem) -> None:
     d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
     for n in (b"a", b"b", b"c", b"d"):

@@ -332,6 +332,92 @@ def test_readdir_packs_whole_entries_up_to_the_size_asked(served):
     assert served.fs.dir_handles == {}
 
 
+def readdir(k: Kernel, dh: int, off: int, size: int) -> list[tuple[int, int, bytes]]:
+    """[(ino, next offset, name)] of one READDIR answer."""
+    out = k.call(w.READDIR, ROOT_INO, w.READ_IN.pack(dh, off, size, 0, 0, 0, 0))
+    assert len(out) <= size
+    records, pos = [], 0
+    while pos < len(out):
+        ino, next_off, namelen, _typ = w.DIRENT.unpack_from(out, pos)
+        records.append((ino, next_off, out[pos + w.DIRENT.size:pos + w.DIRENT.size + namelen]))
+        pos += (w.DIRENT.size + namelen + 7) & ~7
+    assert pos == len(out)
+    return records
+
+
+def test_a_listing_longer_than_a_packed_chunk_comes_whole(clock):
+    """An unchanged listing is packed LISTING_CHUNK records at a time
+    (Server._packed_listing): answers stop at a chunk's end and go on from
+    there, each record once, offsets in order."""
+    count = native.LISTING_CHUNK + 500
+    fs = Filesystem(block_size=BS, nr_inodes=count + 10, clock_ns=clock.ns)
+    for i in range(count):
+        fs.create(ROOT_INO, b"n%05d" % i, 0o644, native.Caller())
+    k, server, t, socks = start(fs)
+    try:
+        k.init()
+        dh = w.OPEN_OUT.unpack(k.call(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0)))[0]
+        got, off = [], 0
+        while batch := readdir(k, dh, off, 4096):
+            got += batch
+            off = batch[-1][1]
+            assert dh in server._listings           # packed, not walked
+        assert [o for _, o, _ in got] == list(range(1, count + 3))
+        assert [n for _, _, n in got] == [b".", b".."] + [b"n%05d" % i for i in range(count)]
+        assert all(fs.find(ROOT_INO, n).ino == ino for ino, _, n in got[2:])
+        readdir(k, dh, 0, 4096)                     # a new listing of the handle
+        k.call(w.RELEASEDIR, ROOT_INO, w.RELEASE_IN.pack(dh, 0, 0, 0))
+        assert server._listings == {} and fs.dir_handles == {}
+    finally:
+        stop(t, socks)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_readdir_is_stable_while_entries_change(served, seed):
+    """As the core's readdir (test_namespace), through READDIR answers of
+    random sizes, packed at once until the first change since the snapshot,
+    walked entry by entry after it: entries present throughout appear
+    exactly once, nothing that never existed shows up."""
+    import random
+    rng, k = random.Random(seed), served.k
+    live = set()
+    for i in range(rng.randrange(0, 200)):
+        served.create(ROOT_INO, b"e%03d" % i)
+        live.add(b"e%03d" % i)
+    initial, touched, serial = set(live), set(), 0
+    dh = w.OPEN_OUT.unpack(k.call(w.OPENDIR, ROOT_INO, w.OPEN_IN.pack(0, 0)))[0]
+    seen, off = [], 0
+    while batch := readdir(k, dh, off, rng.randrange(280, 2000)):
+        assert batch[0][1] > off
+        seen += [n for _, _, n in batch]
+        off = batch[-1][1]
+        if rng.random() < 0.5:
+            continue                        # unchanged: the next answer comes packed
+        r = rng.random()
+        serial += 1
+        if r < 0.4 or not live:
+            served.create(ROOT_INO, b"new%d" % serial)
+            live.add(b"new%d" % serial)
+            touched.add(b"new%d" % serial)
+        elif r < 0.8:
+            gone = rng.choice(sorted(live))
+            k.call(w.UNLINK, ROOT_INO, name(gone))
+            live.discard(gone)
+            touched.add(gone)
+        else:
+            old, new = rng.choice(sorted(live)), b"ren%d" % serial
+            k.call(w.RENAME2, ROOT_INO, w.RENAME2_IN.pack(ROOT_INO, 0, 0) + name(old) + name(new))
+            live.discard(old)
+            live.add(new)
+            touched.update((old, new))
+    k.call(w.RELEASEDIR, ROOT_INO, w.RELEASE_IN.pack(dh, 0, 0, 0))
+    assert seen[:2] == [b".", b".."]
+    entries = seen[2:]
+    assert len(entries) == len(set(entries)), "an entry was listed twice"
+    assert initial - touched <= set(entries)
+    assert set(entries) <= initial | touched
+
+
 def test_forget_batch_forget_and_interrupt_get_no_answer(served):
     k = served.k
     ino = served.create(ROOT_INO, b"f")
