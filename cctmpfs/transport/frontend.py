@@ -38,6 +38,16 @@ log = logging.getLogger(__name__)
 #: (llfuse's default, 300 s) is safe and saves a GETATTR per stat.
 CACHE_TIMEOUT = 300
 
+#: The answer to FLUSH (every close(2)), FSYNC and FSYNCDIR: the protocol's
+#: "not implemented". There is nothing to do (volatile, as tmpfs), and on
+#: ENOSYS the kernel never sends that opcode again on the connection
+#: (fc->no_flush, no_fsync, no_fsyncdir): close(2) and fsync(2) then return 0
+#: without a round trip. The kernel still writes a file's cached pages back
+#: first and reports their errors there (writeback.py, rule 3). An
+#: open-read-close of a small file took 45.9 us against 72.3 with FLUSH
+#: answered (native, medians of 7 interleaved rounds of 20,000).
+NOT_NEEDED = errno.ENOSYS
+
 #: Read-only control names on the root directory, visible to root only (the
 #: kernel allows trusted.* to CAP_SYS_ADMIN alone) and never listed.
 XATTR_STATS = b"trusted.cctmpfs.stats"            # stats JSON

@@ -23,7 +23,7 @@ from llfuse import FUSEError
 
 from ..namespace import Caller, Inode
 from ..options import DEFAULT_FUSE_FLAGS, MountOptions
-from .frontend import CACHE_TIMEOUT, Frontend
+from .frontend import CACHE_TIMEOUT, NOT_NEEDED, Frontend
 from .mounting import (BY_FUSERMOUNT, BY_MOUNT, MountError, check_user_allow_other,
                        escape_name_option, use_fusermount)
 
@@ -173,7 +173,7 @@ class Operations(llfuse.Operations):
 
     @boundary
     def flush(self, fh: int) -> None:
-        pass
+        raise FUSEError(NOT_NEEDED)
 
     @boundary
     def release(self, fh: int) -> None:
@@ -181,7 +181,7 @@ class Operations(llfuse.Operations):
 
     @boundary
     def fsync(self, fh: int, datasync: bool) -> None:
-        pass  # volatile by design, as tmpfs: there is nothing to make durable
+        raise FUSEError(NOT_NEEDED)
 
     # ---- directories ---------------------------------------------------
     @boundary
@@ -208,7 +208,7 @@ class Operations(llfuse.Operations):
 
     @boundary
     def fsyncdir(self, fh: int, datasync: bool) -> None:
-        pass
+        raise FUSEError(NOT_NEEDED)
 
     @boundary
     def statfs(self, ctx: Any) -> llfuse.StatvfsData:

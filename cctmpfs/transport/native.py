@@ -62,7 +62,7 @@ from ..options import DEFAULT_FUSE_FLAGS, MountOptions
 from . import bdi, mounting
 from .mounting import MountError
 from . import wire as w
-from .frontend import CACHE_TIMEOUT, Frontend
+from .frontend import CACHE_TIMEOUT, NOT_NEEDED, Frontend
 from .spin import CpuCrowding, SpinPolicy
 from .writeback import WritebackGuard
 
@@ -280,12 +280,12 @@ class Server:
             w.MKNOD: self.mknod, w.MKDIR: self.mkdir, w.UNLINK: self.unlink,
             w.RMDIR: self.rmdir, w.RENAME: self.rename, w.LINK: self.link, w.OPEN: self.open,
             w.READ: self.read, w.WRITE: self.write, w.STATFS: self.statfs,
-            w.RELEASE: self.release, w.FSYNC: self.empty, w.SETXATTR: self.setxattr,
+            w.RELEASE: self.release, w.FSYNC: self.not_needed, w.SETXATTR: self.setxattr,
             w.GETXATTR: self.getxattr, w.LISTXATTR: self.listxattr,
-            w.REMOVEXATTR: self.removexattr, w.FLUSH: self.empty, w.INIT: self.init,
+            w.REMOVEXATTR: self.removexattr, w.FLUSH: self.not_needed, w.INIT: self.init,
             w.OPENDIR: self.opendir, w.READDIR: self.readdir, w.RELEASEDIR: self.releasedir,
             w.READDIRPLUS: self.readdirplus,
-            w.FSYNCDIR: self.empty, w.ACCESS: self.access, w.CREATE: self.create,
+            w.FSYNCDIR: self.not_needed, w.ACCESS: self.access, w.CREATE: self.create,
             w.INTERRUPT: self.interrupt, w.DESTROY: self.empty,
             w.BATCH_FORGET: self.batch_forget, w.RENAME2: self.rename2, w.LSEEK: self.lseek,
             w.FALLOCATE: self.fallocate, w.COPY_FILE_RANGE: self.copy_file_range,
@@ -951,8 +951,12 @@ class Server:
         return b""
 
     def empty(self, nodeid: int, n: int) -> Reply:
-        """FLUSH, FSYNC, FSYNCDIR, DESTROY: nothing to do (volatile, as tmpfs)."""
+        """DESTROY: nothing to do (volatile, as tmpfs)."""
         return b""
+
+    def not_needed(self, nodeid: int, n: int) -> Reply:
+        """FLUSH, FSYNC, FSYNCDIR: frontend.NOT_NEEDED."""
+        return NOT_NEEDED
 
     def interrupt(self, nodeid: int, n: int) -> Reply:
         return None

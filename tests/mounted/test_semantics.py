@@ -233,6 +233,33 @@ def test_missing_names_then_created(both):
     assert cct.stats()["requests"].get("lookup", 0) - before == 1
 
 
+def test_close_and_fsync_answer_as_on_tmpfs_without_a_request_each(both):
+    """FLUSH and FSYNC have nothing to do: answered "not implemented" once,
+    the kernel stops sending them (frontend.NOT_NEEDED), while close(2),
+    fsync(2), fdatasync(2) and fsync of a directory still return 0, as on
+    tmpfs, and the data is there."""
+    def scenario(root: str) -> list[Any]:
+        obs: list[Any] = []
+        p = os.path.join(root, "f")
+        for i in range(20):
+            fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+            obs.append(os.write(fd, b"%d," % i))
+            obs.append(err(lambda: os.fsync(fd)))
+            obs.append(err(lambda: os.fdatasync(fd)))
+            obs.append(err(lambda: os.close(fd)))
+        dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        obs.append(err(lambda: os.fsync(dfd)))
+        os.close(dfd)
+        with open(p) as f:
+            obs.append(f.read())
+        return obs
+
+    cct, ref = both()
+    check_same(scenario, cct, ref)
+    asked = cct.stats()["requests"]
+    assert all(asked.get(op, 0) <= 1 for op in ("flush", "fsync", "fsyncdir")), asked
+
+
 def test_large_directory_listing(both):
     def scenario(root):
         d = os.path.join(root, "big")
