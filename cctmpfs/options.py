@@ -128,9 +128,9 @@ INIT_SWITCHES: dict[str, bool] = {
     "handle_killpriv_v2": True,
     # The kernel caches writes and owns size and mtime while pages are
     # dirty. Off by default: a writer that opened its file before the mount
-    # filled keeps the cache, and learns of ENOSPC only at fsync or close
-    # where tmpfs fails the write(2) (transport/writeback.py; nothing
-    # acknowledged is lost, but `cat /dev/zero > f` would not stop).
+    # filled keeps the cache and gets ENOSPC once free space is down to the
+    # reserve, before the mount is full, where tmpfs fills it to the byte
+    # (transport/writeback.py; nothing acknowledged is lost).
     "writeback_cache": False,
     # READDIRPLUS (entries with their attributes and a lookup reference) and
     # the kernel's choice of when to use it: `ls -l` of 5,000 entries took
@@ -138,6 +138,10 @@ INIT_SWITCHES: dict[str, bool] = {
     # llfuse's (transport/native.py, READDIRPLUS_MAX).
     "readdirplus": True,
     "readdirplus_auto": True,
+    # The kernel keeps a symlink's target in its page cache and asks
+    # READLINK once per inode: a target never changes (a new one is a new
+    # inode).
+    "cache_symlinks": True,
 }
 DEFAULT_FUSE_FLAGS = frozenset(n for n, on in INIT_SWITCHES.items() if on)
 

@@ -131,6 +131,7 @@ FATTR_KILL_SUIDGID = 1 << 11
 
 FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_CACHE_DIR = 1 << 3
 
 #: fuse_write_in.write_flags
 WRITE_CACHE = 1 << 0          # a writeback of cached pages; the handle is any open one

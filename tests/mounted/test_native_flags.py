@@ -16,7 +16,7 @@ import pytest
 
 from conftest import read_stats
 from test_eviction import loop_device  # noqa: F401 - a fixture
-from test_semantics import as_user, both, describe, err, same  # noqa: F401 - both: a fixture
+from test_semantics import as_user, both, check_same, describe, err, same  # noqa: F401 - both: a fixture
 
 pytestmark = pytest.mark.mounted
 
@@ -521,3 +521,60 @@ def test_a_file_just_written_is_read_back_from_the_page_cache(mount_cct, transpo
     with open(path, "rb") as f:
         assert f.read() == data
     assert read_stats(mp)["requests"].get("read", 0) == before
+
+
+@pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,fuse_off=cache_symlinks"],
+                         ids=["default", "no_cache_symlinks"])
+def test_cached_listings_and_symlinks_follow_every_change_as_tmpfs(both, cct_options):
+    """OPENDIR answers FOPEN_CACHE_DIR, and cache_symlinks lets the kernel
+    keep symlink targets: listings (twice each, the second from the cache;
+    through a new and a held-open directory) and targets read after every
+    kind of change come out as on tmpfs. On native an unchanged directory
+    or symlink is then read without a request."""
+    def scenario(root: str) -> list[Any]:
+        d = os.path.join(root, "d")
+        os.mkdir(d)
+        at = lambda *names: os.path.join(d, *names)  # noqa: E731
+        held = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        obs: list[Any] = []
+
+        def look() -> None:
+            obs.extend([sorted(os.listdir(d)), sorted(os.listdir(d)), sorted(os.listdir(held))])
+            obs.extend([err(lambda: os.readlink(at("s"))), err(lambda: os.readlink(at("s")))])
+
+        steps = [
+            lambda: open(at("a"), "w").close(),
+            lambda: os.rename(at("a"), at("b")),
+            lambda: os.link(at("b"), at("c")),
+            lambda: os.unlink(at("b")),
+            lambda: os.mkdir(at("sub")),
+            lambda: os.rename(at("c"), at("sub", "c")),
+            lambda: os.symlink("t1", at("s")),
+            lambda: os.mkfifo(at("fifo")),
+            lambda: os.rename(at("sub", "c"), os.path.join(root, "out")),
+            lambda: os.rmdir(at("sub")),
+            lambda: (os.symlink("t2", at("s2")), os.rename(at("s2"), at("s"))),
+            lambda: os.rename(os.path.join(root, "out"), at("back")),
+        ]
+        look()
+        for step in steps:
+            step()
+            look()
+        os.close(held)
+        return obs
+
+    cct, ref = both(cct_options)
+    check_same(scenario, cct, ref)
+    if read_stats(cct)["transport"]["name"] != "native":
+        return
+    d = os.path.join(cct, "d")
+    asked = lambda: read_stats(cct)["requests"]  # noqa: E731
+    before = asked()
+    for _ in range(20):
+        assert len(os.listdir(d)) == 3          # fifo, s, back
+        os.readlink(os.path.join(d, "s"))
+    after = asked()
+    listings = sum(after.get(op, 0) - before.get(op, 0) for op in ("readdir", "readdirplus"))
+    assert listings <= 2, (before, after)
+    readlinks = after.get("readlink", 0) - before.get("readlink", 0)
+    assert readlinks <= 1 if "cache_symlinks" not in cct_options else readlinks >= 20
