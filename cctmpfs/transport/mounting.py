@@ -78,7 +78,7 @@ COMMFD_ENV = "_FUSE_COMMFD"
 FUSERMOUNT_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
 #: Options whose values are names, which may hold a comma: libfuse 2.9
 #: (fuse_opt.c) and fusermount (do_mount) read a backslash in them as "the
-#: next character is literal" (escape_option_value).
+#: next character is literal" (escape_name_option).
 NAME_KEYS = ("fsname", "subtype")
 #: How mounted_by (stats) names the two ways.
 BY_MOUNT = "mount(2)"

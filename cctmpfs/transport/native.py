@@ -124,7 +124,7 @@ READDIRPLUS_MAX = 32 * 1024
 #: fuse_dir_changed), as AUTO_INVAL_DATA's reasoning goes (options.py). A
 #: warm os.listdir of 5,000 entries: 0.91 ms against 4.4 without it, 5
 #: requests for 15 listings against 75.
-_OPENDIR_FLAGS = w.FOPEN_CACHE_DIR | w.FOPEN_KEEP_CACHE
+OPENDIR_FLAGS = w.FOPEN_CACHE_DIR | w.FOPEN_KEEP_CACHE
 #: Plain READDIR records packed at once for an unchanged listing
 #: (Server._packed_listing). One list comprehension packs an entry in
 #: 0.28 us, against 0.50 us through readdir()'s generator with its
@@ -982,7 +982,7 @@ class Server:
 
     # ---- directories -------------------------------------------------------------
     def opendir(self, nodeid: int, n: int) -> Reply:
-        return w.OPEN_OUT.pack(self.fs.opendir(nodeid), _OPENDIR_FLAGS, 0)
+        return w.OPEN_OUT.pack(self.fs.opendir(nodeid), OPENDIR_FLAGS, 0)
 
     def readdir(self, nodeid: int, n: int) -> Reply:
         fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)
