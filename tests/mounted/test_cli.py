@@ -369,7 +369,7 @@ def test_stats_json_after_writing_real_files(mount_cct, transport):
         t = s["transport"]
         assert t["flags"] == ["ASYNC_READ", "ATOMIC_O_TRUNC", "BIG_WRITES",
                               "DO_READDIRPLUS", "READDIRPLUS_AUTO", "PARALLEL_DIROPS", "MAX_PAGES",
-                              "HANDLE_KILLPRIV_V2"], t
+                              "CACHE_SYMLINKS", "HANDLE_KILLPRIV_V2"], t
         assert t["flags"] == t["asked_flags"]
         assert set(t["flags"]) <= set(t["kernel_flags"]) and t["max_write"] == 1 << 20
         assert t["protocol"].startswith("7.") and t["bad_requests"] == 0 == t["reply_errors"]
