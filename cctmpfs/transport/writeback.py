@@ -10,12 +10,18 @@ still said 64 MiB. Three rules keep every byte that fsync or close
 acknowledged:
 
 1. **Bounded dirty data.** The mount's bdi (/sys/class/bdi/MAJOR:MINOR)
-   gets `max_bytes` = the reserve and `strict_limit` on, so the kernel
-   never holds more unwritten bytes for this mount than the reserve
-   (a writer past it waits in balance_dirty_pages until WRITEs are
-   answered). A user cannot write sysfs: a user mount keeps the kernel's
-   strict bound (FUSE's max_ratio 1%, 47.8 MB here) and the reserve grows
-   to it, so a small user mount opens uncached (rule 2) sooner.
+   gets `max_bytes` = half the reserve and `strict_limit` on, so the
+   kernel never holds more than that of unwritten bytes for this mount (a
+   writer past it waits in balance_dirty_pages until WRITEs are answered).
+   The other half is for what the kernel still takes after free space fell
+   to the reserve (rule 4): the rest of each write(2) that had passed its
+   attribute check, and balance_dirty_pages' overshoot. With the bound
+   equal to the reserve, a cached writer's last writeback failed with
+   ENOSPC in 3 of 10 runs of test_a_cached_writer_gets_enospc_at_write_near_full
+   with both cores busy. A user cannot write sysfs: a user mount keeps the
+   kernel's strict bound (FUSE's max_ratio 1%, 47.8 MB here) and the
+   reserve grows to twice it, so a small user mount opens uncached
+   (rule 2) sooner.
 2. **A reserve.** While free space (statfs: size= and the RAM budget) is
    above the reserve, whatever the kernel holds still fits. When it falls
    to the reserve, OPEN and CREATE are answered with FOPEN_DIRECT_IO: those
@@ -37,13 +43,16 @@ acknowledged:
    while space was plentiful keeps the cache. When free space falls to the
    reserve (seen after a WRITE, FALLOCATE, COPY_FILE_RANGE or at an open),
    the attributes of every file such a writer holds are invalidated
-   (NOTIFY_INVAL_INODE, attributes only). Its next write(2) then asks
-   GETATTR with its handle first (fuse_cache_write_iter), and while free
-   space is still at the reserve that GETATTR is answered ENOSPC: the
-   write(2) fails, as on tmpfs, and everything it wrote before fits in the
-   reserve. Native handles carry FH_CACHED_WRITER for this. A GETATTR
-   without the handle (a stat) is answered valid for no time, so that the
-   writer asks again.
+   (NOTIFY_INVAL_INODE, attributes only), at once, by the reader itself:
+   an invalidation of attributes only touches no page, so the kernel sends
+   nothing before it returns, and queued for the notifier thread it came
+   late under load (the writer went on filling the reserve meanwhile).
+   Its next write(2) then asks GETATTR with its handle first
+   (fuse_cache_write_iter), and while free space is still at the reserve
+   that GETATTR is answered ENOSPC: the write(2) fails, as on tmpfs, and
+   everything it wrote before fits in the reserve. Native handles carry
+   FH_CACHED_WRITER for this. A GETATTR without the handle (a stat) is
+   answered valid for no time, so that the writer asks again.
 
 What this does not give (why writeback_cache is off by default):
 - a cached writer gets ENOSPC up to the reserve (32 MiB, or a quarter of a
@@ -52,14 +61,17 @@ What this does not give (why writeback_cache is off by default):
   counts the bytes and fails with fuse_on=writeback_cache for that reason);
   fstat(2) of such a handle then says ENOSPC too;
 - writers that opened near full (rule 2) may still use the reserve itself,
-  so a cached writer's last dirty pages can then fail at writeback: that
-  is reported at fsync and close (rule 3), not lost silently.
+  and a single write(2) longer than half the reserve may be under way when
+  free space falls to it, so a cached writer's last dirty pages can then
+  fail at writeback: that is reported at fsync and close (rule 3), not
+  lost silently.
 
 Threading: `near_full()`, `check_space()`, `refuse_cached_write()`, the
 cached-writer counts and `writeback_failed()` run in the reader with
-the global lock held; the notifier thread never takes the lock and only
-writes notifications to /dev/fuse (one writev(2) each, atomic as the
-reader's answers are).
+the global lock held; `check_space()` writes its attribute-only
+notifications there. The notifier thread never takes the lock and only
+writes the notifications that drop pages to /dev/fuse (one write(2) each,
+atomic as the reader's answers are).
 """
 
 from __future__ import annotations
@@ -84,6 +96,10 @@ log = logging.getLogger(__name__)
 RESERVE_BYTES = 32 << 20
 #: A small mount keeps at most this share of size= as the reserve.
 RESERVE_SHARE = 4
+#: The kernel's dirty bound is the reserve divided by this (rule 1); the
+#: rest covers what it takes before a cached writer stops.
+DIRTY_SHARE = 2
+
 class WritebackGuard:
     """The reserve and the failed-writeback notifications of one mount."""
 
@@ -102,8 +118,10 @@ class WritebackGuard:
         self.cached_writers: dict[int, int] = {}
         self.refused_writes = 0         # cached writers' GETATTRs answered ENOSPC
         self.failed_writebacks = 0      # WRITE_CACHE requests answered with an error
-        self.notifications = 0          # NOTIFY_INVAL_INODE queued
-        # Written by the notifier thread only; read by stats (an int: atomic).
+        self.notifications = 0          # NOTIFY_INVAL_INODE sent or queued
+        # Written by the notifier thread, and by the reader for rule 4's
+        # notifications; read by stats. Both failing at once can lose one
+        # increment of a count that is meant to stay 0.
         self.notify_errors = 0
         self._queue: queue.SimpleQueue[Optional[tuple[int, int]]] = queue.SimpleQueue()
         #: Inodes queued and not yet sent: added by the reader, removed by the
@@ -114,11 +132,12 @@ class WritebackGuard:
         self._thread: Optional[threading.Thread] = None
 
     def start(self, device: Optional[str]) -> None:
-        self.bdi_max_bytes = bdi.set_dirty_limit(device, self.reserve)
+        self.bdi_max_bytes = bdi.set_dirty_limit(device, self.reserve // DIRTY_SHARE)
         # The kernel may take a little more than asked (its ratio's rounding),
         # and a user mount keeps the kernel's bound (47.8 MB here): whatever
-        # the kernel may hold dirty must fit in the reserve (rule 1).
-        self.reserve = max(self.reserve, self.bdi_max_bytes)
+        # the kernel may hold dirty, and as much again, must fit in the
+        # reserve (rule 1).
+        self.reserve = max(self.reserve, self.bdi_max_bytes * DIRTY_SHARE)
         self._thread = threading.Thread(target=self._notifier, name="cctmpfs-notify", daemon=True)
         self._thread.start()
 
@@ -146,7 +165,8 @@ class WritebackGuard:
             log.info("free space down to the writeback reserve (%d bytes): %d cached "
                      "writers stop", self.reserve, len(self.cached_writers))
             for ino in self.cached_writers:
-                self._queue_notification(ino, -1)
+                self._send_inval(ino, -1)
+                self.notifications += 1
         self.tight = tight
         return tight
 
@@ -198,20 +218,25 @@ class WritebackGuard:
 
     # ---- the notifier thread ------------------------------------------------------
     def _notifier(self) -> None:
-        body_len = w.OUT_HEADER.size + w.NOTIFY_INVAL_INODE_OUT.size
         while True:
             key = self._queue.get()
             if key is None:
                 return
             self._pending.discard(key)
-            ino, offset = key
-            # Length 0: to the end of the file.
-            msg = w.OUT_HEADER.pack(body_len, w.NOTIFY_INVAL_INODE, 0) + \
-                w.NOTIFY_INVAL_INODE_OUT.pack(ino, offset, 0)
-            try:
-                os.write(self.fd, msg)
-            except OSError as e:
-                # ENOENT: the kernel no longer knows the inode; ENODEV: unmounted.
-                if e.errno not in (errno.ENOENT, errno.ENODEV):
-                    self.notify_errors += 1
-                    log.error("NOTIFY_INVAL_INODE of %d refused: %s", ino, e.strerror)
+            self._send_inval(*key)
+
+    def _send_inval(self, ino: int, offset: int) -> None:
+        """Write one NOTIFY_INVAL_INODE of ino from offset to the end of the
+        file (length 0). From the reader only with offset -1 (rule 4)."""
+        msg = _INVAL_HEADER + w.NOTIFY_INVAL_INODE_OUT.pack(ino, offset, 0)
+        try:
+            os.write(self.fd, msg)
+        except OSError as e:
+            # ENOENT: the kernel no longer knows the inode; ENODEV: unmounted.
+            if e.errno not in (errno.ENOENT, errno.ENODEV):
+                self.notify_errors += 1
+                log.error("NOTIFY_INVAL_INODE of %d refused: %s", ino, e.strerror)
+
+
+_INVAL_HEADER = w.OUT_HEADER.pack(w.OUT_HEADER.size + w.NOTIFY_INVAL_INODE_OUT.size,
+                                  w.NOTIFY_INVAL_INODE, 0)

@@ -795,6 +795,34 @@ def test_failed_writebacks_send_one_inval_inode_per_inode_from_another_thread():
         theirs.close()
 
 
+def test_reaching_the_reserve_invalidates_cached_writers_before_it_returns():
+    """Rule 4: the attribute-only notifications are written by the reader
+    itself, so the kernel has them before it gets the WRITE's answer (queued
+    for the notifier thread, they came late under load and a cached writer
+    overran the reserve)."""
+    from cctmpfs.transport.writeback import WritebackGuard
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    free = [100 << 20]
+    guard = WritebackGuard(ours.fileno(), lambda: free[0], 64 << 20)
+    try:
+        guard.cached_writer_opened(9)
+        guard.cached_writer_opened(9)
+        guard.cached_writer_opened(12)
+        assert not guard.check_space()
+        free[0] = (16 << 20) - 1
+        assert guard.check_space() and guard.check_space()    # told once, not per WRITE
+        theirs.setblocking(False)       # no thread started: already written, or never
+        got = sorted(w.NOTIFY_INVAL_INODE_OUT.unpack_from(theirs.recv(1 << 16), w.OUT_HEADER.size)
+                     for _ in range(2))
+        assert got == [(9, -1, 0), (12, -1, 0)]
+        with pytest.raises(BlockingIOError):
+            theirs.recv(1 << 16)
+        assert guard.info()["reserve_reached"] == 1 and guard.info()["inval_notifications"] == 2
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_a_failed_writeback_write_is_answered_with_its_errno(clock):
     fs = Filesystem(block_size=BS, size_limit=BS, clock_ns=clock.ns)
     k, server, t, socks = start(fs, DEFAULT_FUSE_FLAGS | {"writeback_cache"})
