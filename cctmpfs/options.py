@@ -90,6 +90,15 @@ IGNORED_KEYS = frozenset({"huge", "mpol", "comment", "context", "fscontext",
 #: of the stdlib 0.52-0.55x the time; cold 1 MiB reads equal.
 TRANSPORTS = ("llfuse", "native")
 DEFAULT_TRANSPORT = "native"
+#: Which allocator the daemon's Python objects come from (allocator=; set
+#: as PYTHONMALLOC, so cli.py starts the command again under it). glibc's
+#: malloc gives freed pages back page by page (memtrim.py); pymalloc keeps a
+#: 1 MiB arena while one object in it lives. After `rm -rf` of the stdlib
+#: with site-packages (59k inodes) the daemon's RSS stayed 43 MiB above the
+#: fresh daemon's with pymalloc (28 arenas pinned, 26.9 MiB), 21 MiB with
+#: malloc; full, malloc cost 0.7% more RSS (docs/memory.md, stop 24).
+ALLOCATORS = ("malloc", "pymalloc")
+DEFAULT_ALLOCATOR = "malloc"
 #: libfuse options the native transport cannot honour (none: it mounts with
 #: mount(2) as root, through fusermount as a user or with auto_unmount).
 NATIVE_UNSUPPORTED: frozenset[str] = frozenset()
@@ -196,6 +205,7 @@ class MountOptions:
     #: The INIT_SWITCHES names transport=native asks for (fuse_off=, fuse_on=).
     fuse_flags: frozenset[str] = DEFAULT_FUSE_FLAGS
     fuse_options: tuple[str, ...] = ()
+    allocator: str = DEFAULT_ALLOCATOR  # the daemon's PYTHONMALLOC (allocator=, one of ALLOCATORS)
 
     @property
     def codec_spec(self) -> str:
@@ -350,7 +360,7 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         if key in ("size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress",
                    "block_size", "ram", "buffer", "workers", "dedup", "backing",
                    "backing_size", "backing_encrypt", "seal_priority", "recompress", "pack", "transport",
-                   "spin", "fuse_off", "fuse_on"):
+                   "spin", "fuse_off", "fuse_on", "allocator"):
             if not eq or value == "":
                 raise OptionError(f"{key}: needs a value ({key}=...)")
             ours[key] = value
@@ -439,6 +449,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     if pack_text not in ("on", "off"):
         raise OptionError(f"pack={pack_text[:40]}: must be on or off")
 
+    allocator = ours.get("allocator", DEFAULT_ALLOCATOR)
+    if allocator not in ALLOCATORS:
+        raise OptionError(f"allocator={allocator[:40]}: must be {' or '.join(ALLOCATORS)}")
+
     backing = os.path.abspath(ours["backing"]) if "backing" in ours else None
     if backing is None and ("backing_size" in ours or "backing_encrypt" in ours):
         raise OptionError("backing_size=/backing_encrypt=: need backing=PATH")
@@ -475,4 +489,5 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         backing_encrypt=encrypt_text == "on", seal_idle=seal_priority == "idle",
         recompress_level=recompress_level, pack=pack_text == "on",
         transport=transport, spin_us=spin_us, fuse_flags=fuse_flags, fuse_options=tuple(fuse),
+        allocator=allocator,
     )
