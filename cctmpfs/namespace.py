@@ -347,9 +347,19 @@ class Filesystem:
     def _maybe_update_atime(self, node: Inode) -> None:
         """relatime: tmpfs's default atime policy."""
         now = self.now_ns()
-        if (node.atime_ns <= node.mtime_ns or node.atime_ns <= node.ctime_ns
-                or now - node.atime_ns >= RELATIME_SECONDS * 10 ** 9):
+        if self._atime_due(node, now):
             node.atime_ns = now
+
+    @staticmethod
+    def _atime_due(node: Inode, now: int) -> bool:
+        return (node.atime_ns <= node.mtime_ns or node.atime_ns <= node.ctime_ns
+                or now - node.atime_ns >= RELATIME_SECONDS * 10 ** 9)
+
+    def atime_due(self, ino: int) -> bool:
+        """Whether reading ino now would update its atime (relatime). A
+        transport whose kernel serves listings or symlink targets from its
+        cache lets the next read through when it would."""
+        return self._atime_due(self.get(ino), self.now_ns())
 
     # ---- lookups and lifetimes ------------------------------------------
     def lookup(self, parent: int, name: bytes) -> Inode:

@@ -125,6 +125,11 @@ READDIRPLUS_MAX = 32 * 1024
 #: warm os.listdir of 5,000 entries: 0.91 ms against 4.4 without it, 5
 #: requests for 15 listings against 75.
 OPENDIR_FLAGS = w.FOPEN_CACHE_DIR | w.FOPEN_KEEP_CACHE
+#: OPENDIR's answer when a listing now would update the directory's atime
+#: (relatime: its ctime changed since, which a chmod does without dropping
+#: the cache, or it is a day old): the cache is dropped at this open, so
+#: the listing reaches the daemon, and later ones are cached again.
+OPENDIR_ATIME_DUE = w.FOPEN_CACHE_DIR
 #: Plain READDIR records packed at once for an unchanged listing
 #: (Server._packed_listing). One list comprehension packs an entry in
 #: 0.28 us, against 0.50 us through readdir()'s generator with its
@@ -777,10 +782,28 @@ class Server:
             ctime_ns=ctime * _NS + ctimensec if valid & w.FATTR_CTIME else None,
             # HANDLE_KILLPRIV_V2: truncate without CAP_FSETID, or chown.
             kill_privileges=bool(valid & w.FATTR_KILL_SUIDGID))
+        self._uncache_target_if_atime_due(node)
         return self._attr_out(node)
 
     def readlink(self, nodeid: int, n: int) -> Reply:
         return self.fs.readlink(nodeid)
+
+    def _uncache_target_if_atime_due(self, node: Inode) -> None:
+        """CACHE_SYMLINKS: the kernel reads a symlink's target from its page
+        cache, without READLINK. Once a read would update the atime (relatime:
+        after a chown, a utime, a link or a rename changed its ctime), drop
+        the kernel's copy so that the next read comes here, as on tmpfs. The
+        pages of a symlink are never dirty, so the kernel writes nothing
+        back before it returns: the reader may send this itself."""
+        if node.target is None or not self.flags & w.CACHE_SYMLINKS \
+                or not self.fs.atime_due(node.ino):
+            return
+        try:
+            os.write(self.fd, w.inval_inode_message(node.ino, 0))
+        except OSError as e:
+            # ENOENT: the kernel does not hold the inode, nor its target.
+            if e.errno != errno.ENOENT:
+                log.warning("NOTIFY_INVAL_INODE of symlink %d refused: %s", node.ino, e.strerror)
 
     def symlink(self, nodeid: int, n: int) -> Reply:
         name, off = self._name(_HDR, n)
@@ -819,13 +842,18 @@ class Server:
     def _rename(self, nodeid: int, newdir: int, off: int, n: int, flags: int = 0) -> Reply:
         old, off = self._name(off, n)
         new, _ = self._name(off, n)
+        moved = self.fs.find(nodeid, old)
         self.fs.rename(nodeid, old, newdir, new, flags, self._caller() if flags else None)
+        if moved is not None:
+            self._uncache_target_if_atime_due(moved)
         return b""
 
     def link(self, nodeid: int, n: int) -> Reply:
         old = w.LINK_IN.unpack_from(self.buf, _HDR)[0]
         name, _ = self._name(_HDR + w.LINK_IN.size, n)
-        return self._entry(self.fs.link(old, nodeid, name))
+        node = self.fs.link(old, nodeid, name)
+        self._uncache_target_if_atime_due(node)
+        return self._entry(node)
 
     # ---- file I/O ----------------------------------------------------------------
     def open(self, nodeid: int, n: int) -> Reply:
@@ -982,7 +1010,9 @@ class Server:
 
     # ---- directories -------------------------------------------------------------
     def opendir(self, nodeid: int, n: int) -> Reply:
-        return w.OPEN_OUT.pack(self.fs.opendir(nodeid), OPENDIR_FLAGS, 0)
+        dh = self.fs.opendir(nodeid)
+        due = self.fs.atime_due(nodeid)
+        return w.OPEN_OUT.pack(dh, OPENDIR_ATIME_DUE if due else OPENDIR_FLAGS, 0)
 
     def readdir(self, nodeid: int, n: int) -> Reply:
         fh, off, size, _rf, _owner, _flags, _pad = w.READ_IN.unpack_from(self.buf, _HDR)

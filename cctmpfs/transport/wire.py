@@ -98,6 +98,7 @@ MAX_PAGES = INIT_FLAGS["MAX_PAGES"]
 WRITEBACK_CACHE = INIT_FLAGS["WRITEBACK_CACHE"]
 HANDLE_KILLPRIV_V2 = INIT_FLAGS["HANDLE_KILLPRIV_V2"]
 DIRECT_IO_ALLOW_MMAP = INIT_FLAGS["DIRECT_IO_ALLOW_MMAP"]
+CACHE_SYMLINKS = INIT_FLAGS["CACHE_SYMLINKS"]
 #: Switch names (options.INIT_SWITCHES) whose fuse.h name differs from the
 #: lowercased flag: FUSE_DO_READDIRPLUS is switched as `readdirplus`.
 SWITCH_ALIASES = {"readdirplus": "DO_READDIRPLUS"}
@@ -206,6 +207,13 @@ COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out
 # ---- notifications (daemon to kernel: unique 0, the code in the error field) ----
 NOTIFY_INVAL_INODE = 2
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino off len (off < 0: attributes only; len <= 0: to the end)
+
+
+def inval_inode_message(ino: int, offset: int) -> bytes:
+    """NOTIFY_INVAL_INODE of ino from offset to the end of its cached pages
+    (offset -1: its attributes only), one write(2) to /dev/fuse."""
+    return OUT_HEADER.pack(OUT_HEADER.size + NOTIFY_INVAL_INODE_OUT.size, NOTIFY_INVAL_INODE, 0) \
+        + NOTIFY_INVAL_INODE_OUT.pack(ino, offset, 0)
 
 for _s, _size in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128),
                   (ATTR_OUT, 104), (OPEN_OUT, 16), (WRITE_OUT, 8), (KSTATFS, 80),

@@ -228,15 +228,10 @@ class WritebackGuard:
     def _send_inval(self, ino: int, offset: int) -> None:
         """Write one NOTIFY_INVAL_INODE of ino from offset to the end of the
         file (length 0). From the reader only with offset -1 (rule 4)."""
-        msg = _INVAL_HEADER + w.NOTIFY_INVAL_INODE_OUT.pack(ino, offset, 0)
         try:
-            os.write(self.fd, msg)
+            os.write(self.fd, w.inval_inode_message(ino, offset))
         except OSError as e:
             # ENOENT: the kernel no longer knows the inode; ENODEV: unmounted.
             if e.errno not in (errno.ENOENT, errno.ENODEV):
                 self.notify_errors += 1
                 log.error("NOTIFY_INVAL_INODE of %d refused: %s", ino, e.strerror)
-
-
-_INVAL_HEADER = w.OUT_HEADER.pack(w.OUT_HEADER.size + w.NOTIFY_INVAL_INODE_OUT.size,
-                                  w.NOTIFY_INVAL_INODE, 0)

@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -523,6 +524,57 @@ def test_a_file_just_written_is_read_back_from_the_page_cache(mount_cct, transpo
     assert read_stats(mp)["requests"].get("read", 0) == before
 
 
+def test_a_cached_listing_or_target_still_updates_the_atime_as_tmpfs(both):
+    """relatime with the kernel's caches (FOPEN_CACHE_DIR, CACHE_SYMLINKS):
+    after a change of a directory's or a symlink's ctime (chmod, lchown,
+    utime, link, rename), tmpfs updates the atime at the next listing or
+    readlink, although nothing else changed. The kernel would serve both
+    from its cache, so the daemon drops them (the OPENDIR answer without
+    KEEP_CACHE; NOTIFY_INVAL_INODE of the symlink). Then, unchanged, the
+    next read leaves the atime alone on both."""
+    def scenario(root: str) -> list[Any]:
+        d = os.path.join(root, "d")
+        os.mkdir(d)
+        open(os.path.join(d, "f"), "w").close()
+        s = os.path.join(root, "s")
+        os.symlink("target", s)
+        obs: list[Any] = []
+
+        # Each step a clock tick (4 ms, clock.py) after the last: the daemon's
+        # stamps within one tick are equal, tmpfs's differ.
+        def read_updates_atime(path: str, read: Any) -> bool:
+            before = os.lstat(path).st_atime_ns
+            time.sleep(0.02)
+            read()
+            return os.lstat(path).st_atime_ns > before
+
+        listing = lambda: os.listdir(d)          # noqa: E731
+        target = lambda: os.readlink(s)          # noqa: E731
+        time.sleep(0.02)
+        listing(), listing(), target(), target()    # cached from here on
+        time.sleep(0.02)
+        for change in (lambda: os.chmod(d, 0o700),
+                       lambda: os.utime(d, ns=(1, os.stat(d).st_mtime_ns))):
+            obs.append(read_updates_atime(d, listing))
+            time.sleep(0.02)
+            change()
+            obs.append(read_updates_atime(d, listing))
+        for change in (lambda: os.chown(s, 1, 1, follow_symlinks=False),
+                       lambda: os.utime(s, ns=(1, os.lstat(s).st_mtime_ns), follow_symlinks=False),
+                       lambda: os.link(s, os.path.join(root, "s2"), follow_symlinks=False),
+                       lambda: (os.rename(s, os.path.join(root, "s3")),
+                                os.rename(os.path.join(root, "s3"), s))):
+            obs.append(read_updates_atime(s, target))
+            time.sleep(0.02)
+            change()
+            obs.append(read_updates_atime(s, target))
+        return obs
+
+    cct, ref = both("size=64m")
+    got = check_same(scenario, cct, ref)
+    assert got == [False, True] * 6     # the scenario tells both cases apart
+
+
 @pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,fuse_off=cache_symlinks"],
                          ids=["default", "no_cache_symlinks"])
 def test_cached_listings_and_symlinks_follow_every_change_as_tmpfs(both, cct_options):
@@ -569,6 +621,12 @@ def test_cached_listings_and_symlinks_follow_every_change_as_tmpfs(both, cct_opt
         return
     d = os.path.join(cct, "d")
     asked = lambda: read_stats(cct)["requests"]  # noqa: E731
+    # A listing within the clock tick (4 ms) of the directory's last change
+    # stamps an atime equal to its mtime, so relatime lets the next one
+    # through too (OPENDIR_ATIME_DUE): start a tick later.
+    os.listdir(d)
+    time.sleep(0.02)
+    os.listdir(d)
     before = asked()
     for _ in range(20):
         assert len(os.listdir(d)) == 3          # fifo, s, back

@@ -537,6 +537,29 @@ def test_readdir_and_readlink_update_atime(fs: Filesystem, clock: FakeClock) -> 
     assert s.atime_ns > s.mtime_ns
 
 
+def test_atime_due_says_whether_a_read_would_update_it(fs: Filesystem, clock: FakeClock) -> None:
+    """What a transport asks before letting the kernel serve a listing or a
+    symlink target from its cache: the relatime rule, without applying it."""
+    d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
+    s = fs.symlink(ROOT_INO, b"s", b"target", ME)
+    clock.advance(1)
+    assert fs.atime_due(d.ino) and fs.atime_due(s.ino)       # atime == mtime: never read
+    a = d.atime_ns
+    assert fs.atime_due(d.ino) and d.atime_ns == a           # asking changes nothing
+    list(fs.readdir(fs.opendir(d.ino), 0))
+    fs.readlink(s.ino)
+    assert not fs.atime_due(d.ino) and not fs.atime_due(s.ino)
+    clock.advance(1)
+    fs.setattr(d.ino, mode=0o700)                            # ctime changed
+    fs.link(s.ino, ROOT_INO, b"s2")
+    assert fs.atime_due(d.ino) and fs.atime_due(s.ino)
+    list(fs.readdir(fs.opendir(d.ino), 0))
+    clock.advance(24 * 3600 - 1)
+    assert not fs.atime_due(d.ino)
+    clock.advance(1)
+    assert fs.atime_due(d.ino)                               # a day old
+
+
 # ---- lookups and lifetimes ---------------------------------------------------------------------
 
 def test_lookup_counts(fs: Filesystem) -> None:
