@@ -355,11 +355,11 @@ class Filesystem:
         return (node.atime_ns <= node.mtime_ns or node.atime_ns <= node.ctime_ns
                 or now - node.atime_ns >= RELATIME_SECONDS * 10 ** 9)
 
-    def atime_due(self, ino: int) -> bool:
-        """Whether reading ino now would update its atime (relatime). A
+    def atime_due(self, node: Inode) -> bool:
+        """Whether reading node now would update its atime (relatime). A
         transport whose kernel serves listings or symlink targets from its
         cache lets the next read through when it would."""
-        return self._atime_due(self.get(ino), self.now_ns())
+        return self._atime_due(node, self.now_ns())
 
     # ---- lookups and lifetimes ------------------------------------------
     def lookup(self, parent: int, name: bytes) -> Inode:
@@ -595,9 +595,11 @@ class Filesystem:
             cur = self.inodes[cur.parent]
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
-               flags: int = 0, caller: Optional[Caller] = None) -> None:
+               flags: int = 0, caller: Optional[Caller] = None) -> tuple[Inode, ...]:
         """rename(2) and renameat2(2)'s flags (RENAME_NOREPLACE, RENAME_EXCHANGE,
-        RENAME_WHITEOUT), as tmpfs has them. caller owns a whiteout."""
+        RENAME_WHITEOUT), as tmpfs has them. caller owns a whiteout. Returns
+        the inodes whose ctime it changed besides the directories: the one
+        moved, and the one replaced or exchanged."""
         if flags & ~RENAME_FLAGS or (flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT)):
             raise FsError(errno.EINVAL, "invalid rename flags")
         self._check_name(new_name)
@@ -610,11 +612,13 @@ class Filesystem:
         if flags & RENAME_EXCHANGE:
             if dst_ino is None:
                 raise FsError(errno.ENOENT)
-            return self._exchange(od, old_name, src, nd, new_name, self.inodes[dst_ino])
+            dst = self.inodes[dst_ino]
+            self._exchange(od, old_name, src, nd, new_name, dst)
+            return (src, dst) if dst is not src else ()
         if flags & RENAME_NOREPLACE and dst_ino is not None:
             raise FsError(errno.EEXIST)
         if dst_ino == src.ino:
-            return  # same inode (hard links or the same entry): POSIX says do nothing
+            return ()  # same inode (hard links or the same entry): POSIX says do nothing
         if src.is_dir and self._is_ancestor(src, nd):
             raise FsError(errno.EINVAL, "directory moved into itself")
         dst = self.inodes[dst_ino] if dst_ino is not None else None
@@ -646,6 +650,7 @@ class Filesystem:
             who = caller or Caller()
             wh = self._new_inode(S.S_IFCHR, who.uid, who.gid, 0)
             self._add_entry(od, old_name, wh.ino)
+        return (src,) if dst is None else (src, dst)
 
     def _exchange(self, od: Inode, old_name: bytes, a: Inode, nd: Inode, new_name: bytes,
                   b: Inode) -> None:

@@ -795,8 +795,8 @@ class Server:
         the kernel's copy so that the next read comes here, as on tmpfs. The
         pages of a symlink are never dirty, so the kernel writes nothing
         back before it returns: the reader may send this itself."""
-        if node.target is None or not self.flags & w.CACHE_SYMLINKS \
-                or not self.fs.atime_due(node.ino):
+        if node.target is None or not self.flags & w.CACHE_SYMLINKS or node.nlink == 0 \
+                or not self.fs.atime_due(node):
             return
         try:
             os.write(self.fd, w.inval_inode_message(node.ino, 0))
@@ -842,10 +842,9 @@ class Server:
     def _rename(self, nodeid: int, newdir: int, off: int, n: int, flags: int = 0) -> Reply:
         old, off = self._name(off, n)
         new, _ = self._name(off, n)
-        moved = self.fs.find(nodeid, old)
-        self.fs.rename(nodeid, old, newdir, new, flags, self._caller() if flags else None)
-        if moved is not None:
-            self._uncache_target_if_atime_due(moved)
+        for node in self.fs.rename(nodeid, old, newdir, new, flags,
+                                   self._caller() if flags else None):
+            self._uncache_target_if_atime_due(node)
         return b""
 
     def link(self, nodeid: int, n: int) -> Reply:
@@ -1011,7 +1010,7 @@ class Server:
     # ---- directories -------------------------------------------------------------
     def opendir(self, nodeid: int, n: int) -> Reply:
         dh = self.fs.opendir(nodeid)
-        due = self.fs.atime_due(nodeid)
+        due = self.fs.atime_due(self.fs.get(nodeid))
         return w.OPEN_OUT.pack(dh, OPENDIR_ATIME_DUE if due else OPENDIR_FLAGS, 0)
 
     def readdir(self, nodeid: int, n: int) -> Reply:

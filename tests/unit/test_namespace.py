@@ -543,21 +543,32 @@ def test_atime_due_says_whether_a_read_would_update_it(fs: Filesystem, clock: Fa
     d = fs.mkdir(ROOT_INO, b"d", 0o755, ME)
     s = fs.symlink(ROOT_INO, b"s", b"target", ME)
     clock.advance(1)
-    assert fs.atime_due(d.ino) and fs.atime_due(s.ino)       # atime == mtime: never read
+    assert fs.atime_due(d) and fs.atime_due(s)       # atime == mtime: never read
     a = d.atime_ns
-    assert fs.atime_due(d.ino) and d.atime_ns == a           # asking changes nothing
+    assert fs.atime_due(d) and d.atime_ns == a           # asking changes nothing
     list(fs.readdir(fs.opendir(d.ino), 0))
     fs.readlink(s.ino)
-    assert not fs.atime_due(d.ino) and not fs.atime_due(s.ino)
+    assert not fs.atime_due(d) and not fs.atime_due(s)
     clock.advance(1)
     fs.setattr(d.ino, mode=0o700)                            # ctime changed
     fs.link(s.ino, ROOT_INO, b"s2")
-    assert fs.atime_due(d.ino) and fs.atime_due(s.ino)
+    assert fs.atime_due(d) and fs.atime_due(s)
     list(fs.readdir(fs.opendir(d.ino), 0))
     clock.advance(24 * 3600 - 1)
-    assert not fs.atime_due(d.ino)
+    assert not fs.atime_due(d)
     clock.advance(1)
-    assert fs.atime_due(d.ino)                               # a day old
+    assert fs.atime_due(d)                               # a day old
+
+
+def test_rename_returns_the_inodes_whose_ctime_it_changed(fs: Filesystem) -> None:
+    a = fs.create(ROOT_INO, b"a", 0o644, ME)
+    b = fs.create(ROOT_INO, b"b", 0o644, ME)
+    c = fs.create(ROOT_INO, b"c", 0o644, ME)
+    fs.link(c.ino, ROOT_INO, b"c2")
+    assert fs.rename(ROOT_INO, b"a", ROOT_INO, b"x") == (a,)
+    assert fs.rename(ROOT_INO, b"x", ROOT_INO, b"b", RENAME_EXCHANGE) == (a, b)
+    assert fs.rename(ROOT_INO, b"b", ROOT_INO, b"c") == (a, c)     # c replaced, still linked
+    assert fs.rename(ROOT_INO, b"c", ROOT_INO, b"c") == ()
 
 
 # ---- lookups and lifetimes ---------------------------------------------------------------------
