@@ -28,7 +28,7 @@ from .codec import Codec
 from .coldstore import ColdStore
 from .device import Device, DeviceError
 from .devlog import SEGMENT_SIZE, SegmentLog
-from .memtrim import limit_arenas, rss_bytes
+from .memtrim import rss_bytes, tune_malloc
 from .namespace import Filesystem
 from .options import MountOptions
 from .sealer import Sealer
@@ -116,7 +116,7 @@ def _setup_daemon_logging(debug: bool) -> None:
 def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str], None]) -> int:
     """Mount and run the main loop until unmounted. Calls ready("ok") once mounted,
     or ready("error: ...") if mounting failed."""
-    limit_arenas()
+    tune_malloc()
     faults.arm_from_environment()   # test-only (tests/mounted); unset everywhere else
     session = open_session(opts.transport)
     fs = build(opts, session.lock)
