@@ -1106,6 +1106,11 @@ class DataEngine:
             self.idle_compact()
         return done
 
+    def idle(self) -> bool:
+        """Whether the mount's data has been quiet for COMPACT_QUIET_SECONDS:
+        nothing sealed, loaded or promoted, and no sealing work."""
+        return self.compact_watch.quiet(self, self.clock())
+
     def idle_compact(self) -> int:
         """Compact the arena to COMPACT_IDLE_FRACTION once the mount is
         quiet (packing and recompression leave dead payloads behind), at

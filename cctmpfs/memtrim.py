@@ -1,9 +1,10 @@
 """Give freed heap memory back to the kernel, so RSS follows what is stored.
 
 Payloads live in the payload arena (arena.py), whose emptied segments are
-unmapped directly. What is left in glibc's heaps is short-lived: request
-buffers, blocks in the hot buffer, codec output, decoded blocks, and the
-Python objects bigger than pymalloc's 512 bytes. glibc keeps freed chunks in
+unmapped directly. What is left in glibc's heaps: request buffers, blocks
+in the hot buffer, codec output, decoded blocks, and the Python objects
+(all of them under allocator=malloc, the default; options.ALLOCATORS; under
+pymalloc those bigger than 512 bytes). glibc keeps freed chunks in
 its heaps, and returns only the top of each: after a big `rm -rf` the freed
 pages in the middle stay resident. malloc_trim(0) gives back every whole free
 page anywhere in the heaps (madvise), so the sealer thread calls it when the
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 #: trimmed page costs a fresh-page fault (~2.5 us) when reused, so a few MiB
 #: of free heap is cheaper kept than returned.
 TRIM_FREE_BYTES = 8 * 1024 * 1024
+#: Once the mount's data has been quiet for a while (DataEngine.idle), the
+#: same rules with this threshold: nothing is refaulted while idle, and what
+#: stays below 8 MiB of free heap was most of the slack of a small tree
+#: (/usr/include: 8.8 MiB of slack for 12.0 MiB of payloads, capacity-s24).
+IDLE_TRIM_FREE_BYTES = 1024 * 1024
 #: At most one check per interval: mallinfo2() walks the free lists of every
 #: heap, which takes ~1 ms for 100k free chunks.
 TRIM_INTERVAL_SECONDS = 2.0
@@ -129,7 +135,9 @@ class Trimmer:
         self.trims = 0           # malloc_trim calls made
         self.freed_bytes = 0     # RSS drop measured across those calls
 
-    def maybe_trim(self) -> bool:
+    def maybe_trim(self, idle: bool = False) -> bool:
+        """Trim if the heaps hold enough freed memory (TRIM_FREE_BYTES, or
+        IDLE_TRIM_FREE_BYTES when idle) that is new since the last trim."""
         if _malloc_trim is None:
             return False
         now = self.clock()
@@ -139,17 +147,18 @@ class Trimmer:
         rss = rss_bytes()
         if not self.floor or rss < self.floor:
             self.floor = rss
+        threshold = IDLE_TRIM_FREE_BYTES if idle else TRIM_FREE_BYTES
         free = heap_free_bytes()
         if free is not None:
             # Trimmed pages stay counted as free: this grows only with new frees.
             if self.free_floor < 0 or free < self.free_floor:
                 self.free_floor = free
-            if free < TRIM_FREE_BYTES:
+            if free < threshold:
                 return False
-            freed_since = free >= self.free_floor + TRIM_FREE_BYTES
+            freed_since = free >= self.free_floor + threshold
         else:
             freed_since = False
-        if rss < self.floor + TRIM_FREE_BYTES and not freed_since:
+        if rss < self.floor + threshold and not freed_since:
             return False
         _malloc_trim(0)
         after = rss_bytes()

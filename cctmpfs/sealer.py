@@ -109,10 +109,12 @@ class Sealer:
             if scan:
                 last_scan = time.monotonic()
             self.working = True
+            idle = False
             self.lock.acquire()
             try:
                 if scan:
                     self.engine.background_pass()
+                    idle = self.engine.idle()
                 else:
                     self.engine.queued_pass()
             except Exception as e:  # noqa: BLE001 - a bug here must not kill the mount
@@ -122,4 +124,4 @@ class Sealer:
                 self.lock.release()
                 self.working = False
             if scan:
-                self.trimmer.maybe_trim()
+                self.trimmer.maybe_trim(idle)

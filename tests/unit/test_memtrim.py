@@ -69,3 +69,26 @@ def test_memory_freed_without_rss_growth_is_given_back() -> None:
     assert t.freed_bytes >= 24 * MiB
     assert t.maybe_trim() is False
     assert pins
+
+
+@pytest.mark.skipif(memtrim.heap_free_bytes() is None, reason="needs glibc's mallinfo2")
+def test_an_idle_mount_gives_back_less_than_the_busy_threshold() -> None:
+    """4 MiB freed: under the busy threshold (8 MiB) it stays, and once the
+    mount is idle it goes back, once."""
+    memtrim._malloc_trim(0)
+    t = memtrim.Trimmer(clock=Clock())
+    t.maybe_trim()
+    big, pins = [], []
+    for _ in range(64):                  # 4 MiB, resident, pinned as above
+        b = bytearray(64 * 1024)
+        b[::4096] = b"x" * len(b[::4096])
+        big.append(b)
+        pins.append(bytes(600))
+    t.maybe_trim()
+    t.floor = memtrim.rss_bytes()
+    del big
+    assert t.maybe_trim() is False and t.trims == 0
+    assert t.maybe_trim(idle=True) is True
+    assert t.freed_bytes >= 2 * MiB
+    assert t.maybe_trim(idle=True) is False
+    assert pins
