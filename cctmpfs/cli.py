@@ -275,8 +275,10 @@ def restart_under_allocator(allocator: str, argv: list[str]) -> None:
     it only when it starts, and the daemon is forked from this process.
     Returns if it is set already (the restarted command), and when the
     command cannot be repeated: then the daemon runs with the allocator it
-    has, and says so. A restart costs the mount about 0.1 s."""
-    if os.environ.get("PYTHONMALLOC") == allocator:
+    has, and says so. A restart costs the mount about 0.1 s (allocator=malloc
+    only)."""
+    # Unset, Python uses pymalloc: the default mount starts no second time.
+    if (os.environ.get("PYTHONMALLOC") or "pymalloc") == allocator:
         return
     why = "called with other arguments than its command line"
     if argv == sys.argv[1:]:

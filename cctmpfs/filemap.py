@@ -187,6 +187,9 @@ class DataEngine:
         #: that the idle pass rebuilds once they have emptied (tables.py).
         self.idle_tables: list[tables.Table] = [
             self.write_ends, self.read_ends, self.buffer.slots, self.buffer.sealing]
+        #: Shared-int tables (the engine's, and its owners') that the idle
+        #: pass forgets (SharedInts.forget).
+        self.idle_shared_ints: list[SharedInts] = [self.ints]
         self.recompress_counters = self.recompressor.counters
         #: `with self._unlocked:` releases the global lock for the body
         #: (one stateless instance, entered by any thread).
@@ -1115,12 +1118,14 @@ class DataEngine:
         """Compact the arena to COMPACT_IDLE_FRACTION once the mount is
         quiet (packing and recompression leave dead payloads behind), at
         most COMPACT_BYTES_PER_PASS a pass, and first rebuild the tables
-        that emptied (idle_tables, tables.py). Releases the global lock.
-        Returns the bytes moved."""
+        that emptied (idle_tables, tables.py) and forget the shared ints.
+        Releases the global lock. Returns the bytes moved."""
         if not self.compact_watch.quiet(self, self.clock()):
             return 0
         for table in self.idle_tables:
             self.counters.table_bytes_freed += tables.shrink(table)
+        for ints in self.idle_shared_ints:
+            ints.forget()
         return self.store.compact(self.lock, COMPACT_BYTES_PER_PASS, COMPACT_IDLE_FRACTION)
 
     # ---- idle recompression ------------------------------------------------------

@@ -233,6 +233,7 @@ class Filesystem:
         #: the content index kept 2.5 MiB each).
         self.engine.idle_tables += [self.inodes, self.xattrs, self.open_counts, self.awaiting_forget,
                                     self.store.index]
+        self.engine.idle_shared_ints.append(self.shared_ints)
         self.next_ino = ROOT_INO
         #: open directory handle -> (directory inode, snapshot of its entries,
         #: entry_changes when the snapshot was taken)

@@ -91,14 +91,16 @@ IGNORED_KEYS = frozenset({"huge", "mpol", "comment", "context", "fscontext",
 TRANSPORTS = ("llfuse", "native")
 DEFAULT_TRANSPORT = "native"
 #: Which allocator the daemon's Python objects come from (allocator=; set
-#: as PYTHONMALLOC, so cli.py starts the command again under it). glibc's
+#: as PYTHONMALLOC, so cli.py starts the command again under malloc). glibc's
 #: malloc gives freed pages back page by page (memtrim.py); pymalloc keeps a
 #: 1 MiB arena while one object in it lives. After `rm -rf` of the stdlib
-#: with site-packages (59k inodes) the daemon's RSS stayed 43 MiB above the
-#: fresh daemon's with pymalloc (28 arenas pinned, 26.9 MiB), 21 MiB with
-#: malloc; full, malloc cost 0.7% more RSS (docs/memory.md, stop 24).
-ALLOCATORS = ("malloc", "pymalloc")
-DEFAULT_ALLOCATOR = "malloc"
+#: with site-packages (59k inodes) the daemon's RSS stayed 29 MiB above the
+#: fresh daemon's under pymalloc (25 arenas pinned), 7 MiB under malloc.
+#: pymalloc stays the default: under malloc the untar of the perf suite took
+#: 1.15x the time (medians of 8 interleaved rounds) and the core's metadata
+#: path 1.12x the CPU, over the issue's 10% (docs/memory.md, "Stop 24").
+ALLOCATORS = ("pymalloc", "malloc")
+DEFAULT_ALLOCATOR = "pymalloc"
 #: libfuse options the native transport cannot honour (none: it mounts with
 #: mount(2) as root, through fusermount as a user or with auto_unmount).
 NATIVE_UNSUPPORTED: frozenset[str] = frozenset()
