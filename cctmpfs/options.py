@@ -94,8 +94,9 @@ DEFAULT_TRANSPORT = "native"
 #: as PYTHONMALLOC, so cli.py starts the command again under malloc). glibc's
 #: malloc gives freed pages back page by page (memtrim.py); pymalloc keeps a
 #: 1 MiB arena while one object in it lives. After `rm -rf` of the stdlib
-#: with site-packages (59k inodes) the daemon's RSS stayed 29 MiB above the
-#: fresh daemon's under pymalloc (25 arenas pinned), 7 MiB under malloc.
+#: with site-packages (59k inodes), packed and recompressed, the daemon's RSS
+#: stayed 40-42 MiB above the fresh daemon's under pymalloc (25 arenas
+#: pinned), 14-15 MiB under malloc (capacity-s24b and -s24c).
 #: pymalloc stays the default: under malloc the untar of the perf suite took
 #: 1.15x the time (medians of 8 interleaved rounds) and the core's metadata
 #: path 1.12x the CPU, over the issue's 10% (docs/memory.md, "Stop 24").

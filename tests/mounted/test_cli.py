@@ -182,6 +182,26 @@ def test_a_source_with_a_comma_and_a_backslash_is_shown_as_tmpfs_shows_it(daemon
     assert shown[0] == shown[1] == source + "\n"
 
 
+@pytest.mark.parametrize("allocator", ["malloc", "pymalloc"])
+def test_the_daemon_runs_under_the_allocator_asked_for(daemonized, transport, allocator):
+    """allocator=malloc: the command starts itself again under
+    PYTHONMALLOC=malloc, the same command line, so the daemon forked from it
+    has glibc's malloc; an inherited PYTHONMALLOC is replaced for pymalloc."""
+    mp = daemonized()
+    env = dict(os.environ, PYTHONMALLOC="malloc" if allocator == "pymalloc" else "pymalloc")
+    r = subprocess.run(cctmpfs_command() + ["src", mp, "-o", f"size=8m,allocator={allocator},"
+                                            f"transport={transport}"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    (pid,) = daemon_pids(mp)
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"PYTHONMALLOC={allocator}".encode() in environ
+    Path(mp, "f").write_bytes(b"x" * 100_000)
+    assert Path(mp, "f").read_bytes() == b"x" * 100_000
+    assert subprocess.run(["fusermount", "-u", mp]).returncode == 0
+    assert wait_exit(pid) == 0
+
+
 def test_daemonized_mount_repeatedly_answers_at_once(daemonized, transport):
     # The "returns only once usable" promise must hold every time, not by luck.
     for i in range(5):

@@ -507,3 +507,16 @@ def test_pack_defaults_on_and_can_be_turned_off(ram: int) -> None:
 @pytest.mark.parametrize("text", ["yes", "1", "ON", "x" * 100])
 def test_pack_bad_values(ram: int, text: str) -> None:
     assert "must be on or off" in refused(f"pack={text}")
+
+
+# ---- allocator= --------------------------------------------------------------
+
+def test_allocator_defaults_to_pymalloc_and_can_be_malloc(ram: int) -> None:
+    assert parse().allocator == "pymalloc"
+    assert parse("allocator=malloc").allocator == "malloc"
+    assert parse("allocator=pymalloc").allocator == "pymalloc"
+
+
+@pytest.mark.parametrize("text", ["glibc", "debug", "MALLOC", "x" * 100])
+def test_allocator_bad_values(ram: int, text: str) -> None:
+    assert "must be pymalloc or malloc" in refused(f"allocator={text}")
