@@ -3,8 +3,8 @@
 Payloads live in the payload arena (arena.py), whose emptied segments are
 unmapped directly. What is left in glibc's heaps: request buffers, blocks
 in the hot buffer, codec output, decoded blocks, and the Python objects
-(all of them under allocator=malloc, the default; options.ALLOCATORS; under
-pymalloc those bigger than 512 bytes). glibc keeps freed chunks in
+bigger than pymalloc's 512 bytes (all of them under allocator=malloc,
+options.ALLOCATORS). glibc keeps freed chunks in
 its heaps, and returns only the top of each: after a big `rm -rf` the freed
 pages in the middle stay resident. malloc_trim(0) gives back every whole free
 page anywhere in the heaps (madvise), so the sealer thread calls it when the

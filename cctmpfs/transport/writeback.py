@@ -100,6 +100,7 @@ RESERVE_SHARE = 4
 #: rest covers what it takes before a cached writer stops.
 DIRTY_SHARE = 2
 
+
 class WritebackGuard:
     """The reserve and the failed-writeback notifications of one mount."""
 

@@ -19,21 +19,26 @@ class Clock:
         return self.t
 
 
+def resident_pinned(n: int) -> tuple[list[bytearray], list[bytes]]:
+    """n resident 64 KiB buffers (under glibc's mmap threshold: in the heap),
+    each followed by a long-lived 600-byte object (over pymalloc's 512:
+    malloc), so that freeing the buffers leaves holes the heap top cannot
+    return. Returns (buffers, pins)."""
+    big, pins = [], []
+    for _ in range(n):
+        b = bytearray(64 * 1024)
+        b[::4096] = b"x" * len(b[::4096])   # touch every page: resident
+        big.append(b)
+        pins.append(bytes(600))
+    return big, pins
+
+
 @pytest.mark.skipif(memtrim.heap_free_bytes() is None, reason="needs glibc's mallinfo2")
 def test_freed_heap_in_the_middle_of_the_heap_is_given_back() -> None:
     memtrim._malloc_trim(0)              # what earlier tests freed is given back first
     t = memtrim.Trimmer(clock=Clock())
     t.maybe_trim()                       # sets the floor
-    # 64 KiB buffers (under glibc's mmap threshold: in the heap), each
-    # followed by a long-lived 600-byte object (over pymalloc's 512: malloc),
-    # so that freeing the buffers leaves holes the heap top cannot return.
-    big = [bytearray(64 * 1024) for _ in range(1)]
-    pins = []
-    for _ in range(768):                 # 48 MiB
-        b = bytearray(64 * 1024)
-        b[::4096] = b"x" * len(b[::4096])   # touch every page: resident
-        big.append(b)
-        pins.append(bytes(600))
+    big, pins = resident_pinned(768)     # 48 MiB
     rss_full = memtrim.rss_bytes()
     del big
     assert memtrim.heap_free_bytes() >= 32 * MiB
@@ -55,12 +60,7 @@ def test_memory_freed_without_rss_growth_is_given_back() -> None:
     while freed heap stays resident: the trim follows the heap's free bytes."""
     memtrim._malloc_trim(0)
     t = memtrim.Trimmer(clock=Clock())
-    big, pins = [], []
-    for _ in range(768):                 # 48 MiB, resident, pinned as above
-        b = bytearray(64 * 1024)
-        b[::4096] = b"x" * len(b[::4096])
-        big.append(b)
-        pins.append(bytes(600))
+    big, pins = resident_pinned(768)     # 48 MiB
     t.maybe_trim()                       # the floor at the peak, as a trim there leaves it
     t.floor = memtrim.rss_bytes()
     del big
@@ -78,12 +78,7 @@ def test_an_idle_mount_gives_back_less_than_the_busy_threshold() -> None:
     memtrim._malloc_trim(0)
     t = memtrim.Trimmer(clock=Clock())
     t.maybe_trim()
-    big, pins = [], []
-    for _ in range(64):                  # 4 MiB, resident, pinned as above
-        b = bytearray(64 * 1024)
-        b[::4096] = b"x" * len(b[::4096])
-        big.append(b)
-        pins.append(bytes(600))
+    big, pins = resident_pinned(64)      # 4 MiB
     t.maybe_trim()
     t.floor = memtrim.rss_bytes()
     del big
