@@ -1120,7 +1120,7 @@ class DataEngine:
         most COMPACT_BYTES_PER_PASS a pass, and first rebuild the tables
         that emptied (idle_tables, tables.py) and forget the shared ints.
         Releases the global lock. Returns the bytes moved."""
-        if not self.compact_watch.quiet(self, self.clock()):
+        if not self.idle():
             return 0
         for table in self.idle_tables:
             self.counters.table_bytes_freed += tables.shrink(table)

@@ -798,12 +798,9 @@ class Server:
         if node.target is None or not self.flags & w.CACHE_SYMLINKS or node.nlink == 0 \
                 or not self.fs.atime_due(node):
             return
-        try:
-            os.write(self.fd, w.inval_inode_message(node.ino, 0))
-        except OSError as e:
-            # ENOENT: the kernel does not hold the inode, nor its target.
-            if e.errno != errno.ENOENT:
-                log.warning("NOTIFY_INVAL_INODE of symlink %d refused: %s", node.ino, e.strerror)
+        err = w.notify_inval_inode(self.fd, node.ino, 0)
+        if err:
+            log.warning("NOTIFY_INVAL_INODE of symlink %d refused: %s", node.ino, os.strerror(err))
 
     def symlink(self, nodeid: int, n: int) -> Reply:
         name, off = self._name(_HDR, n)

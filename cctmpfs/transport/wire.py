@@ -13,6 +13,8 @@ is cut to its 7.22 size for a kernel older than 7.23.
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 
 PROTOCOL_MAJOR = 7
@@ -209,11 +211,19 @@ NOTIFY_INVAL_INODE = 2
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino off len (off < 0: attributes only; len <= 0: to the end)
 
 
-def inval_inode_message(ino: int, offset: int) -> bytes:
-    """NOTIFY_INVAL_INODE of ino from offset to the end of its cached pages
-    (offset -1: its attributes only), one write(2) to /dev/fuse."""
-    return OUT_HEADER.pack(OUT_HEADER.size + NOTIFY_INVAL_INODE_OUT.size, NOTIFY_INVAL_INODE, 0) \
+def notify_inval_inode(fd: int, ino: int, offset: int) -> int:
+    """Write NOTIFY_INVAL_INODE of ino, from offset to the end of its cached
+    pages (offset -1: its attributes only), to /dev/fuse fd in one write(2).
+    Returns 0, or the errno of a refusal: ENOENT (the kernel no longer knows
+    the inode, so holds nothing of it) and ENODEV (unmounted) count as done."""
+    msg = OUT_HEADER.pack(OUT_HEADER.size + NOTIFY_INVAL_INODE_OUT.size, NOTIFY_INVAL_INODE, 0) \
         + NOTIFY_INVAL_INODE_OUT.pack(ino, offset, 0)
+    try:
+        os.write(fd, msg)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENODEV):
+            return e.errno
+    return 0
 
 for _s, _size in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128),
                   (ATTR_OUT, 104), (OPEN_OUT, 16), (WRITE_OUT, 8), (KSTATFS, 80),

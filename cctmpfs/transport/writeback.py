@@ -229,10 +229,7 @@ class WritebackGuard:
     def _send_inval(self, ino: int, offset: int) -> None:
         """Write one NOTIFY_INVAL_INODE of ino from offset to the end of the
         file (length 0). From the reader only with offset -1 (rule 4)."""
-        try:
-            os.write(self.fd, w.inval_inode_message(ino, offset))
-        except OSError as e:
-            # ENOENT: the kernel no longer knows the inode; ENODEV: unmounted.
-            if e.errno not in (errno.ENOENT, errno.ENODEV):
-                self.notify_errors += 1
-                log.error("NOTIFY_INVAL_INODE of %d refused: %s", ino, e.strerror)
+        err = w.notify_inval_inode(self.fd, ino, offset)
+        if err:
+            self.notify_errors += 1
+            log.error("NOTIFY_INVAL_INODE of %d refused: %s", ino, os.strerror(err))
