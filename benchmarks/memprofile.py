@@ -5,13 +5,13 @@
         [-o OPTS] [--copies N] [--json OUT] SRC...
 
 This process is a benchmark-mode cctmpfs daemon: it mounts with
-daemon.serve() (the real request path, one llfuse worker in the main thread,
+daemon.serve() (the real request path of the transport -o chooses,
 the real sealer), and a driver thread copies each SRC into the mount with
 `cp -a` (--copies times), settles (seals everything, waits), and then looks
 at the heap from inside:
 
 - RSS by mapping: the brk heap (glibc's main arena, used by the main thread,
-  which is the llfuse worker), the 64 MiB-aligned heaps of thread arenas
+  which serves the requests), the 64 MiB-aligned heaps of thread arenas
   (the sealer's), other anonymous memory (pymalloc's arenas, thread
   stacks, mmapped chunks), and file-backed code and data;
 - glibc: system and in-use bytes per arena (malloc_stats) and mallinfo2;
@@ -218,13 +218,13 @@ def int_bytes(v: object) -> int:
 
 def walk(fs, ranges: list[tuple[int, int, int]]) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """The structures, object by object (caller holds the global lock).
-    Appends (address, bytes of the object, usable bytes of its chunk) of
-    every payload malloc serves to ranges."""
+    Payloads live in the arena's segments (arena.py), so ranges, the heap
+    chunks of payloads malloc once served, stays empty."""
     w = dict.fromkeys((
         "inodes", "inode_records", "inode_ints", "file_data", "dir_entries_dicts",
         "names", "file_maps", "slots", "slot_ints", "blocks", "block_records",
-        "fingerprints", "payload_len", "payload_chunks", "payloads_malloc",
-        "payloads_malloc_len", "payloads_small", "raw_len", "raw_chunks"), 0)
+        "fingerprints", "payload_len", "payload_handles", "pack_refs", "raw_len",
+        "raw_chunks"), 0)
     w["inode_table"] = sys.getsizeof(fs.inodes)
     w["index"] = sys.getsizeof(fs.store.index)
     seen_blocks: set[int] = set()
@@ -270,17 +270,16 @@ def walk(fs, ranges: list[tuple[int, int, int]]) -> dict[str, int]:  # type: ign
             w["block_records"] += chunk(b)
             if b.fingerprint is not None:
                 w["fingerprints"] += chunk(b.fingerprint)
+            p = b.payload
             if b.in_ram:
-                p = b.payload
-                w["payload_len"] += len(p)
-                c = chunk(p)
-                w["payload_chunks"] += c
-                if sys.getsizeof(p) > PYMALLOC_MAX:
-                    w["payloads_malloc"] += 1
-                    w["payloads_malloc_len"] += len(p)
-                    ranges.append((id(p), sys.getsizeof(p), c - 8))
-                else:
-                    w["payloads_small"] += 1
+                # An arena handle (arena.py): the bytes are in the arena's
+                # segments, outside the heaps; only the int is an object.
+                w["payload_len"] += b.payload_len
+                if id(p) not in seen_ints:
+                    seen_ints.add(id(p))
+                    w["payload_handles"] += int_bytes(p)
+            elif b.packed:
+                w["pack_refs"] += chunk(p) + int_bytes(p.offset)
     return w
 
 
@@ -338,14 +337,12 @@ def show(m: dict, files_bytes: int) -> None:
         p.get("arenas", 0), mb(p.get("arena_bytes", 0)), mb(p.get("allocated_blocks", 0)),
         mb(p.get("available_blocks", 0)), mb(p.get("unused_pools", 0))))
     if w["inodes"] > 1:
-        log("   walk: %d inodes, %d distinct blocks; %d payloads from malloc: %s of data in %s "
-            "of chunks; %d from pymalloc" % (
-                w["inodes"], w["blocks"], w["payloads_malloc"], mb(w["payloads_malloc_len"]),
-                mb(w["payload_chunks"]), w["payloads_small"]))
+        log("   walk: %d inodes, %d distinct blocks; payloads %s in the arena" % (
+            w["inodes"], w["blocks"], mb(w["payload_len"])))
         log("   walk: " + ", ".join("%s %s" % (k, mb(w[k])) for k in (
             "inode_records", "inode_ints", "inode_table", "file_data", "dir_entries_dicts",
             "names", "file_maps", "slots", "slot_ints", "block_records", "fingerprints", "index",
-            "raw_chunks")))
+            "payload_handles", "pack_refs", "raw_chunks")))
     hp = m.get("heap_pages")
     if hp:
         log("   glibc heaps' resident pages: " + ", ".join("%s %s" % (k, mb(v)) for k, v in hp.items()))
@@ -381,7 +378,6 @@ def main() -> int:
     from cctmpfs import daemon
     from cctmpfs.codec import Codec, CodecId
     from cctmpfs.options import parse_options
-    import llfuse
 
     if a.copy_payloads:
         orig = Codec.compress
@@ -395,25 +391,25 @@ def main() -> int:
     build = daemon.build
 
     def capture(opts, lock):  # type: ignore[no-untyped-def]
-        held["fs"] = build(opts, lock)
+        held["fs"], held["lock"] = build(opts, lock), lock
         return held["fs"]
     daemon.build = capture  # type: ignore[assignment]
     mp = tempfile.mkdtemp(prefix="memprofile.", dir="/tmp")
     results: dict = {"argv": sys.argv, "measurements": []}
 
     def settle(fs) -> None:  # type: ignore[no-untyped-def]
-        llfuse.lock.acquire()
+        held["lock"].acquire()
         try:
             fs.engine.seal_everything()
         finally:
-            llfuse.lock.release()
+            held["lock"].release()
         time.sleep(a.wait)
 
     def drive() -> None:
         try:
             fs = held["fs"]
             time.sleep(0.5)
-            results["measurements"].append(measure("mounted, empty", fs, llfuse.lock, a.tracemalloc))
+            results["measurements"].append(measure("mounted, empty", fs, held["lock"], a.tracemalloc))
             runtime = results["measurements"][0]["rss"]
             peak = {"rss": 0, "dirty": 0, "buffer": 0}
             copying = True
@@ -440,20 +436,20 @@ def main() -> int:
             results["peak_while_copying"] = peak
             st = results["measurements"][0]["stats"]
             settle(fs)
-            m = measure("copied, settled", fs, llfuse.lock, a.tracemalloc, runtime)
+            m = measure("copied, settled", fs, held["lock"], a.tracemalloc, runtime)
             files = m["stats"]["files_bytes"] - st["files_bytes"]
             results["files_bytes"] = files
             results["measurements"].append(m)
             libc.malloc_trim(0)
-            results["measurements"].append(measure("copied, malloc_trim(0)", fs, llfuse.lock,
+            results["measurements"].append(measure("copied, malloc_trim(0)", fs, held["lock"],
                                                    a.tracemalloc, runtime))
             for name in os.listdir(mp):
                 subprocess.run(["rm", "-rf", os.path.join(mp, name)], check=True)
             settle(fs)
-            results["measurements"].append(measure("removed, settled", fs, llfuse.lock, a.tracemalloc,
+            results["measurements"].append(measure("removed, settled", fs, held["lock"], a.tracemalloc,
                                                    runtime))
             libc.malloc_trim(0)
-            results["measurements"].append(measure("removed, malloc_trim(0)", fs, llfuse.lock,
+            results["measurements"].append(measure("removed, malloc_trim(0)", fs, held["lock"],
                                                    a.tracemalloc, runtime))
         except BaseException:  # noqa: BLE001
             results["error"] = traceback.format_exc()
