@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """memprofile.py - where the daemon's RSS goes, seen from inside the daemon.
 
-    .venv/bin/python benchmarks/memprofile.py [--tracemalloc] [--copy-payloads]
+    .venv/bin/python benchmarks/memprofile.py [--tracemalloc] [--census] [--copy-payloads]
         [-o OPTS] [--copies N] [--json OUT] SRC...
 
 This process is a benchmark-mode cctmpfs daemon: it mounts with
@@ -21,8 +21,11 @@ at the heap from inside:
   records, slots, inodes and their names, with sys.getsizeof;
 - `cctmpfs stats`'s memory breakdown (stats.collect), to compare its
   estimate with the walk;
-- with --tracemalloc, the live Python allocations by line (tracemalloc
+- with --tracemalloc, the live Python allocations by line, and after the
+  first measurement those that grew since the empty mount (tracemalloc
   slows every request several times: never in a real daemon).
+- with --census, after the delete: what still lives in each pymalloc arena
+  and who holds it (arena_census), to find what keeps arenas resident.
 
 Then it removes the tree, settles, and measures again, and once more after
 malloc_trim(0). --copy-payloads replaces each zstd payload with an
@@ -34,6 +37,7 @@ every figure.
 from __future__ import annotations
 
 import argparse
+import bisect
 import ctypes
 import ctypes.util
 import json
@@ -162,6 +166,122 @@ def pymalloc() -> dict[str, int]:
     return out
 
 
+#: pymalloc's arena size since CPython 3.10: each arena is one anonymous
+#: mmap of exactly this many bytes, given back only when all its pools are empty.
+PYMALLOC_ARENA = 1 * MiB
+#: The census lists the objects of arenas holding at most this many.
+SPARSE_ARENA_OBJECTS = 100
+#: --tracemalloc: the snapshot of the empty mount, to diff the others with.
+FIRST_SNAPSHOT: list = []
+
+
+def arena_census(tracemalloc_on: bool) -> dict:
+    """What keeps each pymalloc arena alive: every object reachable from the
+    gc-tracked ones, and the buffer behind a list, dict, set, bytearray or
+    array (pymalloc serves those up to 512 bytes too), bucketed by the 1 MiB
+    anonymous mapping its address falls in. A mapping of several MiB is
+    taken as arenas side by side; the payload arena's 1 MiB segments count
+    too, and show no objects. Not seen: what only C code holds. With
+    tracemalloc, each object's allocating line."""
+    import gc
+    arenas = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            head = line.split()
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            # Arenas mmapped next to each other show as one mapping.
+            if ((hi - lo) % PYMALLOC_ARENA == 0 and len(head) == 5 and head[1] == "rw-p"
+                    and lo % ARENA_HEAP_ALIGN):
+                arenas.extend(range(lo, hi, PYMALLOC_ARENA))
+    arenas.sort()
+    found: dict[int, dict[str, int]] = {a: {} for a in arenas}
+    samples: dict[str, list[str]] = {}
+    objs: dict[int, list] = {}   # arena -> its objects found
+    if tracemalloc_on:
+        import tracemalloc
+
+    def found_in(a: int, o: object, key: str) -> None:
+        if tracemalloc_on:
+            tb = tracemalloc.get_object_traceback(o)
+            if tb is not None:
+                key += " @ %s:%d" % (tb[0].filename.replace(os.path.dirname(HERE) + "/", ""),
+                                     tb[0].lineno)
+        found[a][key] = found[a].get(key, 0) + 1
+        if len(samples.setdefault(key, [])) < 3:
+            samples[key].append(repr(o)[:70])
+        objs.setdefault(a, []).append(o)
+
+    # Everything reachable from the gc-tracked objects: ints and strings sit in
+    # tuples and dicts the collector does not track, two steps or more away.
+    todo = gc.get_objects()
+    reached: set[int] = set()
+    while todo:
+        c = todo.pop()
+        for o in (c, *gc.get_referents(c)):
+            i = id(o)
+            if i in reached:
+                continue
+            reached.add(i)
+            if o is not c:
+                todo.append(o)
+            # The object, and the buffer behind it where pymalloc may serve that.
+            kind = type(o).__name__
+            for addr, key in ((i, kind), (_buffer_of(o, i), kind + " buffer")):
+                k = bisect.bisect_right(arenas, addr) - 1
+                if addr and k >= 0 and addr < arenas[k] + PYMALLOC_ARENA:
+                    found_in(arenas[k], o, key)
+    del todo, reached
+
+    # What pins an arena is what lives in the sparse ones.
+    totals: dict[str, int] = {}
+    for kinds in found.values():
+        if sum(kinds.values()) <= SPARSE_ARENA_OBJECTS:
+            for k, n in kinds.items():
+                totals[k] = totals.get(k, 0) + n
+    # Who holds the objects of the sparse arenas: the referrer the collector
+    # sees (none for an int in an untracked dict or tuple, or held by C).
+    holders: dict[str, int] = {}
+    skip = {id(objs), id(found), id(samples)} | {id(v) for v in objs.values()}
+    for a, os_ in objs.items():
+        if len(os_) > SPARSE_ARENA_OBJECTS:
+            continue
+        for o in os_:
+            refs = [r for r in gc.get_referrers(o) if id(r) not in skip
+                    and not isinstance(r, type(sys._getframe()))]
+            k = "%s <- %s" % (type(o).__name__, _holder_name(refs[0]) if refs else "?")
+            holders[k] = holders.get(k, 0) + 1
+    objs.clear()
+    return {"holders": sorted(holders.items(), key=lambda kv: -kv[1])[:30],
+            "arenas": len(arenas), "empty_handed": sum(1 for k in found.values() if not k),
+            "per_arena": [sum(k.values()) for k in found.values()],
+            "top": sorted(totals.items(), key=lambda kv: -kv[1])[:40], "samples": samples}
+
+
+#: Where CPython 3.11 keeps the pointer to an object's separately allocated
+#: buffer, as an offset from id(obj): list ob_item, dict ma_keys, set table,
+#: bytearray ob_bytes, array.array ob_item.
+_BUFFER_OFFSETS = {list: 24, dict: 32, set: 40, frozenset: 40, bytearray: 32}
+
+
+def _buffer_of(o: object, i: int) -> int:
+    import array
+    off = 24 if isinstance(o, array.array) else _BUFFER_OFFSETS.get(type(o))
+    return ctypes.c_void_p.from_address(i + off).value or 0 if off else 0
+
+
+def _holder_name(r: object) -> str:
+    """A referrer, named by what owns it where that is cheap to find."""
+    import gc
+    if isinstance(r, dict):
+        for x in gc.get_referrers(r):
+            if getattr(x, "__dict__", None) is r:
+                return "%s.__dict__" % (x.__name__ if isinstance(x, type(sys)) else type(x).__name__)
+        return "dict(%d)" % len(r)
+    if isinstance(r, (list, tuple, set)):
+        return "%s(%d)" % (type(r).__name__, len(r))
+    return type(r).__name__
+
+
 def heap_pages(payloads: list[tuple[int, int, int]]) -> dict[str, int]:
     """The resident pages of glibc's heaps (the brk heap and the thread-arena
     heaps), read from /proc/self/pagemap, split by what lies in them: pages
@@ -284,7 +404,7 @@ def walk(fs, ranges: list[tuple[int, int, int]]) -> dict[str, int]:  # type: ign
 
 
 def measure(label: str, fs, lock, tracemalloc_on: bool,  # type: ignore[no-untyped-def]
-            runtime: int | None = None) -> dict:
+            runtime: int | None = None, census: bool = False) -> dict:
     from cctmpfs import stats
     # The figures first, the walk last: the walk's own sets of ids take a few
     # MB that would show up in RSS.
@@ -311,11 +431,24 @@ def measure(label: str, fs, lock, tracemalloc_on: bool,  # type: ignore[no-untyp
     finally:
         lock.release()
     out["heap_pages"] = heap_pages(ranges)
+    if census:
+        out["census"] = arena_census(tracemalloc_on)
     if tracemalloc_on:
         import tracemalloc
         snap = tracemalloc.take_snapshot().filter_traces([
             tracemalloc.Filter(False, tracemalloc.__file__),
             tracemalloc.Filter(False, __file__)])   # the walk's own lists and sets
+        if FIRST_SNAPSHOT:
+            # What lives now and did not on the empty mount, by line: the
+            # hidden buffers too.
+            grew = [d for d in snap.compare_to(FIRST_SNAPSHOT[0], "lineno") if d.count_diff > 0]
+            out["tracemalloc_growth"] = [
+                {"where": "%s:%d" % (d.traceback[0].filename.replace(os.path.dirname(HERE) + "/", ""),
+                                     d.traceback[0].lineno),
+                 "size_diff": d.size_diff, "count_diff": d.count_diff}
+                for d in sorted(grew, key=lambda d: -d.count_diff)[:25]]
+        else:
+            FIRST_SNAPSHOT.append(snap)
         top = snap.statistics("lineno")
         out["tracemalloc_total"] = sum(s.size for s in top)
         out["tracemalloc_top"] = [
@@ -357,6 +490,17 @@ def show(m: dict, files_bytes: int) -> None:
         log("   RSS per byte of files: %.3f" % (m["rss"] / files_bytes))
     for t in m.get("tracemalloc_top", [])[:12]:
         log("   tracemalloc %10s  %s in %d" % (mb(t["size"]), t["where"], t["count"]))
+    c = m.get("census")
+    if c:
+        log("   census: %d pymalloc arenas, %d with no object found; objects found per arena: %s"
+            % (c["arenas"], c["empty_handed"], c["per_arena"]))
+        for k, n in c["top"][:25]:
+            log("   census %7d  %s  e.g. %s" % (n, k, " | ".join(c["samples"][k])))
+        for k, n in c["holders"]:
+            log("   held %5d  %s" % (n, k))
+        log("   census: listed are the objects of arenas holding at most %d" % SPARSE_ARENA_OBJECTS)
+    for t in m.get("tracemalloc_growth", []):
+        log("   new since empty %+7d blocks %+10d B  %s" % (t["count_diff"], t["size_diff"], t["where"]))
     if "tracemalloc_total" in m:
         log("   tracemalloc total %s" % mb(m["tracemalloc_total"]))
 
@@ -367,6 +511,8 @@ def main() -> int:
     ap.add_argument("-o", dest="options", default="", help="mount options")
     ap.add_argument("--copies", type=int, default=1, help="cp -a every SRC this many times")
     ap.add_argument("--tracemalloc", action="store_true")
+    ap.add_argument("--census", action="store_true",
+                    help="after the delete: what lives in each pymalloc arena left")
     ap.add_argument("--copy-payloads", action="store_true",
                     help="store exact-size copies of zstd payloads (what a fix would save)")
     ap.add_argument("--wait", type=float, default=5.0, help="seconds to wait after settling")
@@ -447,7 +593,7 @@ def main() -> int:
                 subprocess.run(["rm", "-rf", os.path.join(mp, name)], check=True)
             settle(fs)
             results["measurements"].append(measure("removed, settled", fs, held["lock"], a.tracemalloc,
-                                                   runtime))
+                                                   runtime, a.census))
             libc.malloc_trim(0)
             results["measurements"].append(measure("removed, malloc_trim(0)", fs, held["lock"],
                                                    a.tracemalloc, runtime))

@@ -1118,14 +1118,16 @@ class DataEngine:
         """Compact the arena to COMPACT_IDLE_FRACTION once the mount is
         quiet (packing and recompression leave dead payloads behind), at
         most COMPACT_BYTES_PER_PASS a pass, and first rebuild the tables
-        that emptied (idle_tables, tables.py) and forget the shared ints.
-        Releases the global lock. Returns the bytes moved."""
+        that emptied (idle_tables, tables.py), forget the shared ints and
+        what packing remembers of released segments. Releases the global lock. Returns the bytes moved."""
         if not self.idle():
             return 0
         for table in self.idle_tables:
             self.counters.table_bytes_freed += tables.shrink(table)
         for ints in self.idle_shared_ints:
             ints.forget()
+        if self.packer is not None:
+            self.packer.forget_released()
         return self.store.compact(self.lock, COMPACT_BYTES_PER_PASS, COMPACT_IDLE_FRACTION)
 
     # ---- idle recompression ------------------------------------------------------

@@ -304,3 +304,39 @@ def test_idle_recompression_recompresses_packs_and_members_read_back() -> None:
     for ino in inos:
         h.read(ino, 0, BS)
     h.check()
+
+
+def test_what_packing_remembers_of_incompressible_blocks_goes_with_their_segments() -> None:
+    """Packer._no_gain (blocks not worth packing) is pruned at the idle pass
+    once their segments are released: after everything is deleted it holds
+    nothing, where it used to keep every entry (two ints each, pinning
+    pymalloc arenas)."""
+    h = Harness(buffer_blocks=8)
+    rng = random.Random(3)
+    inos = []
+    for _ in range(60):
+        ino = h.create()
+        assert h.write(ino, 0, rng.randbytes(rng.randrange(500, 3000)))
+        h.fs.release(ino)
+        inos.append(ino)
+    settle_buffer(h)
+    pk = h.fs.packer
+    assert pack_all(h) == 0
+    assert pk.counters.no_gain > 0 and pk._no_gain
+    remembered = len(pk._no_gain)
+
+    def idle_pass() -> None:
+        h.eng.background_pass()   # notes the deletes as activity
+        h.clock.advance(60)
+        assert h.eng.idle()
+        h.eng.idle_compact()
+
+    idle_pass()   # nothing was released: every entry stays
+    assert len(pk._no_gain) == remembered
+    for ino in inos:
+        h.delete(ino, order=("unlink", "forget"))
+    c = h.fs.store.arena.counters
+    assert c.segments_released + c.heads_reset > 0
+    idle_pass()
+    assert pk._no_gain == {}
+    h.check_empty()
