@@ -1119,7 +1119,8 @@ class DataEngine:
         quiet (packing and recompression leave dead payloads behind), at
         most COMPACT_BYTES_PER_PASS a pass, and first rebuild the tables
         that emptied (idle_tables, tables.py), forget the shared ints and
-        what packing remembers of released segments. Releases the global lock. Returns the bytes moved."""
+        what packing remembers of released segments. Releases the global
+        lock. Returns the bytes moved."""
         if not self.idle():
             return 0
         for table in self.idle_tables:

@@ -188,7 +188,8 @@ class Packer:
         #: id(block) -> the arena handle at which packing it with its
         #: neighbours did not pay (incompressible data): skipped while its
         #: payload stays there. A handle is unique while its payload lives,
-        #: so a reused id only costs a missed pack. Bounded by NO_GAIN_MAX.
+        #: so a reused id only costs a missed pack. Bounded by NO_GAIN_MAX;
+        #: the entries of released segments go at the idle pass (forget_released).
         self._no_gain: dict[int, int] = {}
         #: The arena's segments released or rewound at the last forget_released().
         self._pruned_at = 0
@@ -198,11 +199,12 @@ class Packer:
     def forget_released(self) -> None:
         """Drop the _no_gain entries whose segment was released or holds
         nothing live (the idle pass, DataEngine.idle_compact), once segments
-        were released or rewound since the last call: their blocks went. Each entry is
-        two ints allocated while packing ran, anywhere in pymalloc's arenas,
-        and kept by this dict alone: after `rm -rf` of the stdlib with
-        site-packages, 1,100 entries kept 2 of its 1 MiB arenas (memprofile.py
-        --census), and the dict holds up to NO_GAIN_MAX. Lock held."""
+        were released or rewound since the last call: their blocks went.
+        Each entry is two ints allocated while packing ran, anywhere in
+        pymalloc's arenas, and kept by this dict alone: after `rm -rf` of the
+        stdlib with site-packages, 1,100 entries kept 2 of its 1 MiB arenas
+        (memprofile.py --census), and the dict holds up to NO_GAIN_MAX.
+        Lock held."""
         arena = self.engine.arena
         released = arena.counters.segments_released + arena.counters.heads_reset
         if released == self._pruned_at:
