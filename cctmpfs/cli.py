@@ -105,13 +105,13 @@ def _fmt_ratio(r: Optional[float]) -> str:
 
 
 def _metadata(s: dict[str, Any]) -> Optional[int]:
-    """RAM of the structures beyond payloads and the hot buffer; None from
-    a daemon older than the memory breakdown."""
+    """RAM of the structures beyond payloads, the hot buffer and the codec
+    contexts; None from a daemon older than the memory breakdown."""
     mem = s.get("memory")
     if mem is None:
         return None
     return (mem["accounted_bytes"] - mem["payload_bytes"] - mem.get("arena_free_bytes", 0)
-            - mem["hot_buffer_bytes"])
+            - mem["hot_buffer_bytes"] - mem.get("codec_context_bytes", 0))
 
 
 COLUMNS = [

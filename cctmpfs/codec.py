@@ -54,6 +54,9 @@ class Codec:
         #: (DataEngine.recompress_pass); 0: off.
         self.recompress_level = recompress_level
         self._local = threading.local()
+        #: Every zstd context made, by (thread, kind), for context_bytes().
+        #: Kept as long as the Codec: a daemon's threads live as long.
+        self._contexts: dict[tuple[int, str], object] = {}
 
     def recompresses(self, cid: int) -> bool:
         """Whether a block this codec stored as cid (and not recompressed
@@ -73,6 +76,7 @@ class Codec:
             c = self._local.zs = zstandard.ZstdCompressor(
                 level=self.recompress_level, write_content_size=True, write_checksum=False,
                 write_dict_id=False)
+            self._contexts[(threading.get_ident(), "zs")] = c
         return c.compress(raw)
 
     def _zstd_c(self) -> zstandard.ZstdCompressor:
@@ -85,13 +89,25 @@ class Codec:
             c = self._local.zc = zstandard.ZstdCompressor(
                 level=self.level, write_content_size=True, write_checksum=False,
                 write_dict_id=False)
+            self._contexts[(threading.get_ident(), "zc")] = c
         return c
 
     def _zstd_d(self) -> zstandard.ZstdDecompressor:
         d = getattr(self._local, "zd", None)
         if d is None:
             d = self._local.zd = zstandard.ZstdDecompressor()
+            self._contexts[(threading.get_ident(), "zd")] = d
         return d
+
+    def context_bytes(self) -> int:
+        """The RAM of the zstd contexts made so far, as zstd counts it
+        (ZSTD_sizeof_CCtx and _DCtx: match tables, window, buffers). A
+        context is sized at its first use and kept by its thread for good:
+        after a 128 KiB block, 1.30 MB for a compressor at level 3, 1.57 MB
+        at level 9, 96 KB for a decompressor; a sealer and a request thread
+        hold about 3 MB. Any thread may call it: the sizes are plain fields
+        of each context, read while its own thread may be using it."""
+        return sum(c.memory_size() for c in list(self._contexts.values()))  # type: ignore[attr-defined]
 
     def compress(self, raw: bytes | bytearray) -> tuple[CodecId, bytes | bytearray]:
         """Compress raw; fall back to RAW when compression does not pay.

@@ -221,3 +221,28 @@ def test_the_census_follows_links_renames_symlinks_and_frees() -> None:
     assert check_all(fs) == []
     fs.census.entries += 1
     assert any("census entries" in line for line in check_all(fs))
+
+
+def test_codec_contexts_are_accounted_once_made_by_each_thread() -> None:
+    """codec_context_bytes is zero until zstd compresses, then zstd's own
+    count of every context made, whichever thread made it."""
+    import threading
+
+    import zstandard
+
+    fs = new_fs(codec=Codec("zstd", 3, recompress_level=9))
+    assert mem(fs)["codec_context_bytes"] == 0
+    copy_like_cp(fs, ROOT_INO, b"f", text(4 * BS, 1))
+    fs.engine.seal_everything()
+    one = mem(fs)["codec_context_bytes"]
+    level3 = zstandard.ZstdCompressor(level=3)
+    level3.compress(text(BS, 2))
+    assert one >= level3.memory_size() > 100_000   # one compressor at least, sized at use
+    # Another thread that compresses and decompresses adds contexts of its own.
+    t = threading.Thread(target=lambda: fs.engine.codec.decompress(
+        *fs.engine.codec.compress(text(BS, 3)), BS))
+    t.start()
+    t.join()
+    two = mem(fs)
+    assert two["codec_context_bytes"] > one
+    assert two["accounted_bytes"] == sum(two[k] for k in PARTS)
