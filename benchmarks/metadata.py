@@ -132,8 +132,10 @@ def run_case(case: str, n: int, method: str) -> dict:
     else:
         libc.malloc_trim(0)
         grown = rss() - base
-    metadata_est = (est1["accounted_bytes"] - est1["payload_bytes"] - est1["hot_buffer_bytes"]) - \
-        (est0["accounted_bytes"] - est0["payload_bytes"] - est0["hot_buffer_bytes"])
+    def meta(e: dict) -> int:
+        return (e["accounted_bytes"] - e["payload_bytes"] - e["hot_buffer_bytes"]
+                - e.get("codec_context_bytes", 0))
+    metadata_est = meta(est1) - meta(est0)
     return {"case": case, "n": n, "method": method, "bytes": grown - payload,
             "payload_bytes": payload, "per_item": (grown - payload) / n,
             "estimate_per_item": metadata_est / n, "seconds": round(elapsed, 2)}

@@ -426,8 +426,11 @@ def test_stats_report_rss_and_where_it_goes(mount_cct):
     assert m["inode_bytes"] >= nfiles * m["per_file_inode_bytes"]
     assert m["block_record_bytes"] == s["dedup"]["index_bytes"] - m["dedup_index_bytes"]
     # The metadata of these small files (~1 KB each) is a fair part of what they store.
-    metadata = m["accounted_bytes"] - m["payload_bytes"] - m["arena_free_bytes"]
+    metadata = (m["accounted_bytes"] - m["payload_bytes"] - m["arena_free_bytes"]
+                - m["codec_context_bytes"])
     assert 0.05 < metadata / total < 1
+    # The sealer's zstd compressor at level 3 at least (1.30 MB, codec.py).
+    assert m["codec_context_bytes"] > 1_000_000
     assert s["rss_bytes"] > m["runtime_bytes"]
     r = run_cli("stats", mp)
     header, row = (line.split() for line in r.stdout.splitlines())
