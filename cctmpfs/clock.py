@@ -21,11 +21,22 @@ two rules make "now" never earlier than a timestamp already given out:
   taken in; one in the future (`touch -d tomorrow`) is not, or every later
   stamp would be in the future too.
 
-The cost: two changes within one tick get the same timestamp, as on ext4
-before 6.13. tmpfs on 6.13+ gives them distinct ones when the first was
-looked at in between; equal is never wrong for make (it compares with >).
+Multigrain, as tmpfs since 6.13: a change to an inode whose times were shown
+to the kernel since it got its ctime, while the coarse clock has not moved
+past that ctime, gets a fine-grained stamp (the real time, past every stamp
+given out), and every later stamp is at least that one (`stamp_ns`). So a
+file written, stat'ed and written again within one tick gets two distinct
+mtimes, and a source rewritten (truncate, then write) after its target was
+built in the same tick is newer than the target, as on tmpfs (measured on
+tmpfs: 300 of 300 distinct; coarse stamps alone: 272 and 281 of 300 equal).
+Only where the daemon stamps every "now" itself (`fine`: the native transport
+gets FATTR_MTIME_NOW; llfuse, or the kernel's writeback cache, would stamp
+with its coarse clock, which a fine stamp would put in the past). Shown means
+an attribute reply (`shown`): the kernel may answer later stat() calls from
+what it was given, which tmpfs counts as queries too.
 
-Threading: called with the global lock held; it protects `_last`.
+Threading: called with the global lock held; it protects `_last` and
+`_queried`.
 """
 
 from __future__ import annotations
@@ -49,24 +60,57 @@ coarse_realtime_ns: Callable[[], int] = functools.partial(time.clock_gettime_ns,
 class TimestampClock:
     """Monotone timestamps in ns since the epoch, on the kernel's coarse clock."""
 
-    __slots__ = ("_source", "_real", "_last")
+    __slots__ = ("_source", "_real", "_last", "fine", "_queried")
 
     def __init__(self, source: Callable[[], int] = coarse_realtime_ns,
                  real: Callable[[], int] = time.time_ns) -> None:
         self._source = source   # what stamps are made from
-        self._real = real       # the fine clock: the limit of what observe() takes in
+        self._real = real       # the fine clock: observe()'s limit, and fine stamps
         self._last = 0          # the latest stamp given out or observed
+        #: Multigrain stamps (module docstring): set by a transport that
+        #: stamps every "now" itself.
+        self.fine = False
+        #: Inode numbers whose times were shown while their ctime was _last:
+        #: the only ones a change may give a fine stamp. Emptied whenever
+        #: _last moves, so it holds what one tick touched at most.
+        self._queried: set[int] = set()
 
     def now_ns(self) -> int:
         """Now, never earlier than any stamp given out or observed before."""
         t = self._source()
         if t > self._last:
             self._last = t
+            if self._queried:
+                self._queried.clear()
             return t
         return self._last
+
+    def stamp_ns(self, ino: int, ctime_ns: int) -> int:
+        """Now, for a change to inode ino whose ctime is ctime_ns: now_ns(),
+        or a fine stamp past every earlier one if ino's times were shown
+        since it got ctime_ns and the coarse clock has not moved past it."""
+        t = self._source()
+        if t > self._last:
+            self._last = t
+            if self._queried:
+                self._queried.clear()
+            return t
+        t = self._last
+        if t <= ctime_ns and ino in self._queried:
+            t = self._last = max(self._real(), t + 1)
+            self._queried.clear()
+        return t
+
+    def shown(self, ino: int, ctime_ns: int) -> None:
+        """Inode ino's times, ctime ctime_ns, went to the kernel. Only while
+        fine is set (the caller checks, to save the call)."""
+        if ctime_ns == self._last:
+            self._queried.add(ino)
 
     def observe(self, t: int) -> None:
         """A time the kernel set (SETATTR): later stamps must not precede it
         if it was "now". Future times are explicit ones, and are ignored."""
         if t > self._last and t <= self._real():
             self._last = t
+            if self._queried:
+                self._queried.clear()

@@ -233,6 +233,9 @@ class Server:
             fs = self.fs
             self.guard = WritebackGuard(fd, lambda: fs.statfs()["f_bavail"] * 4096,
                                         fs.engine.size_limit)
+        # Every "now" reaches the daemon as a flag (FATTR_*_NOW) unless the
+        # kernel keeps times itself (writeback cache): stamps may be fine.
+        self.fs.clock.fine = not self.wanted & w.WRITEBACK_CACHE
         #: max_write offered at INIT; the buffer must hold a WRITE that big.
         self.max_write = MAX_WRITE_PAGES if self.wanted & w.MAX_PAGES else MAX_WRITE
         self.buf = bytearray(self.max_write + BUFFER_SLACK)
@@ -762,13 +765,18 @@ class Server:
         (valid, _pad, _fh, size, _owner, atime, mtime, ctime, atimensec, mtimensec, ctimensec,
          mode, _u4, uid, gid, _u5) = w.SETATTR_IN.unpack_from(self.buf, _HDR)
         # FATTR_*_NOW: the kernel's "now" (touch, utimensat(UTIME_NOW)) is
-        # the core's clock's now, which never goes back (clock.py).
+        # the core's clock's stamp for this change, which never goes back
+        # (clock.py); one for both times, as the kernel takes one.
+        now: Optional[int] = None
+        if valid & (w.FATTR_ATIME_NOW | w.FATTR_MTIME_NOW):
+            node = self.fs.get(nodeid)
+            now = self.fs.stamp_ns(node.ino, node.ctime_ns)
         if valid & w.FATTR_ATIME_NOW:
-            atime_ns: Optional[int] = self.fs.now_ns()
+            atime_ns: Optional[int] = now
         else:
             atime_ns = atime * _NS + atimensec if valid & w.FATTR_ATIME else None
         if valid & w.FATTR_MTIME_NOW:
-            mtime_ns: Optional[int] = self.fs.now_ns()
+            mtime_ns: Optional[int] = now
         else:
             mtime_ns = mtime * _NS + mtimensec if valid & w.FATTR_MTIME else None
         node = self.fs.setattr(

@@ -105,3 +105,47 @@ def test_touch_after_create_does_not_go_back() -> None:
         kernel_now = coarse_realtime_ns()
         fs.setattr(f.ino, atime_ns=kernel_now, mtime_ns=kernel_now)
         assert f.mtime_ns >= before
+
+
+def test_multigrain_a_change_after_a_look_in_the_same_tick_gets_a_fine_stamp() -> None:
+    # Coarse source stuck at 1000 (one tick); the fine clock runs on.
+    fine = iter(range(1500, 10 ** 6, 10))
+    clock = TimestampClock(lambda: 1000, real=lambda: next(fine))
+    ino, ctime = 7, clock.stamp_ns(7, 0)
+    assert ctime == 1000
+    assert clock.stamp_ns(ino, ctime) == 1000      # changed again, but not looked at
+    clock.shown(ino, ctime)
+    assert clock.stamp_ns(8, 900) == 1000          # another inode, not looked at
+    second = clock.stamp_ns(ino, ctime)
+    assert second > 1000                           # looked at, changed again: fine
+    # Every later stamp is at least that one, looked at or not...
+    assert clock.now_ns() == second and clock.stamp_ns(9, 0) == second
+    # ...and a look at an inode whose ctime is not the latest stamp counts for nothing.
+    clock.shown(ino, ctime)
+    assert clock.stamp_ns(ino, ctime) == second
+    clock.shown(ino, second)
+    assert clock.stamp_ns(ino, second) > second
+
+
+@given(st.lists(st.tuples(st.sampled_from(["stamp", "show", "now", "tick", "observe"]),
+                          st.integers(1, 3)), max_size=80))
+def test_multigrain_stamps_never_go_back(steps: list[tuple[str, int]]) -> None:
+    coarse = [1000]
+    fine = iter(range(1000, 10 ** 9, 3))
+    clock = TimestampClock(lambda: coarse[0], real=lambda: max(next(fine), coarse[0]))
+    ctimes = {1: 0, 2: 0, 3: 0}
+    floor = 0
+    for op, ino in steps:
+        if op == "tick":
+            coarse[0] += 4000
+        elif op == "show":
+            clock.shown(ino, ctimes[ino])
+        elif op == "observe":
+            clock.observe(coarse[0])
+        else:
+            t = clock.stamp_ns(ino, ctimes[ino]) if op == "stamp" else clock.now_ns()
+            assert t >= floor
+            if op == "stamp":
+                assert t >= ctimes[ino]
+                ctimes[ino] = t
+            floor = t
