@@ -89,6 +89,8 @@ class TimestampClock:
         """Now, for a change to inode ino whose ctime is ctime_ns: now_ns(),
         or a fine stamp past every earlier one if ino's times were shown
         since it got ctime_ns and the coarse clock has not moved past it."""
+        # now_ns() inlined: every WRITE stamps, and the call cost 83
+        # bytecodes per untarred file (4917 against 4834, bytecodes.py).
         t = self._source()
         if t > self._last:
             self._last = t
