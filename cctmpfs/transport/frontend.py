@@ -143,7 +143,14 @@ class Frontend:
         requests.update(self.request_counts())
         return stats_mod.collect(self.fs, self.runtime_rss, internal_errors=self.internal_errors,
                                  requests=dict(sorted(requests.items())),
-                                 transport=self.transport_info(), **self.extra_stats())
+                                 transport=self._transport(), **self.extra_stats())
+
+    def _transport(self) -> dict[str, Any]:
+        """What the binding says about itself, and which timestamps the core
+        gives under it (clock.py: fine ones where the daemon stamps every
+        "now" itself)."""
+        return {**self.transport_info(),
+                "timestamps": "multigrain" if self.clock.fine else "coarse"}
 
     def check(self) -> dict[str, Any]:
         """The invariant checker's report: its version, the number of

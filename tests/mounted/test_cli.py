@@ -385,6 +385,7 @@ def test_stats_json_after_writing_real_files(mount_cct, transport):
     # The transport, and for native what INIT negotiated: the default
     # switches (options.INIT_SWITCHES), which 6.18 all offers.
     assert s["transport"]["name"] == transport
+    assert s["transport"]["timestamps"] == ("multigrain" if transport == "native" else "coarse")
     if transport == "native":
         t = s["transport"]
         assert t["flags"] == ["ASYNC_READ", "ATOMIC_O_TRUNC", "BIG_WRITES",

@@ -218,6 +218,8 @@ def test_writeback_cache_is_negotiated_when_switched_on(mount_cct, transport):
         pytest.skip("transport=native only")
     info = read_stats(mount_cct(WB))["transport"]
     assert "WRITEBACK_CACHE" in info["flags"]
+    # The kernel keeps a cached file's times with its own coarse clock.
+    assert info["timestamps"] == "coarse"
 
 
 def test_writeback_times_and_sizes_survive_the_kernel_forgetting(mount_cct, transport):
