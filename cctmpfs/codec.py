@@ -54,8 +54,9 @@ class Codec:
         #: (DataEngine.recompress_pass); 0: off.
         self.recompress_level = recompress_level
         self._local = threading.local()
-        #: Every zstd context made, by (thread, kind), for context_bytes().
-        #: Kept as long as the Codec: a daemon's threads live as long.
+        #: Every zstd context made, by (thread, kind), for context_bytes(),
+        #: which drops those of threads that ended (a daemon's threads live as
+        #: long as the mount; a thread that ends would leave ~1.3 MB here).
         self._contexts: dict[tuple[int, str], object] = {}
 
     def recompresses(self, cid: int) -> bool:
@@ -102,11 +103,14 @@ class Codec:
     def context_bytes(self) -> int:
         """The RAM of the zstd contexts made so far, as zstd counts it
         (ZSTD_sizeof_CCtx and _DCtx: match tables, window, buffers). A
-        context is sized at its first use and kept by its thread for good:
+        context is sized at its first use and kept while its thread lives:
         after a 128 KiB block, 1.30 MB for a compressor at level 3, 1.57 MB
         at level 9, 96 KB for a decompressor; a sealer and a request thread
         hold about 3 MB. Any thread may call it: the sizes are plain fields
         of each context, read while its own thread may be using it."""
+        alive = {t.ident for t in threading.enumerate()}
+        for key in [k for k in list(self._contexts) if k[0] not in alive]:
+            self._contexts.pop(key, None)
         return sum(c.memory_size() for c in list(self._contexts.values()))  # type: ignore[attr-defined]
 
     def compress(self, raw: bytes | bytearray) -> tuple[CodecId, bytes | bytearray]:
