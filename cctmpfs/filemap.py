@@ -334,6 +334,18 @@ class DataEngine:
         """Read up to size bytes at off, as one bytes. Releases the global lock."""
         return joined(self.read_pieces(f, off, size))
 
+    def in_ram(self, f: FileData, first: int, last: int) -> bool:
+        """Whether blocks first to last of f read without the backing device:
+        each is a hole, buffered, or stored in the arena. What the native
+        transport puts into the page cache unasked (transport/directwrite.py)
+        must not cost device reads. Never releases the lock."""
+        for idx in range(first, last + 1):
+            slot = f.slot(idx)
+            if slot is not None and slot.raw is None and slot.stored is not None \
+                    and not slot.stored.in_ram:
+                return False
+        return True
+
     def read_pieces(self, f: FileData, off: int, size: int) -> list[bytes | memoryview]:
         """Read up to size bytes at off, as pieces to send with one writev(2)
         (the native transport: joining the 8 blocks of a 1 MiB READ cost a

@@ -730,7 +730,7 @@ class Filesystem:
             node.ctime_ns = self.stamp_ns(node.ino, node.ctime_ns)
         return node
 
-    def kill_privileges(self, ino: int) -> None:
+    def kill_privileges(self, ino: int, setid: bool = True) -> None:
         """What a write, truncate or chown by a caller without CAP_FSETID
         drops on tmpfs (the VFS's file_remove_privs and
         setattr_should_drop_suidgid): the setuid bit; the setgid bit if the
@@ -738,16 +738,23 @@ class Filesystem:
         mandatory-locking mark and stays); and security.capability. Sets
         ctime if anything changed. The kernel does this itself unless the
         transport negotiated HANDLE_KILLPRIV_V2; then it sends a flag and
-        the transport calls this."""
+        the transport calls this.
+
+        setid=False: security.capability only, which any write(2) drops on
+        tmpfs, a caller with CAP_FSETID's too. The kernel does that itself
+        for writes through its page cache, not for FOPEN_DIRECT_IO handles
+        (transport/directwrite.py): their writes call this."""
         node = self.get(ino)
-        mode = node.mode
-        if mode & S.S_ISUID:
-            mode &= ~S.S_ISUID
-        if mode & (S.S_ISGID | S.S_IXGRP) == S.S_ISGID | S.S_IXGRP:
-            mode &= ~S.S_ISGID
-        changed = mode != node.mode
-        if changed:
-            node.mode = self.share(mode)
+        changed = False
+        if setid:
+            mode = node.mode
+            if mode & S.S_ISUID:
+                mode &= ~S.S_ISUID
+            if mode & (S.S_ISGID | S.S_IXGRP) == S.S_ISGID | S.S_IXGRP:
+                mode &= ~S.S_ISGID
+            changed = mode != node.mode
+            if changed:
+                node.mode = self.share(mode)
         xattrs = self.xattrs.get(ino)
         if xattrs is not None and SECURITY_CAPABILITY in xattrs:
             del xattrs[SECURITY_CAPABILITY]

@@ -205,6 +205,10 @@ class MountOptions:
     pack: bool = True        # pack cold small blocks into shared compressed packs (pack=on|off, packing.py)
     transport: str = DEFAULT_TRANSPORT  # how FUSE requests arrive (transport=, one of TRANSPORTS)
     spin_us: int = 0         # transport=native: adaptive polling window, microseconds; 0: off (spin=)
+    #: transport=native without the writeback cache: O_WRONLY opens bypass
+    #: the page cache, and the file enters it at its last close (wronly=direct|cached,
+    #: transport/directwrite.py).
+    wronly_direct: bool = True
     #: The INIT_SWITCHES names transport=native asks for (fuse_off=, fuse_on=).
     fuse_flags: frozenset[str] = DEFAULT_FUSE_FLAGS
     fuse_options: tuple[str, ...] = ()
@@ -363,7 +367,7 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         if key in ("size", "nr_inodes", "nr_blocks", "mode", "uid", "gid", "compress",
                    "block_size", "ram", "buffer", "workers", "dedup", "backing",
                    "backing_size", "backing_encrypt", "seal_priority", "recompress", "pack", "transport",
-                   "spin", "fuse_off", "fuse_on", "allocator"):
+                   "spin", "fuse_off", "fuse_on", "wronly", "allocator"):
             if not eq or value == "":
                 raise OptionError(f"{key}: needs a value ({key}=...)")
             ours[key] = value
@@ -438,6 +442,10 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     # Under transport=llfuse these are checked, then ignored with a log line
     # (transport/llfuse_ops.py), as workers= is under native.
 
+    wronly = ours.get("wronly", "direct")
+    if wronly not in ("direct", "cached"):
+        raise OptionError(f"wronly={wronly[:40]}: must be direct or cached")
+
     dedup_text = ours.get("dedup", "on")
     if dedup_text not in ("on", "off"):
         raise OptionError(f"dedup={dedup_text}: must be on or off")
@@ -492,5 +500,6 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
         backing_encrypt=encrypt_text == "on", seal_idle=seal_priority == "idle",
         recompress_level=recompress_level, pack=pack_text == "on",
         transport=transport, spin_us=spin_us, fuse_flags=fuse_flags, fuse_options=tuple(fuse),
+        wronly_direct=wronly == "direct",
         allocator=allocator,
     )

@@ -63,6 +63,7 @@ from . import bdi, mounting
 from .mounting import MountError
 from . import wire as w
 from .frontend import CACHE_TIMEOUT, NOT_NEEDED, Frontend
+from .directwrite import FH_DIRECT_WRITER, DirectWriters
 from .spin import CpuCrowding, SpinPolicy
 from .writeback import WritebackGuard
 
@@ -73,6 +74,9 @@ log = logging.getLogger(__name__)
 #: Filesystem.open gives, the inode number; the file's handlers take the
 #: file from the request's nodeid.
 FH_CACHED_WRITER = 1 << 63
+#: An O_WRONLY open without the writeback cache (directwrite.py): bypass the
+#: page cache, keep what it holds.
+_DIRECT_WRITER_OPEN = w.FOPEN_DIRECT_IO | w.FOPEN_KEEP_CACHE
 
 #: The largest WRITE (and READ) the kernel may send without MAX_PAGES: 32
 #: pages, and the block size by default.
@@ -212,7 +216,8 @@ class Server:
     """Decodes requests, calls the core, encodes answers. One per connection."""
 
     def __init__(self, fd: int, frontend: Frontend, lock: Any,
-                 switches: frozenset[str] = DEFAULT_FUSE_FLAGS, spin_us: int = 0) -> None:
+                 switches: frozenset[str] = DEFAULT_FUSE_FLAGS, spin_us: int = 0,
+                 wronly_direct: bool = True) -> None:
         self.fd = fd
         self.frontend = frontend
         self.fs = frontend.fs
@@ -233,6 +238,19 @@ class Server:
             fs = self.fs
             self.guard = WritebackGuard(fd, lambda: fs.statfs()["f_bavail"] * 4096,
                                         fs.engine.size_limit)
+        #: Without the writeback cache (wronly=direct): O_WRONLY opens are
+        #: FOPEN_DIRECT_IO, and their file is stored into the page cache at
+        #: its last close (directwrite.py); None otherwise.
+        self.direct: Optional[DirectWriters] = None
+        if wronly_direct and self.guard is None:
+            self.direct = DirectWriters(fd, self.fs)
+            # With it every kernel writes back and drops its cached pages of
+            # a range before a direct write to it (fuse_direct_io). Some
+            # kernels do that only with it (upstream 1ce120dcefc0 made it
+            # unconditional); 6.18 does it either way (the coherence test in
+            # test_native_flags.py passes without the flag). It also allows
+            # MAP_SHARED of direct handles: O_WRONLY ones cannot be mapped.
+            self.wanted |= w.DIRECT_IO_ALLOW_MMAP | w.INIT_EXT
         # Every "now" reaches the daemon as a flag (FATTR_*_NOW) unless the
         # kernel keeps times itself (writeback cache): stamps may be fine.
         self.fs.clock.fine = not self.wanted & w.WRITEBACK_CACHE
@@ -701,6 +719,8 @@ class Server:
             "max_readahead": self.max_readahead,
             "read_ahead_kb": self.read_ahead_kb,
             "writeback": self.guard.info() if self.guard is not None else None,
+            # wronly=direct (directwrite.py): None when off, or under the writeback cache.
+            "direct_writers": self.direct.info() if self.direct is not None else None,
             "threads": 1,
             "spin": self.spin.info() if self.spin is not None else {"window_us": 0},
             "bad_requests": self.bad_requests,
@@ -882,6 +902,10 @@ class Server:
         2); a writer that keeps the cache is tagged, for rule 4."""
         guard = self.guard
         if guard is None:
+            direct = self.direct
+            if direct is not None and flags & os.O_ACCMODE == os.O_WRONLY:
+                direct.opened(fh)
+                return w.OPEN_OUT.pack(fh | FH_DIRECT_WRITER, _DIRECT_WRITER_OPEN, 0)
             return w.OPEN_OUT.pack(fh, w.FOPEN_KEEP_CACHE, 0)
         if guard.near_full():
             return w.OPEN_OUT.pack(fh, w.FOPEN_DIRECT_IO, 0)
@@ -891,12 +915,18 @@ class Server:
         return w.OPEN_OUT.pack(fh, w.FOPEN_KEEP_CACHE, 0)
 
     def _release(self, fh: int) -> None:
-        """Close a file handle that OPEN, CREATE or TMPFILE gave out."""
+        """Close a file handle that OPEN, CREATE or TMPFILE gave out. The
+        last close of a file a direct writer opened stores it into the page
+        cache (DirectWriters.store, which releases the global lock)."""
+        fh &= ~FH_DIRECT_WRITER
         if fh & FH_CACHED_WRITER:
             fh &= ~FH_CACHED_WRITER
             if self.guard is not None:
                 self.guard.cached_writer_closed(fh)
         self.fs.release(fh)
+        direct = self.direct
+        if direct is not None and fh in direct.unstored and not self.fs.opens(fh):
+            direct.store(fh)
 
     def create(self, nodeid: int, n: int) -> Reply:
         # A new file: O_TRUNC and OPEN_KILL_SUIDGID in open_flags change
@@ -916,7 +946,7 @@ class Server:
         return self._entry(node) + self._open_out(node.ino, flags)
 
     # The file's handlers below take the file from the request's nodeid, not
-    # from the handle, which may carry FH_CACHED_WRITER.
+    # from the handle, which may carry FH_CACHED_WRITER or FH_DIRECT_WRITER.
     def lseek(self, nodeid: int, n: int) -> Reply:
         _fh, off, whence, _pad = w.LSEEK_IN.unpack_from(self.buf, _HDR)
         return w.LSEEK_OUT.pack(self.fs.seek(nodeid, off, whence))
@@ -955,9 +985,14 @@ class Server:
             raise BadRequest(f"WRITE of {size} bytes in a {n}-byte request")
         if write_flags & w.WRITE_KILL_SUIDGID:
             # HANDLE_KILLPRIV_V2: a writer without CAP_FSETID, to a file
-            # with suid or sgid (the kernel sends it only then): before the
-            # data, as the VFS does.
+            # with suid or sgid (the kernel sends it only then, and for every
+            # direct write of such a writer): before the data, as the VFS does.
             self.fs.kill_privileges(nodeid)
+        elif _fh & FH_DIRECT_WRITER:
+            # The kernel's direct path drops no security.capability (its
+            # page-cache path asks GETXATTR and REMOVEXATTR), which any write
+            # drops on tmpfs, root's too.
+            self.fs.kill_privileges(nodeid, setid=False)
         # A view over the request buffer: the core copies what it keeps.
         # WRITE_CACHE: a writeback of cached pages; the kernel owns mtime
         # and ctime then, and sends its own (SETATTR, FATTR_CTIME).
@@ -1193,7 +1228,8 @@ class NativeSession:
     def mount(self, frontend: Frontend, source: str, mountpoint: str, opts: MountOptions) -> None:
         fd = self._mount(mountpoint, opts)
         self.fd, self.mountpoint = fd, mountpoint
-        self.server = Server(fd, frontend, self.lock, opts.fuse_flags, spin_us=opts.spin_us)
+        self.server = Server(fd, frontend, self.lock, opts.fuse_flags, spin_us=opts.spin_us,
+                             wronly_direct=opts.wronly_direct)
         self.server.device = self.device
         self.server.mounted_by = self.mounted_by
         self.server.auto_unmount = self.helper is not None

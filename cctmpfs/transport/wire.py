@@ -209,6 +209,10 @@ COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out
 # ---- notifications (daemon to kernel: unique 0, the code in the error field) ----
 NOTIFY_INVAL_INODE = 2
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino off len (off < 0: attributes only; len <= 0: to the end)
+#: Data into the page cache of ino at off; the data follows. The kernel marks
+#: a page up to date when the data covers it whole or ends at the file's end.
+NOTIFY_STORE = 4
+NOTIFY_STORE_OUT = struct.Struct("<QQII")      # ino offset size padding
 
 
 def notify_inval_inode(fd: int, ino: int, offset: int) -> int:
@@ -225,13 +229,26 @@ def notify_inval_inode(fd: int, ino: int, offset: int) -> int:
             return e.errno
     return 0
 
+def notify_store(fd: int, ino: int, offset: int, pieces: list, size: int) -> int:
+    """Write NOTIFY_STORE of the size bytes in pieces (bytes or views) at
+    offset of ino to /dev/fuse fd, in one writev(2). Returns 0, or the errno
+    of a refusal (ENOENT: the kernel no longer knows the inode)."""
+    head = OUT_HEADER.pack(OUT_HEADER.size + NOTIFY_STORE_OUT.size + size, NOTIFY_STORE, 0) \
+        + NOTIFY_STORE_OUT.pack(ino, offset, size, 0)
+    try:
+        os.writev(fd, [head, *pieces])
+    except OSError as e:
+        return e.errno
+    return 0
+
+
 for _s, _size in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128),
                   (ATTR_OUT, 104), (OPEN_OUT, 16), (WRITE_OUT, 8), (KSTATFS, 80),
                   (INIT_OUT, 64), (DIRENT, 24), (INIT_IN, 16), (SETATTR_IN, 88),
                   (MKNOD_IN, 16), (CREATE_IN, 16), (READ_IN, 40), (RELEASE_IN, 24),
                   (FLUSH_IN, 24), (FSYNC_IN, 16), (RENAME2_IN, 16), (GETATTR_IN, 16),
                   (LSEEK_IN, 24), (LSEEK_OUT, 8), (FALLOCATE_IN, 32),
-                  (COPY_FILE_RANGE_IN, 56), (NOTIFY_INVAL_INODE_OUT, 24),
+                  (COPY_FILE_RANGE_IN, 56), (NOTIFY_INVAL_INODE_OUT, 24), (NOTIFY_STORE_OUT, 24),
                   (DIRENTPLUS, 152)):
     assert _s.size == _size, (_s.format, _s.size, _size)
 assert DIRENTPLUS_NAME_OFFSET == 152

@@ -638,3 +638,112 @@ def test_cached_listings_and_symlinks_follow_every_change_as_tmpfs(both, cct_opt
     assert listings <= 2, (before, after)
     readlinks = after.get("readlink", 0) - before.get("readlink", 0)
     assert readlinks <= 1 if "cache_symlinks" not in cct_options else readlinks >= 20
+
+
+# ---- write-only opens (wronly=direct: transport/directwrite.py) ----------------------
+
+def test_write_only_handles_stay_coherent_as_tmpfs(both):
+    """wronly=direct sends an O_WRONLY handle's writes past the page cache.
+    What other handles see must not change: a reader's cached pages, a
+    MAP_SHARED mapping (clean, and dirty before the write), two appenders,
+    sendfile into the file, a hole past the end; and after the last close
+    the file reads back whole."""
+    import mmap
+
+    def scenario(root: str) -> list[Any]:
+        obs: list[Any] = []
+        p = os.path.join(root, "f")
+        with open(p, "wb") as f:
+            f.write(bytes(range(256)) * 64)             # 16 KiB
+        r = os.open(p, os.O_RDONLY)
+        obs.append(hashlib.sha256(os.pread(r, 1 << 20, 0)).hexdigest())  # now cached
+        m = os.open(p, os.O_RDWR)
+        mm = mmap.mmap(m, 16384, mmap.MAP_SHARED)
+        obs.append(mm[5000:5010])
+        mm[9000:9004] = b"MMAP"                         # dirty, not written back yet
+        wr = os.open(p, os.O_WRONLY)
+        obs.append(os.pwrite(wr, b"XYZ" * 3, 4999))     # inside pages the reader holds
+        obs.append(os.pwrite(wr, b"over", 9002))        # over the dirty mapped bytes
+        obs.append(os.pread(r, 20, 4995))
+        obs.append(mm[4995:5015])
+        obs.append(mm[8998:9008])
+        obs.append(os.pwrite(wr, b"!", 20000))          # past the end: a hole
+        obs.append(os.fstat(r).st_size)
+        obs.append(os.pread(r, 10, 16380))
+        mm.close()
+        os.close(m)
+        # sendfile(2) into the write-only handle.
+        src = os.path.join(root, "src")
+        with open(src, "wb") as f:
+            f.write(b"s" * 70_000)
+        s = os.open(src, os.O_RDONLY)
+        obs.append(os.sendfile(wr, s, None, 70_000))
+        os.close(s)
+        os.close(wr)
+        obs.append(hashlib.sha256(os.pread(r, 1 << 20, 0)).hexdigest())
+        os.close(r)
+        # Two appenders, interleaved, in odd sizes.
+        a = os.path.join(root, "append")
+        f1 = os.open(a, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+        f2 = os.open(a, os.O_WRONLY | os.O_APPEND)
+        for i in range(300):
+            os.write(f1 if i % 3 else f2, b"%d-" % i * (1 + i % 11))
+        os.close(f1)
+        os.close(f2)
+        for name in ("f", "append"):
+            with open(os.path.join(root, name), "rb") as f:
+                obs.append(hashlib.sha256(f.read()).hexdigest())
+            obs.append(describe(os.path.join(root, name)))
+        _drop_caches()
+        for name in ("f", "append"):
+            with open(os.path.join(root, name), "rb") as f:
+                obs.append(hashlib.sha256(f.read()).hexdigest())
+        return obs
+
+    same(both, scenario, "size=256m", "size=256m")
+
+
+@pytest.mark.parametrize("size", [10_000, 3 << 20], ids=["10k", "3m"])
+def test_a_file_written_write_only_is_read_back_from_the_page_cache(mount_cct, transport, size):
+    """A write-only handle writes past the page cache (wronly=direct); at its
+    last close the daemon stores the file into it (NOTIFY_STORE), so reading
+    it back right after, as a build does, sends no READ. A sparse file
+    stores its data, not its hole. wronly=cached keeps today's page-cache
+    writes: no store."""
+    if transport != "native":
+        pytest.skip("llfuse writes through the page cache")
+    mp = mount_cct("size=64m")
+    data = os.urandom(size)
+    paths = [os.path.join(str(mp), name) for name in ("plain", "sparse")]
+    with open(paths[0], "wb") as f:
+        f.write(data)
+    with open(paths[1], "wb") as f:
+        f.write(data)
+        f.seek(40 << 20)
+        f.write(b"end")
+    stats = read_stats(mp)          # after the RELEASEs: the kernel sent them first
+    info = stats["transport"]["direct_writers"]
+    assert info["opens"] == 2 and info["stores"] == 2 and info["refused"] == 0
+    assert info["stored_bytes"] < 2 * size + (2 << 20)      # the 40 MiB hole is not stored
+    before = stats["requests"].get("read", 0)
+    with open(paths[0], "rb") as f:
+        assert f.read() == data
+    with open(paths[1], "rb") as f:
+        assert f.read(size) == data
+        f.seek(40 << 20)
+        assert f.read() == b"end"
+    after = read_stats(mp)["requests"].get("read", 0)
+    # The hole between is read from the daemon (zeros); the data is not.
+    with open(paths[1], "rb") as f:
+        f.seek(size)
+        assert f.read((40 << 20) - size).count(0) == (40 << 20) - size
+    assert after == before
+
+
+def test_wronly_cached_writes_through_the_page_cache(mount_cct, transport):
+    if transport != "native":
+        pytest.skip("llfuse writes through the page cache")
+    mp = mount_cct("size=64m,wronly=cached")
+    with open(os.path.join(str(mp), "f"), "wb") as f:
+        f.write(b"x" * 10_000)
+    assert read_stats(mp)["transport"]["direct_writers"] is None

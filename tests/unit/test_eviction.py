@@ -106,6 +106,24 @@ def test_a_hot_evicted_block_returns_to_ram(tmp_path) -> None:
     h.check()
 
 
+def test_in_ram_tells_which_blocks_need_the_device(tmp_path) -> None:
+    """What the native transport may store into the page cache unasked
+    (transport/directwrite.py): holes, buffered and arena blocks, not
+    evicted ones."""
+    h = Harness("zstd", buffer_blocks=2, ram_budget=16 * BS)
+    with_device(h, str(tmp_path / "back"))
+    (ino,) = fill(h, 1, 4)
+    f = h.fs.inodes[ino].data
+    assert h.eng.in_ram(f, 0, 10)                      # buffered, sealed, holes past the end
+    h.eng.seal_everything()
+    h.eng.evict(0)
+    h.eng.make_room()
+    assert not h.eng.in_ram(f, 0, 3) and not h.eng.in_ram(f, 2, 2)
+    assert h.eng.in_ram(f, 4, 10)
+    h.read(ino, BS + 10, 100)                          # block 1 comes back (a promotion)
+    assert h.eng.in_ram(f, 1, 1) and not h.eng.in_ram(f, 0, 1)
+
+
 def test_a_sequential_stream_does_not_promote(tmp_path) -> None:
     h = Harness("zstd", buffer_blocks=2, ram_budget=16 * BS)
     with_device(h, str(tmp_path / "back"))

@@ -19,7 +19,7 @@ import pytest
 from cctmpfs.codec import Codec
 from cctmpfs.namespace import ROOT_INO, Filesystem
 from cctmpfs.options import DEFAULT_FUSE_FLAGS, INIT_SWITCHES, parse_options
-from cctmpfs.transport import native
+from cctmpfs.transport import directwrite, native
 from cctmpfs.transport import wire as w
 from cctmpfs.transport.frontend import CACHE_TIMEOUT, Frontend
 
@@ -109,11 +109,12 @@ class Served:
 
 
 def start(fs: Filesystem, switches: frozenset[str] = DEFAULT_FUSE_FLAGS, spin_us: int = 0,
+          wronly_direct: bool = True,
           ) -> tuple[Kernel, native.Server, threading.Thread, list[socket.socket]]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.settimeout(10)
     server = native.Server(ours.fileno(), Frontend(fs), threading.Lock(), switches,
-                           spin_us=spin_us)
+                           spin_us=spin_us, wronly_direct=wronly_direct)
     server.frontend.transport_info = server.info
     server.frontend.request_counts = server.request_counts
     t = threading.Thread(target=server.run, name="native-test-reader")
@@ -155,8 +156,10 @@ def test_init_asks_for_the_switched_on_flags_the_kernel_offers(clock, offered):
         major, minor, max_ra, flags, _bg, _ct, max_write, gran, max_pages, _ma, flags2 = \
             w.INIT_OUT.unpack(out)
         assert (major, minor) == (7, 38)
-        asked = w.BIG_WRITES | sum(w.switch_bit(n) for n in DEFAULT_FUSE_FLAGS)
-        assert flags == asked & offered and flags2 == 0
+        # wronly=direct (the default) asks DIRECT_IO_ALLOW_MMAP too (directwrite.py).
+        asked = w.BIG_WRITES | sum(w.switch_bit(n) for n in DEFAULT_FUSE_FLAGS) \
+            | w.DIRECT_IO_ALLOW_MMAP | w.INIT_EXT
+        assert flags | flags2 << 32 == asked & offered
         assert not flags & w.WRITEBACK_CACHE          # off by default (issue 18)
         if offered & w.MAX_PAGES:
             assert (max_write, max_pages) == (1 << 20, 256)
@@ -974,3 +977,117 @@ def test_a_create_at_nr_inodes_waits_for_the_forget_that_frees_an_inode(clock, m
         assert server.info()["space_waits_won"] == 1
     finally:
         stop(t, socks)
+
+
+# ---- write-only opens (wronly=direct, directwrite.py) --------------------------------
+
+def _create_wronly(k: Kernel, filename: bytes, mode: int = 0o644) -> tuple[int, int, int]:
+    """CREATE with O_WRONLY: (ino, fh, open flags)."""
+    out = k.call(w.CREATE, ROOT_INO, w.CREATE_IN.pack(os.O_WRONLY, stat.S_IFREG | mode, 0o022, 0)
+                 + name(filename), uid=1000, gid=1000)
+    fh, open_flags, _ = w.OPEN_OUT.unpack(out[w.ENTRY_OUT.size:])
+    return entry(out)["ino"], fh, open_flags
+
+
+def _write(k: Kernel, ino: int, fh: int, off: int, data: bytes) -> int:
+    return w.WRITE_OUT.unpack(k.call(w.WRITE, ino, w.WRITE_IN.pack(fh, off, len(data), 0, 0, 0, 0)
+                                     + data))[0]
+
+
+#: Stores in 64 KiB pieces here: a socket message cannot carry 1 MiB.
+CHUNK = 64 << 10
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(directwrite, "STORE_CHUNK", CHUNK)
+
+
+def _release_collecting_stores(k: Kernel, nodeid: int, fh: int) -> list[tuple[int, int, bytes]]:
+    """RELEASE fh; the NOTIFY_STOREs written before its answer, as
+    (ino, offset, data)."""
+    unique = k.send(w.RELEASE, nodeid, w.RELEASE_IN.pack(fh, 0, 0, 0))
+    stores = []
+    while True:
+        got, err, payload = k.answer()
+        if got == unique:
+            assert err == 0
+            return stores
+        assert (got, err) == (0, -w.NOTIFY_STORE)    # a notification: unique 0, its code
+        ino, off, size, _pad = w.NOTIFY_STORE_OUT.unpack_from(payload)
+        data = payload[w.NOTIFY_STORE_OUT.size:]
+        assert len(data) == size
+        stores.append((ino, off, data))
+
+
+def test_a_write_only_open_bypasses_the_page_cache_and_its_last_close_fills_it(
+        served, small_chunks):
+    """An O_WRONLY open is FOPEN_DIRECT_IO (keeping what the page cache has);
+    the last close of the file, here a reader's, stores what it holds into
+    the page cache: the pieces with data, not the hole between them."""
+    k, server = served.k, served.server
+    ino, fh, open_flags = _create_wronly(k, b"w")
+    assert open_flags == w.FOPEN_DIRECT_IO | w.FOPEN_KEEP_CACHE and fh != ino
+    head, tail_off = os.urandom(40_000), 3 * CHUNK + 10
+    assert _write(k, ino, fh, 0, head) == len(head)
+    assert _write(k, ino, fh, tail_off, b"tail") == 4
+    rfh, r_flags, _ = w.OPEN_OUT.unpack(k.call(w.OPEN, ino, w.OPEN_IN.pack(os.O_RDONLY, 0)))
+    assert (rfh, r_flags) == (ino, w.FOPEN_KEEP_CACHE)
+    assert _release_collecting_stores(k, ino, fh) == []      # the reader still has it open
+    stores = _release_collecting_stores(k, ino, rfh)
+    assert stores == [(ino, 0, head + bytes(CHUNK - len(head))),
+                      (ino, 3 * CHUNK, bytes(10) + b"tail")]
+    assert server.info()["direct_writers"] == {
+        "opens": 1, "stores": 1, "stored_bytes": CHUNK + 14, "skipped_bytes": 0, "refused": 0}
+    # A reader alone stores nothing: the page cache has what it read.
+    rfh = w.OPEN_OUT.unpack(k.call(w.OPEN, ino, w.OPEN_IN.pack(os.O_RDONLY, 0)))[0]
+    assert _release_collecting_stores(k, ino, rfh) == []
+
+
+def test_a_store_keeps_to_its_budget_and_skips_unnamed_files(served, small_chunks, monkeypatch):
+    k, server = served.k, served.server
+    monkeypatch.setattr(directwrite, "STORE_MAX", CHUNK)
+    ino, fh, _ = _create_wronly(k, b"big")
+    _write(k, ino, fh, 0, b"a" * CHUNK)
+    _write(k, ino, fh, CHUNK, b"b" * 5000)
+    stores = _release_collecting_stores(k, ino, fh)
+    assert [(i, off, len(data)) for i, off, data in stores] == [(ino, 0, CHUNK)]
+    assert server.info()["direct_writers"]["skipped_bytes"] == 5000
+    # Unlinked while open: nothing can open it again, so nothing to store.
+    ino, fh, _ = _create_wronly(k, b"gone")
+    _write(k, ino, fh, 0, b"data")
+    k.call(w.UNLINK, ROOT_INO, name(b"gone"))
+    assert _release_collecting_stores(k, ino, fh) == []
+    assert served.fs.opens(ino) == 0
+
+
+def test_wronly_cached_keeps_write_only_opens_in_the_page_cache(clock):
+    fs = Filesystem(block_size=BS, clock_ns=clock.ns)
+    k, server, t, socks = start(fs, wronly_direct=False)
+    try:
+        k.init()
+        ino, fh, open_flags = _create_wronly(k, b"w")
+        assert (fh, open_flags) == (ino, w.FOPEN_KEEP_CACHE)
+        k.call(w.WRITE, ino, w.WRITE_IN.pack(fh, 0, 4, 0, 0, 0, 0) + b"data")
+        assert _release_collecting_stores(k, ino, fh) == []
+        assert server.info()["direct_writers"] is None
+    finally:
+        stop(t, socks)
+
+
+def test_a_direct_write_drops_the_file_capability_even_for_root(served):
+    """On tmpfs any write(2) drops security.capability; the kernel does it
+    for page-cache writes, not for direct ones, so the daemon does. setuid
+    stays for a writer with CAP_FSETID (no WRITE_KILL_SUIDGID)."""
+    k, fs = served.k, served.fs
+    ino, fh, _ = _create_wronly(k, b"cap", 0o4755)
+    fs.setxattr(ino, b"security.capability", b"v")
+    fs.setxattr(ino, b"user.keep", b"v")
+    _write(k, ino, fh, 0, b"x")
+    assert fs.listxattr(ino) == [b"user.keep"]
+    assert stat.S_IMODE(fs.get(ino).mode) == 0o4755
+    # Through a cached handle the kernel drops it itself (GETXATTR, REMOVEXATTR).
+    other = served.create(ROOT_INO, b"cached")
+    fs.setxattr(other, b"security.capability", b"v")
+    served.write(other, 0, b"x")
+    assert fs.listxattr(other) == [b"security.capability"]

@@ -520,3 +520,18 @@ def test_allocator_defaults_to_pymalloc_and_can_be_malloc(ram: int) -> None:
 @pytest.mark.parametrize("text", ["glibc", "debug", "MALLOC", "x" * 100])
 def test_allocator_bad_values(ram: int, text: str) -> None:
     assert "must be pymalloc or malloc" in refused(f"allocator={text}")
+
+
+# ---- wronly= -----------------------------------------------------------------
+
+def test_wronly_defaults_direct_and_can_be_cached(ram: int) -> None:
+    assert parse().wronly_direct is True
+    assert parse("wronly=direct").wronly_direct is True
+    assert parse("wronly=cached").wronly_direct is False
+    # Accepted under llfuse too, as fuse_on= is: one fstab line switches transport= alone.
+    assert parse("transport=llfuse,wronly=cached").wronly_direct is False
+
+
+@pytest.mark.parametrize("text", ["on", "Direct", "writeback"])
+def test_wronly_bad_values(ram: int, text: str) -> None:
+    assert "must be direct or cached" in refused(f"wronly={text}")
