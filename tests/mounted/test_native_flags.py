@@ -258,6 +258,16 @@ def test_writeback_times_and_sizes_survive_the_kernel_forgetting(mount_cct, tran
     assert data[:2] == b"da" and data[70_000:70_010] == b"b" * 10 and len(data) == 70_010
 
 
+def _two_appenders(path: str, writes: int, sizes: int) -> None:
+    """Two O_APPEND handles writing in turns, records of 1 to `sizes` repeats."""
+    f1 = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+    f2 = os.open(path, os.O_WRONLY | os.O_APPEND)
+    for i in range(writes):
+        os.write(f1 if i % 3 else f2, b"%d-" % i * (1 + i % sizes))
+    os.close(f1)
+    os.close(f2)
+
+
 def test_writeback_semantics_as_tmpfs(both):
     """O_APPEND with two writers, truncate racing cached writes, a
     write-only handle whose partial-page write needs the page read, mmap
@@ -268,12 +278,7 @@ def test_writeback_semantics_as_tmpfs(both):
         obs: list[Any] = []
         # Two appenders, interleaved.
         a = os.path.join(root, "append")
-        f1 = os.open(a, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
-        f2 = os.open(a, os.O_WRONLY | os.O_APPEND)
-        for i in range(200):
-            os.write(f1 if i % 3 else f2, b"%d-" % i * (1 + i % 7))
-        os.close(f1)
-        os.close(f2)
+        _two_appenders(a, 200, 7)
         with open(a, "rb") as f:
             obs.append(hashlib.sha256(f.read()).hexdigest())
         # Truncate while another handle has cached writes past the new end.
@@ -683,13 +688,7 @@ def test_write_only_handles_stay_coherent_as_tmpfs(both):
         obs.append(hashlib.sha256(os.pread(r, 1 << 20, 0)).hexdigest())
         os.close(r)
         # Two appenders, interleaved, in odd sizes.
-        a = os.path.join(root, "append")
-        f1 = os.open(a, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
-        f2 = os.open(a, os.O_WRONLY | os.O_APPEND)
-        for i in range(300):
-            os.write(f1 if i % 3 else f2, b"%d-" % i * (1 + i % 11))
-        os.close(f1)
-        os.close(f2)
+        _two_appenders(os.path.join(root, "append"), 300, 11)
         for name in ("f", "append"):
             with open(os.path.join(root, name), "rb") as f:
                 obs.append(hashlib.sha256(f.read()).hexdigest())
