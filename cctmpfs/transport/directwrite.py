@@ -20,8 +20,9 @@ from memory (a build: the compiler writes an object, the linker reads it),
 but direct writes leave nothing in the page cache. Measured in stop 25
 without what follows: 3,000 16 KiB files read back in 0.54-0.72 s against
 0.18-0.27 s, a 256 MiB file in 0.62-0.80 s against 0.04 s. So at the last
-close of a file written this way its contents go into the page cache with
-FUSE_NOTIFY_STORE (store()), and the read-backs take what they took before.
+close of a file written this way, what was written goes into the page cache
+with FUSE_NOTIFY_STORE (DirectWriters.store), and the read-backs take what
+they took before (docs/profiling.md, stop 26).
 
 Why the store is safe there: it is written by the reader thread while it
 serves that RELEASE, so no other request of the mount is being served, and
@@ -40,6 +41,7 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..blockmap import PAGE
 from ..errors import FsError
 from . import wire as w
 
@@ -53,15 +55,16 @@ log = logging.getLogger(__name__)
 #: to the daemon (native.Server.write). Below FH_CACHED_WRITER.
 FH_DIRECT_WRITER = 1 << 62
 
-#: The store goes in aligned pieces of this size, one writev(2) each: whole
-#: pages (the kernel marks a page up to date only when the store covers it,
-#: or ends at the end of the file), and whole blocks of every block size
-#: (1 MiB at most), so a piece of a file's holes alone is skipped, not stored
-#: as zeros.
+#: The store goes in aligned pieces of at most this size, one writev(2)
+#: each, of whole pages (the kernel marks a page up to date only when the
+#: store covers it, or ends at the end of the file). A piece spans whole
+#: blocks of every block size (1 MiB at most), so one that is all hole is
+#: skipped, not stored as zeros.
 STORE_CHUNK = 1 << 20
 
 #: At most this much of a file goes into the page cache at its close (the
-#: first bytes: a reader starts there, and its read-ahead fetches the rest).
+#: first bytes written: a reader starts there, and its read-ahead fetches
+#: the rest).
 #: The reader thread serves nothing else while it stores, and decoding is
 #: most of it: a 256 MiB file just written, with 2,040 of its 2,048 blocks
 #: already sealed, took 0.108 s to store.
@@ -69,8 +72,8 @@ STORE_MAX = 256 << 20
 
 
 class DirectWriters:
-    """Stores a direct writer's file into the page cache at its last close,
-    and counts what it did for `stats` (transport.direct_writers)."""
+    """Stores what direct writers wrote into the page cache at the file's
+    last close, and counts what it did for `stats` (transport.direct_writers)."""
 
     def __init__(self, fd: int, fs: "Filesystem") -> None:
         self.fd = fd
@@ -78,41 +81,54 @@ class DirectWriters:
         self.opens = 0              # opens answered FOPEN_DIRECT_IO
         self.stores = 0             # files stored at their last close
         self.stored_bytes = 0       # bytes written into the page cache
-        self.skipped_bytes = 0      # data not stored: on the backing device, or past STORE_MAX
+        self.skipped_bytes = 0      # written, not stored: on the backing device, or past STORE_MAX
         self.refused = 0            # stores the kernel refused (other than ENOENT)
-        #: Files a direct writer opened since they were last stored: the last
-        #: close of any of their handles stores them and drops them from
-        #: here, so only open files are in it.
-        self.unstored: set[int] = set()
+        #: Files written through a direct handle since they were last stored,
+        #: with the span written, [first byte, end). Only that span is stored:
+        #: `echo >> log` must not put the whole log into the page cache at
+        #: each close, nor `cp` (copy_file_range, no WRITE) the copy. The last
+        #: close of any handle of the file stores it and drops its entry, so
+        #: only open files are in it.
+        self.written: dict[int, list[int]] = {}
 
-    def opened(self, ino: int) -> None:
-        """An open of file ino was answered FOPEN_DIRECT_IO."""
-        self.opens += 1
-        self.unstored.add(ino)
+    def wrote(self, ino: int, off: int, end: int) -> None:
+        """A direct handle of file ino wrote bytes off to end."""
+        span = self.written.get(ino)
+        if span is None:
+            self.written[ino] = [off, end]
+            return
+        if off < span[0]:
+            span[0] = off
+        if end > span[1]:
+            span[1] = end
 
     def store(self, ino: int) -> None:
-        """Put the contents of file ino, just closed by its last handle, into
-        the kernel's page cache: the pieces that hold data, from RAM, up to
-        STORE_MAX. The caller checked that no handle of it is open (see the
-        module's note). A file without a name is not stored: nothing can
-        open it again. Releases the global lock (decoding)."""
-        self.unstored.discard(ino)
+        """Put the span direct handles wrote of file ino, just closed by its
+        last handle, into the kernel's page cache, from RAM: whole pages (or
+        up to the end of the file), in STORE_CHUNK pieces, skipping pieces
+        that are holes, up to STORE_MAX. The caller checked that no handle of
+        it is open (see the module's note). A file without a name is not
+        stored: nothing can open it again. Releases the global lock
+        (decoding)."""
+        span = self.written.pop(ino)
         fs = self.fs
         node = fs.inodes.get(ino)
         if node is None or node.nlink == 0 or node.data is None:
             return
         f = node.data
         engine = fs.engine
+        lo = span[0] - span[0] % PAGE
+        hi = min(-(-span[1] // PAGE) * PAGE, f.size)    # a truncate may have cut it
         per_chunk = STORE_CHUNK // engine.bs
-        chunks = sorted({idx // per_chunk for idx in f.indexes()})
+        mapped = {idx // per_chunk for idx in f.indexes()}
         budget = STORE_MAX
         stored = 0
-        for chunk in chunks:
-            off = chunk * STORE_CHUNK
-            if off >= f.size:
-                break       # blocks past the size: a truncate left nothing to read there
-            size = min(STORE_CHUNK, f.size - off)
-            if size > budget or not engine.in_ram(f, chunk * per_chunk, (chunk + 1) * per_chunk - 1):
+        for chunk in range(lo // STORE_CHUNK, -(-hi // STORE_CHUNK)):
+            if chunk not in mapped:
+                continue    # a hole: the kernel reads zeros of it cheaply enough
+            off = max(lo, chunk * STORE_CHUNK)
+            size = min(hi, (chunk + 1) * STORE_CHUNK) - off
+            if size > budget or not engine.in_ram(f, off // engine.bs, (off + size - 1) // engine.bs):
                 self.skipped_bytes += size
                 continue
             # Releases the lock while decoding; only the sealer runs then,

@@ -904,7 +904,7 @@ class Server:
         if guard is None:
             direct = self.direct
             if direct is not None and flags & os.O_ACCMODE == os.O_WRONLY:
-                direct.opened(fh)
+                direct.opens += 1
                 return w.OPEN_OUT.pack(fh | FH_DIRECT_WRITER, _DIRECT_WRITER_OPEN, 0)
             return w.OPEN_OUT.pack(fh, w.FOPEN_KEEP_CACHE, 0)
         if guard.near_full():
@@ -925,7 +925,7 @@ class Server:
                 self.guard.cached_writer_closed(fh)
         self.fs.release(fh)
         direct = self.direct
-        if direct is not None and fh in direct.unstored and not self.fs.opens(fh):
+        if direct is not None and fh in direct.written and not self.fs.opens(fh):
             direct.store(fh)
 
     def create(self, nodeid: int, n: int) -> Reply:
@@ -993,6 +993,10 @@ class Server:
             # page-cache path asks GETXATTR and REMOVEXATTR), which any write
             # drops on tmpfs, root's too.
             self.fs.kill_privileges(nodeid, setid=False)
+        if _fh & FH_DIRECT_WRITER and size:
+            # Noted before the write: a span past what a short write wrote
+            # only stores what the file holds there.
+            self.direct.wrote(nodeid, off, off + size)   # type: ignore[union-attr]
         # A view over the request buffer: the core copies what it keeps.
         # WRITE_CACHE: a writeback of cached pages; the kernel owns mtime
         # and ctime then, and sends its own (SETATTR, FATTR_CTIME).

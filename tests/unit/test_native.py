@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 
 import pytest
 
+from cctmpfs import faults
 from cctmpfs.codec import Codec
 from cctmpfs.namespace import ROOT_INO, Filesystem
 from cctmpfs.options import DEFAULT_FUSE_FLAGS, INIT_SWITCHES, parse_options
@@ -1061,6 +1062,29 @@ def test_a_store_keeps_to_its_budget_and_skips_unnamed_files(served, small_chunk
     assert served.fs.opens(ino) == 0
 
 
+def test_only_the_span_written_directly_is_stored(served, small_chunks):
+    """An appender's close stores the pages it wrote, not the whole file; a
+    copy into a write-only handle (COPY_FILE_RANGE, no WRITE) stores
+    nothing, as the page cache held nothing of it before either."""
+    k, server = served.k, served.server
+    log = served.create(ROOT_INO, b"log")                       # written through the cache
+    served.write(log, 0, b"x" * (3 * CHUNK))
+    k.call(w.RELEASE, log, w.RELEASE_IN.pack(log, 0, 0, 0))
+    fh = w.OPEN_OUT.unpack(k.call(w.OPEN, log, w.OPEN_IN.pack(os.O_WRONLY | os.O_APPEND, 0)))[0]
+    _write(k, log, fh, 3 * CHUNK, b"line\n")
+    end = 3 * CHUNK + 5
+    assert _release_collecting_stores(k, log, fh) == [(log, 3 * CHUNK, b"line\n")]
+    fh = w.OPEN_OUT.unpack(k.call(w.OPEN, log, w.OPEN_IN.pack(os.O_WRONLY, 0)))[0]
+    _write(k, log, fh, end - 3, b"!!")                          # inside the last page
+    assert _release_collecting_stores(k, log, fh) == [(log, 3 * CHUNK, b"li!!\n")]
+    assert served.fs.read(log, 0, 1 << 20) == b"x" * (3 * CHUNK) + b"li!!\n"
+    copy, cfh, _ = _create_wronly(k, b"copy")
+    out = k.call(w.COPY_FILE_RANGE, log, w.COPY_FILE_RANGE_IN.pack(log, 0, copy, cfh, 0, end, 0))
+    assert w.WRITE_OUT.unpack(out)[0] == end
+    assert _release_collecting_stores(k, copy, cfh) == []
+    assert server.info()["direct_writers"]["stored_bytes"] == 5 + 5
+
+
 def test_wronly_cached_keeps_write_only_opens_in_the_page_cache(clock):
     fs = Filesystem(block_size=BS, clock_ns=clock.ns)
     k, server, t, socks = start(fs, wronly_direct=False)
@@ -1091,3 +1115,23 @@ def test_a_direct_write_drops_the_file_capability_even_for_root(served):
     fs.setxattr(other, b"security.capability", b"v")
     served.write(other, 0, b"x")
     assert fs.listxattr(other) == [b"security.capability"]
+
+
+def test_a_store_that_fails_loses_nothing_and_the_loop_goes_on(served, small_chunks):
+    """A decode that fails in the store (an injected bug) is the RELEASE's
+    error, which the kernel ignores: the file was closed first, keeps its
+    data, and is not stored again."""
+    k, server, fs = served.k, served.server, served.fs
+    data = os.urandom(1000) * 60
+    ino, fh, _ = _create_wronly(k, b"f")
+    _write(k, ino, fh, 0, data)
+    fs.engine.make_room()                   # sealed, no clean copy left: the store decodes
+    faults.arm("read.decode:1")
+    try:
+        assert k.errno_of(w.RELEASE, ino, w.RELEASE_IN.pack(fh, 0, 0, 0)) == errno.EIO
+    finally:
+        faults.disarm()
+    assert server.frontend.internal_errors == 1
+    assert fs.opens(ino) == 0 and ino not in server.direct.written
+    assert fs.read(ino, 0, 1 << 20) == data
+    assert server.info()["direct_writers"]["stores"] == 0
