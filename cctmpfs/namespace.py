@@ -566,7 +566,9 @@ class Filesystem:
             raise FsError(errno.ENOENT)
         return self.inodes[ino]
 
-    def unlink(self, parent: int, name: bytes) -> None:
+    def unlink(self, parent: int, name: bytes) -> Inode:
+        """Remove a name of a non-directory; the inode it named (its ctime
+        changed; other links may still name it)."""
         d = self._dir(parent)
         node = self._child(d, name)
         if node.is_dir:
@@ -575,6 +577,7 @@ class Filesystem:
         now = self.now_ns()
         self._touch_dir(d, now)
         self._remove_entry(d, name, node, now)
+        return node
 
     def rmdir(self, parent: int, name: bytes) -> None:
         d = self._dir(parent)

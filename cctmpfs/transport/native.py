@@ -847,7 +847,10 @@ class Server:
         return self._entry(self.fs.mkdir(nodeid, name, mode, self._caller()))
 
     def unlink(self, nodeid: int, n: int) -> Reply:
-        self.fs.unlink(nodeid, self._name(_HDR, n)[0])
+        node = self.fs.unlink(nodeid, self._name(_HDR, n)[0])
+        if node.target is not None and node.nlink:
+            # Another link of a symlink: its ctime changed (relatime).
+            self._uncache_target_if_atime_due(node)
         return b""
 
     def rmdir(self, nodeid: int, n: int) -> Reply:

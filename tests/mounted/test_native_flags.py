@@ -534,7 +534,7 @@ def test_a_file_just_written_is_read_back_from_the_page_cache(mount_cct, transpo
 def test_a_cached_listing_or_target_still_updates_the_atime_as_tmpfs(both):
     """relatime with the kernel's caches (FOPEN_CACHE_DIR, CACHE_SYMLINKS):
     after a change of a directory's or a symlink's ctime (chmod, lchown,
-    utime, link, rename), tmpfs updates the atime at the next listing or
+    utime, link, unlink of another link, rename), tmpfs updates the atime at the next listing or
     readlink, although nothing else changed. The kernel would serve both
     from its cache, so the daemon drops them (the OPENDIR answer without
     KEEP_CACHE; NOTIFY_INVAL_INODE of the symlink). Then, unchanged, the
@@ -569,6 +569,7 @@ def test_a_cached_listing_or_target_still_updates_the_atime_as_tmpfs(both):
         for change in (lambda: os.chown(s, 1, 1, follow_symlinks=False),
                        lambda: os.utime(s, ns=(1, os.lstat(s).st_mtime_ns), follow_symlinks=False),
                        lambda: os.link(s, os.path.join(root, "s2"), follow_symlinks=False),
+                       lambda: os.unlink(os.path.join(root, "s2")),
                        lambda: (os.rename(s, os.path.join(root, "s3")),
                                 os.rename(os.path.join(root, "s3"), s))):
             obs.append(read_updates_atime(s, target))
@@ -579,7 +580,7 @@ def test_a_cached_listing_or_target_still_updates_the_atime_as_tmpfs(both):
 
     cct, ref = both("size=64m")
     got = check_same(scenario, cct, ref)
-    assert got == [False, True] * 6     # the scenario tells both cases apart
+    assert got == [False, True] * 7     # the scenario tells both cases apart
 
 
 @pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,fuse_off=cache_symlinks"],
