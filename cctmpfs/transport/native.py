@@ -810,25 +810,32 @@ class Server:
             ctime_ns=ctime * _NS + ctimensec if valid & w.FATTR_CTIME else None,
             # HANDLE_KILLPRIV_V2: truncate without CAP_FSETID, or chown.
             kill_privileges=bool(valid & w.FATTR_KILL_SUIDGID))
-        self._uncache_target_if_atime_due(node)
+        self._uncache_if_atime_due(node)
         return self._attr_out(node)
 
     def readlink(self, nodeid: int, n: int) -> Reply:
         return self.fs.readlink(nodeid)
 
-    def _uncache_target_if_atime_due(self, node: Inode) -> None:
-        """CACHE_SYMLINKS: the kernel reads a symlink's target from its page
-        cache, without READLINK. Once a read would update the atime (relatime:
-        after a chown, a utime, a link or a rename changed its ctime), drop
-        the kernel's copy so that the next read comes here, as on tmpfs. The
-        pages of a symlink are never dirty, so the kernel writes nothing
+    def _uncache_if_atime_due(self, node: Inode) -> None:
+        """CACHE_SYMLINKS and FOPEN_CACHE_DIR: the kernel reads a symlink's
+        target and a directory's listing from its page cache, without
+        READLINK or READDIR. Once a read would update the atime (relatime:
+        after a chmod, chown, utime, link, unlink or rename changed the
+        ctime), drop the kernel's copy so that the next read comes here, as
+        on tmpfs. OPENDIR does it for new opens of a directory (its answer
+        without KEEP_CACHE); this covers one held open across the change.
+        The pages of either are never dirty, so the kernel writes nothing
         back before it returns: the reader may send this itself."""
-        if node.target is None or not self.flags & w.CACHE_SYMLINKS or node.nlink == 0 \
-                or not self.fs.atime_due(node):
+        if node.target is not None:
+            if not self.flags & w.CACHE_SYMLINKS:
+                return
+        elif not node.is_dir:
+            return
+        if node.nlink == 0 or not self.fs.atime_due(node):
             return
         err = w.notify_inval_inode(self.fd, node.ino, 0)
         if err:
-            log.warning("NOTIFY_INVAL_INODE of symlink %d refused: %s", node.ino, os.strerror(err))
+            log.warning("NOTIFY_INVAL_INODE of %d refused: %s", node.ino, os.strerror(err))
 
     def symlink(self, nodeid: int, n: int) -> Reply:
         name, off = self._name(_HDR, n)
@@ -850,7 +857,7 @@ class Server:
         node = self.fs.unlink(nodeid, self._name(_HDR, n)[0])
         if node.target is not None and node.nlink:
             # Another link of a symlink: its ctime changed (relatime).
-            self._uncache_target_if_atime_due(node)
+            self._uncache_if_atime_due(node)
         return b""
 
     def rmdir(self, nodeid: int, n: int) -> Reply:
@@ -872,14 +879,14 @@ class Server:
         new, _ = self._name(off, n)
         for node in self.fs.rename(nodeid, old, newdir, new, flags,
                                    self._caller() if flags else None):
-            self._uncache_target_if_atime_due(node)
+            self._uncache_if_atime_due(node)
         return b""
 
     def link(self, nodeid: int, n: int) -> Reply:
         old = w.LINK_IN.unpack_from(self.buf, _HDR)[0]
         name, _ = self._name(_HDR + w.LINK_IN.size, n)
         node = self.fs.link(old, nodeid, name)
-        self._uncache_target_if_atime_due(node)
+        self._uncache_if_atime_due(node)
         return self._entry(node)
 
     # ---- file I/O ----------------------------------------------------------------

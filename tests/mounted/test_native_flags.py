@@ -583,6 +583,38 @@ def test_a_cached_listing_or_target_still_updates_the_atime_as_tmpfs(both):
     assert got == [False, True] * 7     # the scenario tells both cases apart
 
 
+def test_a_held_open_directory_read_again_after_chmod_updates_the_atime_as_tmpfs(both):
+    """A listing read again through a descriptor opened before a chmod: its
+    OPENDIR answer kept the cache, so the daemon drops the kernel's copy at
+    the chmod (NOTIFY_INVAL_INODE) when a read would now update the atime."""
+    def scenario(root: str) -> list[Any]:
+        d = os.path.join(root, "d")
+        os.mkdir(d)
+        for i in range(50):
+            open(os.path.join(d, f"f{i}"), "w").close()
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        obs: list[Any] = []
+        try:
+            time.sleep(0.02)
+            obs.append(len(os.listdir(fd)))        # the listing is cached from here on
+            before = os.stat(d).st_atime_ns
+            time.sleep(0.02)
+            os.listdir(fd)
+            obs.append(os.stat(d).st_atime_ns > before)     # relatime: unchanged
+            time.sleep(0.02)
+            os.chmod(d, 0o700)
+            before = os.stat(d).st_atime_ns
+            time.sleep(0.02)
+            obs.append(len(os.listdir(fd)))
+            obs.append(os.stat(d).st_atime_ns > before)     # ctime moved: updated
+        finally:
+            os.close(fd)
+        return obs
+
+    cct, ref = both("size=64m")
+    assert check_same(scenario, cct, ref) == [50, False, 50, True]
+
+
 @pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,fuse_off=cache_symlinks"],
                          ids=["default", "no_cache_symlinks"])
 def test_cached_listings_and_symlinks_follow_every_change_as_tmpfs(both, cct_options):
