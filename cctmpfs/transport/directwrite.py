@@ -90,6 +90,7 @@ class DirectWriters:
         #: close of any handle of the file stores it and drops its entry, so
         #: only open files are in it.
         self.written: dict[int, list[int]] = {}
+        self._refusals_logged: set[int] = set()     # errnos of refused stores already logged
 
     def wrote(self, ino: int, off: int, end: int) -> None:
         """A direct handle of file ino wrote bytes off to end."""
@@ -144,8 +145,11 @@ class DirectWriters:
             if err:
                 if err != errno.ENOENT:     # ENOENT: the kernel forgot the inode
                     self.refused += 1
-                    log.warning("storing file %d into the page cache: %s", ino,
-                                errno.errorcode.get(err, err))
+                    # Once per errno: under memory pressure every close could refuse.
+                    level = logging.DEBUG if err in self._refusals_logged else logging.WARNING
+                    self._refusals_logged.add(err)
+                    log.log(level, "storing file %d into the page cache: %s (counted in "
+                            "transport.direct_writers.refused)", ino, errno.errorcode.get(err, err))
                 return
             budget -= size
             stored += size

@@ -1135,3 +1135,19 @@ def test_a_store_that_fails_loses_nothing_and_the_loop_goes_on(served, small_chu
     assert fs.opens(ino) == 0 and ino not in server.direct.written
     assert fs.read(ino, 0, 1 << 20) == data
     assert server.info()["direct_writers"]["stores"] == 0
+
+
+def test_refused_stores_are_counted_and_logged_once(served, small_chunks, monkeypatch, caplog):
+    """The kernel refusing a store (ENOMEM under memory pressure) costs
+    nothing but the store: the close is answered, the refusal counted, and
+    logged once per errno, not per file."""
+    k, server = served.k, served.server
+    monkeypatch.setattr(directwrite.w, "notify_store", lambda *a: errno.ENOMEM)
+    for name_ in (b"a", b"b", b"c"):
+        ino, fh, _ = _create_wronly(k, name_)
+        _write(k, ino, fh, 0, b"data")
+        assert _release_collecting_stores(k, ino, fh) == []
+    info = server.info()["direct_writers"]
+    assert (info["refused"], info["stores"]) == (3, 0)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "page cache" in r.message]
+    assert len(warnings) == 1 and "ENOMEM" in warnings[0].message
