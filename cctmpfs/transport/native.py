@@ -926,8 +926,9 @@ class Server:
 
     def _release(self, fh: int) -> None:
         """Close a file handle that OPEN, CREATE or TMPFILE gave out. The
-        last close of a file a direct writer opened stores it into the page
-        cache (DirectWriters.store, which releases the global lock)."""
+        last close of a file that direct writers wrote stores what they wrote
+        into the page cache (DirectWriters.store, which releases the global
+        lock)."""
         fh &= ~FH_DIRECT_WRITER
         if fh & FH_CACHED_WRITER:
             fh &= ~FH_CACHED_WRITER
@@ -989,7 +990,7 @@ class Server:
         return self.fs.read_pieces(nodeid, off, size)
 
     def write(self, nodeid: int, n: int) -> Reply:
-        _fh, off, size, write_flags, _owner, _flags, _pad = w.WRITE_IN.unpack_from(self.buf, _HDR)
+        fh, off, size, write_flags, _owner, _flags, _pad = w.WRITE_IN.unpack_from(self.buf, _HDR)
         start = _HDR + w.WRITE_IN.size
         if start + size > n:
             raise BadRequest(f"WRITE of {size} bytes in a {n}-byte request")
@@ -998,12 +999,12 @@ class Server:
             # with suid or sgid (the kernel sends it only then, and for every
             # direct write of such a writer): before the data, as the VFS does.
             self.fs.kill_privileges(nodeid)
-        elif _fh & FH_DIRECT_WRITER:
+        elif fh & FH_DIRECT_WRITER:
             # The kernel's direct path drops no security.capability (its
             # page-cache path asks GETXATTR and REMOVEXATTR), which any write
             # drops on tmpfs, root's too.
             self.fs.kill_privileges(nodeid, setid=False)
-        if _fh & FH_DIRECT_WRITER and size:
+        if fh & FH_DIRECT_WRITER and size:
             # Noted before the write: a span past what a short write wrote
             # only stores what the file holds there.
             self.direct.wrote(nodeid, off, off + size)   # type: ignore[union-attr]
