@@ -101,6 +101,16 @@ DEFAULT_TRANSPORT = "native"
 #: 1.15x the time (medians of 8 interleaved rounds) and the core's metadata
 #: path 1.12x the CPU, over the issue's 10% (docs/memory.md, "Stop 24").
 ALLOCATORS = ("pymalloc", "malloc")
+#: What write-only opens do on the native transport (wronly=direct|cached,
+#: transport/directwrite.py). direct made the untar of the stdlib 0.84x the
+#: time and a tar of /usr/bin 0.85x (results/s26-wronly), creates 0.91x
+#: (s26-wronly-meta), but a 256 MiB file read right after it was written took
+#: 0.17 s against 0.04 (its pages enter the page cache at the close, on the
+#: reader's path) and 3,000 16 KiB files 0.21-0.27 s against 0.17-0.20
+#: (results/s26-readback). A file read back at once is what tmpfs users
+#: do most (a build, a download then its extraction), so cached stays the
+#: default; direct is for mounts that mostly unpack archives.
+DEFAULT_WRONLY = "cached"
 DEFAULT_ALLOCATOR = "pymalloc"
 #: libfuse options the native transport cannot honour (none: it mounts with
 #: mount(2) as root, through fusermount as a user or with auto_unmount).
@@ -207,8 +217,8 @@ class MountOptions:
     spin_us: int = 0         # transport=native: adaptive polling window, microseconds; 0: off (spin=)
     #: transport=native without the writeback cache: O_WRONLY opens bypass
     #: the page cache, and the file enters it at its last close (wronly=direct|cached,
-    #: transport/directwrite.py).
-    wronly_direct: bool = True
+    #: transport/directwrite.py). Off by default: see DEFAULT_WRONLY.
+    wronly_direct: bool = False
     #: The INIT_SWITCHES names transport=native asks for (fuse_off=, fuse_on=).
     fuse_flags: frozenset[str] = DEFAULT_FUSE_FLAGS
     fuse_options: tuple[str, ...] = ()
@@ -442,7 +452,7 @@ def parse_options(option_strings: list[str], *, source: str = "cctmpfs") -> Moun
     # Under transport=llfuse these are checked, then ignored with a log line
     # (transport/llfuse_ops.py), as workers= is under native.
 
-    wronly = ours.get("wronly", "direct")
+    wronly = ours.get("wronly", DEFAULT_WRONLY)
     if wronly not in ("direct", "cached"):
         raise OptionError(f"wronly={wronly[:40]}: must be direct or cached")
 

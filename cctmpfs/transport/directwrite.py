@@ -1,4 +1,4 @@
-"""Write-only opens past the page cache (transport=native, wronly=direct).
+"""Write-only opens past the page cache (transport=native, wronly=direct; off by default).
 
 Without the writeback cache the kernel sends write(2) through the page cache
 page by page, and ends a WRITE request at a page it does not hold whole
@@ -21,8 +21,11 @@ but direct writes leave nothing in the page cache. Measured in stop 25
 without what follows: 3,000 16 KiB files read back in 0.54-0.72 s against
 0.18-0.27 s, a 256 MiB file in 0.62-0.80 s against 0.04 s. So at the last
 close of a file written this way, what was written goes into the page cache
-with FUSE_NOTIFY_STORE (DirectWriters.store), and the read-backs take what
-they took before (docs/profiling.md, stop 26).
+with FUSE_NOTIFY_STORE (DirectWriters.store). Reads then come from memory,
+but the kernel's filling of the pages, which cached writes do inside
+write(2), lands on the path of the next reader: 0.17 s against 0.045 for a
+256 MiB file read right after it was written. So this is an option, not the
+default (options.DEFAULT_WRONLY; docs/profiling.md, stop 26).
 
 Why the store is safe there: it is written by the reader thread while it
 serves that RELEASE, so no other request of the mount is being served, and
@@ -65,9 +68,9 @@ STORE_CHUNK = 1 << 20
 #: At most this much of a file goes into the page cache at its close (the
 #: first bytes written: a reader starts there, and its read-ahead fetches
 #: the rest).
-#: The reader thread serves nothing else while it stores, and decoding is
-#: most of it: a 256 MiB file just written, with 2,040 of its 2,048 blocks
-#: already sealed, took 0.108 s to store.
+#: The reader thread serves nothing else while it stores: a 256 MiB file
+#: took 0.09-0.12 s, most of it the kernel's, filling 65,536 pages (as long
+#: with every block still uncompressed as with all of them to decode).
 STORE_MAX = 256 << 20
 
 

@@ -217,7 +217,7 @@ class Server:
 
     def __init__(self, fd: int, frontend: Frontend, lock: Any,
                  switches: frozenset[str] = DEFAULT_FUSE_FLAGS, spin_us: int = 0,
-                 wronly_direct: bool = True) -> None:
+                 wronly_direct: bool = False) -> None:
         self.fd = fd
         self.frontend = frontend
         self.fs = frontend.fs

@@ -383,16 +383,14 @@ def test_stats_json_after_writing_real_files(mount_cct, transport):
     assert s["compression_ratio"] is not None and s["compression_ratio"] > 2.0, s
     assert s["stored_bytes"] < total / 2
     # The transport, and for native what INIT negotiated: the default
-    # switches (options.INIT_SWITCHES), which 6.18 all offers, and what
-    # wronly=direct asks (transport/directwrite.py).
+    # switches (options.INIT_SWITCHES), which 6.18 all offers.
     assert s["transport"]["name"] == transport
     assert s["transport"]["timestamps"] == ("multigrain" if transport == "native" else "coarse")
     if transport == "native":
         t = s["transport"]
         assert t["flags"] == ["ASYNC_READ", "ATOMIC_O_TRUNC", "BIG_WRITES",
                               "DO_READDIRPLUS", "READDIRPLUS_AUTO", "PARALLEL_DIROPS", "MAX_PAGES",
-                              "CACHE_SYMLINKS", "HANDLE_KILLPRIV_V2", "INIT_EXT",
-                              "DIRECT_IO_ALLOW_MMAP"], t
+                              "CACHE_SYMLINKS", "HANDLE_KILLPRIV_V2"], t
         assert t["flags"] == t["asked_flags"]
         assert set(t["flags"]) <= set(t["kernel_flags"]) and t["max_write"] == 1 << 20
         assert t["protocol"].startswith("7.") and t["bad_requests"] == 0 == t["reply_errors"]

@@ -125,8 +125,9 @@ def _op(path: str, op: str, uid: int, gid: int) -> Any:
     return os.chown(path, -1, gid)
 
 
-@pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,fuse_off=handle_killpriv_v2"],
-                         ids=["killpriv_v2", "kernel_kills"])
+@pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,fuse_off=handle_killpriv_v2",
+                                         "size=64m,wronly=direct"],
+                         ids=["killpriv_v2", "kernel_kills", "direct_writers"])
 @pytest.mark.parametrize("writer", [1001, 0], ids=["user", "root"])
 def test_write_truncate_chown_drop_privileges_as_tmpfs(both, cct_options, writer):
     """setuid/setgid (with and without group-exec) and file capabilities
@@ -732,7 +733,7 @@ def test_write_only_handles_stay_coherent_as_tmpfs(both):
                 obs.append(hashlib.sha256(f.read()).hexdigest())
         return obs
 
-    same(both, scenario, "size=256m", "size=256m")
+    same(both, scenario, "size=256m,wronly=direct", "size=256m")
 
 
 @pytest.mark.parametrize("size", [10_000, 3 << 20], ids=["10k", "3m"])
@@ -740,11 +741,10 @@ def test_a_file_written_write_only_is_read_back_from_the_page_cache(mount_cct, t
     """A write-only handle writes past the page cache (wronly=direct); at its
     last close the daemon stores the file into it (NOTIFY_STORE), so reading
     it back right after, as a build does, sends no READ. A sparse file
-    stores its data, not its hole. wronly=cached keeps today's page-cache
-    writes: no store."""
+    stores its data, not its hole."""
     if transport != "native":
         pytest.skip("llfuse writes through the page cache")
-    mp = mount_cct("size=64m")
+    mp = mount_cct("size=64m,wronly=direct")
     data = os.urandom(size)
     paths = [os.path.join(str(mp), name) for name in ("plain", "sparse")]
     with open(paths[0], "wb") as f:
@@ -772,10 +772,13 @@ def test_a_file_written_write_only_is_read_back_from_the_page_cache(mount_cct, t
     assert after == before
 
 
-def test_wronly_cached_writes_through_the_page_cache(mount_cct, transport):
+@pytest.mark.parametrize("cct_options", ["size=64m", "size=64m,wronly=cached"])
+def test_wronly_cached_writes_through_the_page_cache(mount_cct, transport, cct_options):
+    """The default, and wronly=cached: write-only opens as any other."""
     if transport != "native":
         pytest.skip("llfuse writes through the page cache")
-    mp = mount_cct("size=64m,wronly=cached")
+    mp = mount_cct(cct_options)
     with open(os.path.join(str(mp), "f"), "wb") as f:
         f.write(b"x" * 10_000)
-    assert read_stats(mp)["transport"]["direct_writers"] is None
+    info = read_stats(mp)["transport"]
+    assert info["direct_writers"] is None and "DIRECT_IO_ALLOW_MMAP" not in info["flags"]

@@ -110,7 +110,7 @@ class Served:
 
 
 def start(fs: Filesystem, switches: frozenset[str] = DEFAULT_FUSE_FLAGS, spin_us: int = 0,
-          wronly_direct: bool = True,
+          wronly_direct: bool = True,   # wronly=direct here (the mount's default is cached)
           ) -> tuple[Kernel, native.Server, threading.Thread, list[socket.socket]]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.settimeout(10)
@@ -157,7 +157,7 @@ def test_init_asks_for_the_switched_on_flags_the_kernel_offers(clock, offered):
         major, minor, max_ra, flags, _bg, _ct, max_write, gran, max_pages, _ma, flags2 = \
             w.INIT_OUT.unpack(out)
         assert (major, minor) == (7, 38)
-        # wronly=direct (the default) asks DIRECT_IO_ALLOW_MMAP too (directwrite.py).
+        # wronly=direct (start()'s) asks DIRECT_IO_ALLOW_MMAP too (directwrite.py).
         asked = w.BIG_WRITES | sum(w.switch_bit(n) for n in DEFAULT_FUSE_FLAGS) \
             | w.DIRECT_IO_ALLOW_MMAP | w.INIT_EXT
         assert flags | flags2 << 32 == asked & offered

@@ -524,8 +524,8 @@ def test_allocator_bad_values(ram: int, text: str) -> None:
 
 # ---- wronly= -----------------------------------------------------------------
 
-def test_wronly_defaults_direct_and_can_be_cached(ram: int) -> None:
-    assert parse().wronly_direct is True
+def test_wronly_defaults_cached_and_can_be_direct(ram: int) -> None:
+    assert parse().wronly_direct is False
     assert parse("wronly=direct").wronly_direct is True
     assert parse("wronly=cached").wronly_direct is False
     # Accepted under llfuse too, as fuse_on= is: one fstab line switches transport= alone.
