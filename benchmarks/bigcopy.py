@@ -40,7 +40,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import MiB, drop_caches, parse_size, write_report  # noqa: E402
+from common import MiB, add_own_mount_options, drop_caches, parse_size, write_report  # noqa: E402
 from listing import mount, unmount  # noqa: E402
 
 FIO_JOBS = os.path.join(os.path.dirname(HERE), "examples", "fio")
@@ -64,11 +64,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="1g")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTS",
-                    help="one more cctmpfs target mounted with -o OPTS")
-    ap.add_argument("--cctmpfs", default=os.path.join(HERE, "..", ".venv", "bin", "cctmpfs"))
-    ap.add_argument("--name", default="bigcopy")
-    ap.add_argument("--results", default=os.path.join(HERE, "results"))
+    add_own_mount_options(ap, "bigcopy")
     a = ap.parse_args()
     size = parse_size(a.size)
     # (name, kind, -o options)

@@ -85,6 +85,17 @@ def parse_targets(ap, a) -> list[Target]:  # type: ignore[no-untyped-def]
     return targets
 
 
+def add_own_mount_options(ap, name: str) -> None:  # type: ignore[no-untyped-def]
+    """--variant, --cctmpfs, --name and --results, for the scripts that mount
+    their own targets (bigcopy.py, readback.py)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTS",
+                    help="one more cctmpfs target mounted with -o OPTS")
+    ap.add_argument("--cctmpfs", default=os.path.join(here, "..", ".venv", "bin", "cctmpfs"))
+    ap.add_argument("--name", default=name)
+    ap.add_argument("--results", default=os.path.join(here, "results"))
+
+
 def add_target_options(ap) -> None:  # type: ignore[no-untyped-def]
     ap.add_argument("-t", "--target", action="append", default=[], metavar="NAME=DIR", required=True)
     ap.add_argument("--stats-cmd", action="append", default=[], metavar="NAME=CMD")

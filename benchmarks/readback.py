@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """readback.py - files written write-only and read back at once, as a build
 does (the compiler writes an object, the linker reads it): on tmpfs,
-cctmpfs with its defaults (wronly=direct: write-only opens bypass the page
-cache, and the span written is stored into it at the last close),
-`wronly=cached` and llfuse, interleaved in one run.
+cctmpfs with its defaults (wronly=cached), `wronly=direct` (write-only opens
+bypass the page cache, and the span written is stored into it at the last
+close) and llfuse, interleaved in one run.
 
     benchmarks/readback.py [--files 3000] [--file-size 16k] [--big 256m]
                            [--rounds 3] [--variant NAME=OPTS]... [--name readback]
@@ -34,7 +34,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import MiB, parse_size, write_report  # noqa: E402
+from common import MiB, add_own_mount_options, parse_size, write_report  # noqa: E402
 from listing import mount, unmount  # noqa: E402
 
 WORKLOADS = ("small-write", "small-read", "big-write", "big-read")
@@ -89,15 +89,11 @@ def main() -> int:
     ap.add_argument("--file-size", default="16k")
     ap.add_argument("--big", default="256m")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTS",
-                    help="one more cctmpfs target mounted with -o OPTS")
-    ap.add_argument("--cctmpfs", default=os.path.join(HERE, "..", ".venv", "bin", "cctmpfs"))
-    ap.add_argument("--name", default="readback")
-    ap.add_argument("--results", default=os.path.join(HERE, "results"))
+    add_own_mount_options(ap, "readback")
     a = ap.parse_args()
     file_size, big = parse_size(a.file_size), parse_size(a.big)
     # (name, kind, -o options)
-    targets = [("tmpfs", "tmpfs", ""), ("cct", "cct", ""), ("cct-cached", "cct", "wronly=cached"),
+    targets = [("tmpfs", "tmpfs", ""), ("cct", "cct", ""), ("cct-direct", "cct", "wronly=direct"),
                ("cct-llfuse", "cct", "transport=llfuse")]
     targets += [(n, "cct", o) for n, _, o in (v.partition("=") for v in a.variant)]
     secs: dict[str, dict[str, list[float]]] = {t[0]: {w: [] for w in WORKLOADS} for t in targets}

@@ -105,9 +105,9 @@ ALLOCATORS = ("pymalloc", "malloc")
 #: transport/directwrite.py). direct made the untar of the stdlib 0.84x the
 #: time and a tar of /usr/bin 0.85x (results/s26-wronly), creates 0.91x
 #: (s26-wronly-meta), but a 256 MiB file read right after it was written took
-#: 0.17 s against 0.04 (its pages enter the page cache at the close, on the
-#: reader's path) and 3,000 16 KiB files 0.21-0.27 s against 0.17-0.20
-#: (results/s26-readback). A file read back at once is what tmpfs users
+#: 0.19 s against 0.05 (its pages enter the page cache at the close, on the
+#: reader's path), and 3,000 16 KiB files written and read back 0.97 s
+#: against 0.83 (results/s26-readback). A file read back at once is what tmpfs users
 #: do most (a build, a download then its extraction), so cached stays the
 #: default; direct is for mounts that mostly unpack archives.
 DEFAULT_WRONLY = "cached"

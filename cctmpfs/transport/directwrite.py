@@ -23,7 +23,7 @@ without what follows: 3,000 16 KiB files read back in 0.54-0.72 s against
 close of a file written this way, what was written goes into the page cache
 with FUSE_NOTIFY_STORE (DirectWriters.store). Reads then come from memory,
 but the kernel's filling of the pages, which cached writes do inside
-write(2), lands on the path of the next reader: 0.17 s against 0.045 for a
+write(2), lands on the path of the next reader: 0.19 s against 0.048 for a
 256 MiB file read right after it was written. So this is an option, not the
 default (options.DEFAULT_WRONLY; docs/profiling.md, stop 26).
 
