@@ -999,15 +999,16 @@ class Server:
             # with suid or sgid (the kernel sends it only then, and for every
             # direct write of such a writer): before the data, as the VFS does.
             self.fs.kill_privileges(nodeid)
-        elif fh & FH_DIRECT_WRITER:
-            # The kernel's direct path drops no security.capability (its
-            # page-cache path asks GETXATTR and REMOVEXATTR), which any write
-            # drops on tmpfs, root's too.
-            self.fs.kill_privileges(nodeid, setid=False)
-        if fh & FH_DIRECT_WRITER and size:
-            # Noted before the write: a span past what a short write wrote
-            # only stores what the file holds there.
-            self.direct.wrote(nodeid, off, off + size)   # type: ignore[union-attr]
+        if fh & FH_DIRECT_WRITER:   # one test per WRITE of a cached handle
+            if not write_flags & w.WRITE_KILL_SUIDGID:
+                # The kernel's direct path drops no security.capability (its
+                # page-cache path asks GETXATTR and REMOVEXATTR), which any
+                # write drops on tmpfs, root's too.
+                self.fs.kill_privileges(nodeid, setid=False)
+            if size:
+                # Noted before the write: a span past what a short write
+                # wrote only stores what the file holds there.
+                self.direct.wrote(nodeid, off, off + size)   # type: ignore[union-attr]
         # A view over the request buffer: the core copies what it keeps.
         # WRITE_CACHE: a writeback of cached pages; the kernel owns mtime
         # and ctime then, and sends its own (SETATTR, FATTR_CTIME).
