@@ -31,6 +31,7 @@ from .devlog import SEGMENT_SIZE, SegmentLog
 from .memtrim import rss_bytes, tune_malloc
 from .namespace import Filesystem
 from .options import MountOptions
+from .pools import PoolTrimmer
 from .sealer import Sealer
 from .transport import Frontend, MountError, open_session
 
@@ -117,6 +118,7 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
     """Mount and run the main loop until unmounted. Calls ready("ok") once mounted,
     or ready("error: ...") if mounting failed."""
     tune_malloc()
+    pool_trimmer = PoolTrimmer.install()   # before the first file's metadata: it knows new arenas only
     faults.arm_from_environment()   # test-only (tests/mounted); unset everywhere else
     session = open_session(opts.transport)
     fs = build(opts, session.lock)
@@ -132,9 +134,10 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
                                         RecordCipher() if opts.backing_encrypt else None))
     frontend = Frontend(fs)
     sealer = Sealer(fs.engine, session.lock, on_error=lambda e: frontend.count_internal_error(),
-                    idle_priority=opts.seal_idle)
+                    idle_priority=opts.seal_idle, pool_trimmer=pool_trimmer)
     frontend.extra_stats = lambda: {"malloc_trims": sealer.trimmer.trims,
                                     "malloc_trim_freed_bytes": sealer.trimmer.freed_bytes,
+                                    "pymalloc_pools": pool_trimmer.stats(),
                                     # Sealer batches compressed at SCHED_IDLE and at normal priority.
                                     "seal_batches_idle": sealer.idle_batches,
                                     "seal_batches_normal": sealer.normal_batches}

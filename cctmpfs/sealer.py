@@ -24,12 +24,13 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from . import cpuprio
 from .filemap import DataEngine
 from .locking import GlobalLock
 from .memtrim import Trimmer
+from .pools import PoolTrimmer
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ IDLE_DIRTY_FRACTION = 0.5
 class Sealer:
     def __init__(self, engine: DataEngine, lock: GlobalLock,
                  on_error: Callable[[BaseException], None] = lambda e: None,
-                 idle_priority: bool = True) -> None:
+                 idle_priority: bool = True, pool_trimmer: Optional[PoolTrimmer] = None) -> None:
         self.engine = engine
         self.lock = lock
         self.on_error = on_error
@@ -55,6 +56,8 @@ class Sealer:
         engine.wake_sealer = self.wake
         engine.compress_cpu = self.compress_cpu
         self.trimmer = Trimmer()
+        #: Gives back pymalloc's empty pools when idle (pools.py); None: not done.
+        self.pool_trimmer = pool_trimmer
         #: seal_priority=idle was asked for and this process can use SCHED_IDLE.
         self.idle_priority = idle_priority and cpuprio.available()
         #: True while the thread runs a pass (it needs a CPU and, between
@@ -125,3 +128,5 @@ class Sealer:
                 self.working = False
             if scan:
                 self.trimmer.maybe_trim(idle)
+                if idle and self.pool_trimmer is not None:
+                    self.pool_trimmer.maybe_trim()
