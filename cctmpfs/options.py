@@ -96,7 +96,9 @@ DEFAULT_TRANSPORT = "native"
 #: 1 MiB arena while one object in it lives. After `rm -rf` of the stdlib
 #: with site-packages (59k inodes), packed and recompressed, the daemon's RSS
 #: stayed 40-42 MiB above the fresh daemon's under pymalloc (25 arenas
-#: pinned), 14-15 MiB under malloc (capacity-s24b and -s24c).
+#: pinned), 14-15 MiB under malloc (capacity-s24b and -s24c). Since the idle
+#: pass gives back pymalloc's empty pools (pools.py), 16.1 MiB under
+#: pymalloc (s27-capacity).
 #: pymalloc stays the default: under malloc the untar of the perf suite took
 #: 1.15x the time (medians of 8 interleaved rounds) and the core's metadata
 #: path 1.12x the CPU, over the issue's 10% (docs/memory.md, "Stop 24").

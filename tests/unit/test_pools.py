@@ -73,10 +73,15 @@ CHURN = """
             del live[key]
         gc.collect()
         before = rss_bytes()
-        n = trimmer.maybe_trim()
+        n = 0
+        while True:                          # POOLS_PER_PASS at a time
+            k = trimmer.maybe_trim()
+            assert k <= pools.POOLS_PER_PASS
+            if not k:                        # nothing new: each pool once
+                break
+            n += k
         report["trimmed"].append(n)
         report["rss_drop"].append(before - rss_bytes())
-        assert trimmer.maybe_trim() == 0     # nothing new: each pool once
         # Every live object is intact, and the next cycle allocates into the
         # pools just given back.
         for obj, d in live.values():
@@ -95,7 +100,7 @@ def test_empty_pools_are_given_back_and_objects_stay_intact() -> None:
         assert drop >= n * 12288 // 2, (n, drop)
     s = r["stats"]
     assert s["enabled"] and s["pools"] == sum(r["trimmed"]) and s["bytes"] == s["pools"] * 12288
-    assert s["trims"] == 6 and s["arenas"] > 0
+    assert s["trims"] >= 6 and s["arenas"] > 0
     assert r["checked"] == sum(30 * (c + 1) for c in range(6))
 
 
@@ -124,7 +129,8 @@ CORE = """
             fs.unlink(key[0], key[1])
             del contents[key]
         fs.engine.seal_everything()
-        trimmed += trimmer.maybe_trim()
+        while (k := trimmer.maybe_trim()):
+            trimmed += k
         assert check_all(fs) == []
         for ino, data in contents.values():
             fh = fs.open(ino)
