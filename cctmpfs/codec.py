@@ -78,6 +78,7 @@ class Codec:
                 level=self.recompress_level, write_content_size=True, write_checksum=False,
                 write_dict_id=False)
             self._contexts[(threading.get_ident(), "zs")] = c
+        self._local.compressed = True
         return c.compress(raw)
 
     def _zstd_c(self) -> zstandard.ZstdCompressor:
@@ -91,6 +92,7 @@ class Codec:
                 level=self.level, write_content_size=True, write_checksum=False,
                 write_dict_id=False)
             self._contexts[(threading.get_ident(), "zc")] = c
+        self._local.compressed = True
         return c
 
     def _zstd_d(self) -> zstandard.ZstdDecompressor:
@@ -112,6 +114,26 @@ class Codec:
         for key in [k for k in list(self._contexts) if k[0] not in alive]:
             self._contexts.pop(key, None)
         return sum(c.memory_size() for c in list(self._contexts.values()))  # type: ignore[attr-defined]
+
+    def drop_unused_compressors(self) -> int:
+        """Drop the calling thread's zstd compression contexts if it has
+        not compressed since its last call; returns their bytes. The idle
+        sealer calls it each idle pass: its two contexts (1.30 MB at level 3,
+        1.57 MB at level 9) were 2.9 of the 26 MiB of RSS that /usr/include
+        cost (results/s27-capacity), and a new one costs ~1 ms at its first
+        block. Decompression contexts (96 KB) stay."""
+        loc = self._local
+        if getattr(loc, "compressed", False):
+            loc.compressed = False
+            return 0
+        freed = 0
+        for kind in ("zc", "zs"):
+            c = getattr(loc, kind, None)
+            if c is not None:
+                freed += c.memory_size()
+                delattr(loc, kind)
+                self._contexts.pop((threading.get_ident(), kind), None)
+        return freed
 
     def compress(self, raw: bytes | bytearray) -> tuple[CodecId, bytes | bytearray]:
         """Compress raw; fall back to RAW when compression does not pay.

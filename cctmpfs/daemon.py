@@ -138,6 +138,7 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
     frontend.extra_stats = lambda: {"malloc_trims": sealer.trimmer.trims,
                                     "malloc_trim_freed_bytes": sealer.trimmer.freed_bytes,
                                     "pymalloc_pools": pool_trimmer.stats(),
+                                    "idle_dropped_context_bytes": sealer.dropped_context_bytes,
                                     # Sealer batches compressed at SCHED_IDLE and at normal priority.
                                     "seal_batches_idle": sealer.idle_batches,
                                     "seal_batches_normal": sealer.normal_batches}

@@ -66,6 +66,8 @@ class Sealer:
         self.working = False
         self.idle_batches = 0     # batches this thread compressed at SCHED_IDLE
         self.normal_batches = 0   # batches it compressed at normal priority
+        #: zstd contexts this thread dropped once idle (Codec.drop_unused_compressors)
+        self.dropped_context_bytes = 0
 
     def compress_cpu(self) -> contextlib.AbstractContextManager[object]:
         """DataEngine.compress_cpu: the CPU class of one batch's compression.
@@ -128,5 +130,7 @@ class Sealer:
                 self.working = False
             if scan:
                 self.trimmer.maybe_trim(idle)
-                if idle and self.pool_trimmer is not None:
-                    self.pool_trimmer.maybe_trim()
+                if idle:
+                    self.dropped_context_bytes += self.engine.codec.drop_unused_compressors()
+                    if self.pool_trimmer is not None:
+                        self.pool_trimmer.maybe_trim()

@@ -227,3 +227,38 @@ def test_concurrent_threads_round_trip(name: str) -> None:
         ids = {id(ctx) for ctx in contexts.values()}
         assert None not in contexts.values()
         assert len(ids) == n_threads, "threads shared a ZstdCompressor"
+
+
+def test_idle_thread_drops_its_compressors_and_makes_them_again() -> None:
+    """drop_unused_compressors keeps contexts used since its last call and
+    drops the calling thread's compressors (not the decompressor) after a
+    call with no compression in between; the next block makes one again."""
+    c = Codec("zstd", level=3, recompress_level=9)
+    raw = SAMPLES["text"][:128 * 1024]
+    cid, payload = c.compress(raw)
+    c.compress_strong(raw)
+    c.decompress(cid, payload, len(raw))
+    with_all = c.context_bytes()
+    assert with_all > 2_000_000                      # two compressors of >1 MB each
+    assert c.drop_unused_compressors() == 0          # both used since the last call
+    freed = c.drop_unused_compressors()
+    assert freed > 2_000_000
+    assert c.context_bytes() == with_all - freed > 0   # the decompressor stays
+    assert c.drop_unused_compressors() == 0          # nothing left to drop
+    cid2, payload2 = c.compress(raw)
+    assert (cid2, payload2) == (cid, payload)
+    assert c.context_bytes() > with_all - freed
+
+
+def test_a_thread_drops_only_its_own_compressors() -> None:
+    c = Codec("zstd", level=3)
+    raw = SAMPLES["text"][:128 * 1024]
+    c.compress(raw)
+    here = c.context_bytes()
+    t = threading.Thread(target=lambda: (c.compress(raw), c.drop_unused_compressors(),
+                                         c.drop_unused_compressors()))
+    # The other thread dropped its own, made while it ran; ours stays.
+    t.start()
+    t.join()
+    assert c.context_bytes() == here
+    assert c.drop_unused_compressors() == 0 and c.drop_unused_compressors() > 1_000_000
