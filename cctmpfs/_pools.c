@@ -146,18 +146,35 @@ pools_install(PyObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* trim(limit) -> (empty pools given back now, bytes given back, empty
- * pools seen that were given back before, arenas known, madvise failures).
- * Gives back at most `limit` pools: each is a madvise call (2.4 us here),
- * and the GIL is held throughout (see the top of this file). */
+/* The empty pools not given back yet, in the arenas known. */
+static size_t
+count_empty(void)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < n_arenas; i++) {
+        uintptr_t end = arenas[i].start + arenas[i].size;
+        uintptr_t p = (arenas[i].start + POOL_SIZE - 1) & ~(POOL_SIZE - 1);
+        for (; p + POOL_SIZE <= end; p += POOL_SIZE)
+            n += pool_is_empty((const struct pool_header *)p);
+    }
+    return n;
+}
+
+/* trim(limit, minimum) -> (empty pools given back now, bytes given back,
+ * empty pools seen that were given back before, arenas known, madvise
+ * failures). Gives back nothing unless at least `minimum` empty pools wait,
+ * and at most `limit`: each is a madvise call (2.4 us here), and the GIL is
+ * held throughout (see the top of this file). */
 static PyObject *
 pools_trim(PyObject *self, PyObject *args)
 {
-    Py_ssize_t limit;
-    if (!PyArg_ParseTuple(args, "n", &limit))
+    Py_ssize_t limit, minimum;
+    if (!PyArg_ParseTuple(args, "nn", &limit, &minimum))
         return NULL;
     size_t trimmed = 0, bytes = 0, before = 0, failed = 0;
     uintptr_t tail = POOL_SIZE - (uintptr_t)page_size;
+    if ((Py_ssize_t)count_empty() < minimum)
+        limit = 0;
     for (size_t i = 0; i < n_arenas; i++) {
         uintptr_t end = arenas[i].start + arenas[i].size;
         uintptr_t p = (arenas[i].start + POOL_SIZE - 1) & ~(POOL_SIZE - 1);
@@ -212,7 +229,8 @@ static PyMethodDef methods[] = {
     {"install", pools_install, METH_NOARGS,
      "Become pymalloc's arena allocator (once), to know the arenas."},
     {"trim", pools_trim, METH_VARARGS,
-     "trim(limit): give back all pages but the first of up to limit empty pools. "
+     "trim(limit, minimum): give back all pages but the first of up to limit "
+     "empty pools, if at least minimum wait. "
      "Returns (pools, bytes, pools trimmed before, arenas, madvise failures)."},
     {"arena_ranges", pools_arena_ranges, METH_NOARGS,
      "The (start, size) of every arena handed out since install()."},

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 #: the sealer calls it every idle pass (0.5 s), so the 32 MB of empty pools
 #: of the stdlib's delete go back in three passes.
 POOLS_PER_PASS = 1024
+#: Fewer empty pools than this wait for more: an idle daemon's own passes
+#: (and each stats call) empty a pool and fill it again, and giving that one
+#: back every pass only turns into three page faults at the next (seen on an
+#: idle mount polled for stats: one pool a pass). 16 pools are 192 KiB.
+MIN_POOLS = 16
 
 try:
     from . import _pools
@@ -101,7 +106,7 @@ class PoolTrimmer:
         """Give back the empty pools not given back yet. Returns how many."""
         if self.unavailable is not None:
             return 0
-        pools, nbytes, _before, arenas, failed = _pools.trim(POOLS_PER_PASS)   # type: ignore[union-attr]
+        pools, nbytes, _before, arenas, failed = _pools.trim(POOLS_PER_PASS, MIN_POOLS)   # type: ignore[union-attr]
         self.arenas = arenas
         if failed:
             log.warning("madvise failed on %d empty pymalloc pools", failed)

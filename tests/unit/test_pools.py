@@ -129,8 +129,7 @@ CORE = """
             fs.unlink(key[0], key[1])
             del contents[key]
         fs.engine.seal_everything()
-        while (k := trimmer.maybe_trim()):
-            trimmed += k
+        trimmed += pools._pools.trim(10 ** 6, 1)[0]   # every empty pool, however few
         assert check_all(fs) == []
         for ino, data in contents.values():
             fh = fs.open(ino)
@@ -157,3 +156,26 @@ def test_under_malloc_it_says_why_and_does_nothing() -> None:
     """, PYTHONMALLOC="malloc")
     assert r["why"] == "Python objects come from malloc, not pymalloc"
     assert r["n"] == 0 and r["stats"]["enabled"] is False
+
+
+def test_a_few_empty_pools_wait_for_more() -> None:
+    """Below `minimum` empty pools nothing is given back (an idle daemon
+    empties and refills a pool each pass); past it, up to `limit` at a time."""
+    r = run("""
+        import json
+        from cctmpfs import _pools, pools
+        assert pools.PoolTrimmer.install().unavailable is None
+        keep, drop = [], []
+        for i in range(200000):
+            (keep if i % 3000 == 0 else drop).append(bytes(100 + i % 300))
+        del drop
+        waiting = _pools.trim(0, 0)[0]           # limit 0: nothing given back
+        held = _pools.trim(1024, 10 ** 9)        # fewer than a billion wait
+        some = _pools.trim(5, 1)                 # at most 5
+        rest = _pools.trim(10 ** 6, 1)
+        print(json.dumps({"waiting": waiting, "held": held[0], "some": some[0],
+                          "rest": rest[0], "before": rest[2]}))
+    """)
+    assert r["waiting"] == 0 and r["held"] == 0
+    assert r["some"] == 5 and r["rest"] > pools.MIN_POOLS
+    assert r["before"] == 5
