@@ -27,8 +27,9 @@
  * The pool header is CPython's private layout (3.10 to 3.13, 64-bit, with
  * the radix tree and so 16 KiB pools). A pool is touched only if its
  * header is self-consistent for that layout (see pool_is_empty); with any
- * other layout nothing matches and trim() does nothing. pools.py checks the
- * version and the allocator before installing.
+ * other layout nothing matches and trim() does nothing. install() refuses
+ * other Pythons; pools.py installs only when pymalloc serves the objects.
+ * The layout was checked against CPython's Include/internal/pycore_obmalloc.h.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

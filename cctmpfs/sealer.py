@@ -129,8 +129,18 @@ class Sealer:
                 self.lock.release()
                 self.working = False
             if scan:
-                self.trimmer.maybe_trim(idle)
-                if idle:
-                    self.dropped_context_bytes += self.engine.codec.drop_unused_compressors()
-                    if self.pool_trimmer is not None:
-                        self.pool_trimmer.maybe_trim()
+                try:
+                    self._give_back_memory(idle)
+                except Exception as e:  # noqa: BLE001 - as for the pass: the sealer must live on
+                    log.exception("giving memory back failed")
+                    self.on_error(e)
+
+    def _give_back_memory(self, idle: bool) -> None:
+        """Without the global lock: free malloc heap (memtrim.py) and, once
+        idle, this thread's zstd compressors and pymalloc's empty pools
+        (pools.py, which holds the GIL)."""
+        self.trimmer.maybe_trim(idle)
+        if idle:
+            self.dropped_context_bytes += self.engine.codec.drop_unused_compressors()
+            if self.pool_trimmer is not None:
+                self.pool_trimmer.maybe_trim()

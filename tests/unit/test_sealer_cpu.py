@@ -155,3 +155,36 @@ def test_seal_priority_normal_never_idles(setup) -> None:  # type: ignore[no-unt
     wait_until(lambda: fs.engine.buffer.dirty_bytes == 0)
     assert {pol for _, pol in codec.calls} == {os.SCHED_OTHER}
     assert sealer.idle_batches == 0 and sealer.normal_batches >= 1
+
+
+class FailingPoolTrimmer:
+    """A pool trimmer with a bug: every call raises."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def maybe_trim(self) -> int:
+        self.calls += 1
+        raise RuntimeError("trim bug")
+
+
+def test_a_failing_memory_give_back_does_not_stop_the_sealer() -> None:
+    """The idle work without the lock (heap trim, dropping compressors, the
+    pool trim) is guarded like the sealing pass: an exception there is
+    counted and logged, and the sealer goes on sealing."""
+    lock = threading.Lock()
+    fs = Filesystem(block_size=BS, codec=Codec("zstd", 1), buffer_bytes=BUFFER_BLOCKS * BS, lock=lock)
+    fs.engine.idle = lambda: True            # type: ignore[method-assign]
+    errors: list[BaseException] = []
+    trimmer = FailingPoolTrimmer()
+    s = Sealer(fs.engine, lock, on_error=errors.append, pool_trimmer=trimmer)  # type: ignore[arg-type]
+    s.start()
+    try:
+        wait_until(lambda: trimmer.calls >= 2)
+        assert all(isinstance(e, RuntimeError) for e in errors) and len(errors) >= 2
+        with lock:
+            ino = fs.create(ROOT_INO, b"f", 0o644, ME).ino
+            fs.write(ino, 0, block(1))
+        wait_until(lambda: fs.store.counters.blocks == 1)   # sealed by the same thread
+    finally:
+        s.stop()
