@@ -151,6 +151,11 @@ COMPACT_FREE_FRACTION = 1 / 8
 #: left 22.4 MiB of free space for 208.6 MiB of payloads (0.029 bytes of
 #: RSS per byte of files), which packing and recompression had freed.
 COMPACT_IDLE_FRACTION = 1 / 64
+#: ... and from this many segments of free space, not
+#: COMPACT_MIN_FREE_SEGMENTS: on a small tree that floor was the bound.
+#: /usr/include (12.0 MiB of payloads) kept 4.1 MiB free in the arena once
+#: settled, 16% of the daemon's RSS growth (results/s27-include).
+COMPACT_IDLE_MIN_FREE_SEGMENTS = 1
 #: Bytes one compaction slice moves per lock release: 256 KiB is about 8 us of
 #: memcpy here, so the worker waits on the lock hand-off, not on the copy.
 COMPACT_SLICE_BYTES = 256 * 1024
@@ -293,11 +298,15 @@ class Arena:
         return ram_budget + max(COMPACT_MIN_FREE_SEGMENTS * seg, int(ram_budget * COMPACT_FREE_FRACTION)) \
             + (2 + MAX_SPARES) * seg
 
-    def compaction_target(self, fraction: float = COMPACT_FREE_FRACTION) -> int:
-        """reclaimable_bytes above which compaction starts (fraction: of the
-        live payloads, COMPACT_FREE_FRACTION or, idle, COMPACT_IDLE_FRACTION)."""
-        return max(COMPACT_MIN_FREE_SEGMENTS * self.segment_bytes,
-                   int(self.live_bytes * fraction))
+    def compaction_target(self, fraction: float = COMPACT_FREE_FRACTION,
+                          min_segments: Optional[int] = None) -> int:
+        """reclaimable_bytes above which compaction starts: fraction of the
+        live payloads (COMPACT_FREE_FRACTION, or idle COMPACT_IDLE_FRACTION),
+        and at least min_segments segments (COMPACT_MIN_FREE_SEGMENTS, or
+        idle COMPACT_IDLE_MIN_FREE_SEGMENTS)."""
+        if min_segments is None:
+            min_segments = COMPACT_MIN_FREE_SEGMENTS
+        return max(min_segments * self.segment_bytes, int(self.live_bytes * fraction))
 
     # ---- storing and freeing ------------------------------------------------------
     def alloc(self, owner: Any, data: Any, raw_len: int, role: int = NEW) -> int:
@@ -568,21 +577,22 @@ class Arena:
                 self.spares = []
 
     # ---- compaction ---------------------------------------------------------------
-    def needs_compaction(self, fraction: float = COMPACT_FREE_FRACTION) -> bool:
-        return self.reclaimable_bytes > self.compaction_target(fraction)
+    def needs_compaction(self, fraction: float = COMPACT_FREE_FRACTION,
+                         min_segments: Optional[int] = None) -> bool:
+        return self.reclaimable_bytes > self.compaction_target(fraction, min_segments)
 
     def compact(self, lock: GlobalLock, max_bytes: int,
-                fraction: float = COMPACT_FREE_FRACTION) -> int:
+                fraction: float = COMPACT_FREE_FRACTION, min_segments: Optional[int] = None) -> int:
         """Move live payloads out of the emptiest segments until
         reclaimable_bytes is under 3/4 of the target (compaction_target of
-        fraction), at most max_bytes in all. Releases the global lock.
-        Returns the bytes moved."""
-        if self.compacting or not self.needs_compaction(fraction):
+        fraction and min_segments), at most max_bytes in all. Releases the
+        global lock. Returns the bytes moved."""
+        if self.compacting or not self.needs_compaction(fraction, min_segments):
             return 0
         self.compacting = True
         moved = 0
         try:
-            stop = self.compaction_target(fraction) * 3 // 4
+            stop = self.compaction_target(fraction, min_segments) * 3 // 4
             for seg in self._victims():
                 if moved >= max_bytes or self.reclaimable_bytes <= stop:
                     break

@@ -443,11 +443,13 @@ class BlockStore:
         if not block.settled:
             block.__class__ = SETTLED_TYPES[block.codec]
 
-    def compact(self, lock: "GlobalLock", max_bytes: int, fraction: float = COMPACT_FREE_FRACTION) -> int:
+    def compact(self, lock: "GlobalLock", max_bytes: int, fraction: float = COMPACT_FREE_FRACTION,
+                min_segments: Optional[int] = None) -> int:
         """Compact the payload arena if it holds more free space than
-        fraction of its live payloads allows (arena.compaction_target).
-        Releases the global lock. Returns the bytes moved."""
-        return self.arena.compact(lock, max_bytes, fraction)
+        fraction of its live payloads and min_segments allow
+        (arena.compaction_target). Releases the global lock. Returns the
+        bytes moved."""
+        return self.arena.compact(lock, max_bytes, fraction, min_segments)
 
     def index_bytes(self) -> int:
         """RAM of the content index plus the block records, payloads excluded."""

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 import attrs
 
 from . import faults, tables
-from .arena import COMPACT_IDLE_FRACTION, LEN_MASK, ArenaFull
+from .arena import COMPACT_IDLE_FRACTION, COMPACT_IDLE_MIN_FREE_SEGMENTS, LEN_MASK, ArenaFull
 from .blockmap import PAGE, BlockState, FileData, MapCensus, Slot, page_span, pages
 from .blockstore import BlockStore, Payload, StoredBlock
 from .codec import Codec, CodecId
@@ -1127,9 +1127,10 @@ class DataEngine:
         return self.compact_watch.quiet(self, self.clock())
 
     def idle_compact(self) -> int:
-        """Compact the arena to COMPACT_IDLE_FRACTION once the mount is
-        quiet (packing and recompression leave dead payloads behind), at
-        most COMPACT_BYTES_PER_PASS a pass, and first rebuild the tables
+        """Compact the arena to COMPACT_IDLE_FRACTION (and from
+        COMPACT_IDLE_MIN_FREE_SEGMENTS) once the mount is quiet (packing
+        and recompression leave dead payloads behind), at most
+        COMPACT_BYTES_PER_PASS a pass, and first rebuild the tables
         that emptied (idle_tables, tables.py), forget the shared ints and
         what packing remembers of released segments. Releases the global
         lock. Returns the bytes moved."""
@@ -1141,7 +1142,8 @@ class DataEngine:
             ints.forget()
         if self.packer is not None:
             self.packer.forget_released()
-        return self.store.compact(self.lock, COMPACT_BYTES_PER_PASS, COMPACT_IDLE_FRACTION)
+        return self.store.compact(self.lock, COMPACT_BYTES_PER_PASS, COMPACT_IDLE_FRACTION,
+                                  COMPACT_IDLE_MIN_FREE_SEGMENTS)
 
     # ---- idle recompression ------------------------------------------------------
     def recompress_pass(self) -> int:

@@ -411,8 +411,11 @@ def test_a_quiet_mount_compacts_to_the_idle_bound(small_segments, monkeypatch) -
     """Busy, compaction leaves up to COMPACT_FREE_FRACTION of the live
     payloads free; once the mount is quiet, the idle pass compacts down to
     COMPACT_IDLE_FRACTION, keeping every payload."""
+    from cctmpfs import filemap
     from cctmpfs.filemap import COMPACT_QUIET_SECONDS
-    monkeypatch.setattr(arena_mod, "COMPACT_MIN_FREE_SEGMENTS", 0)
+    monkeypatch.setattr(arena_mod, "COMPACT_MIN_FREE_SEGMENTS", 0)   # the fractions alone
+    monkeypatch.setattr(arena_mod, "COMPACT_IDLE_MIN_FREE_SEGMENTS", 0)
+    monkeypatch.setattr(filemap, "COMPACT_IDLE_MIN_FREE_SEGMENTS", 0)
     h = Harness("zstd", buffer_blocks=8)
     inos = fill_files(h, 600, 2000, noise=1000)
     h.eng.seal_everything()
@@ -421,7 +424,8 @@ def test_a_quiet_mount_compacts_to_the_idle_bound(small_segments, monkeypatch) -
         remove(h, ino)
     h.fs.store.compact(h.fs.lock, 1 << 30)             # what the busy passes do
     busy_left = a.reclaimable_bytes
-    idle_target = a.compaction_target(arena_mod.COMPACT_IDLE_FRACTION)
+    idle_target = a.compaction_target(arena_mod.COMPACT_IDLE_FRACTION,
+                                      arena_mod.COMPACT_IDLE_MIN_FREE_SEGMENTS)
     assert busy_left > idle_target
     assert h.eng.idle_compact() == 0                     # activity seen just now
     h.clock.advance(COMPACT_QUIET_SECONDS / 2)
@@ -431,6 +435,32 @@ def test_a_quiet_mount_compacts_to_the_idle_bound(small_segments, monkeypatch) -
     while (n := h.eng.idle_compact()):
         moved += n
     assert moved > 0 and a.reclaimable_bytes <= idle_target < busy_left
+    assert check_all(h.fs) == []
+    for ino in h.models:
+        assert h.read_all(ino) == bytes(h.models[ino])
+
+
+def test_a_quiet_mount_compacts_below_the_busy_floor(small_segments) -> None:
+    """On a small tree the floor of segments is the bound, not the fraction:
+    busy compaction stops under COMPACT_MIN_FREE_SEGMENTS (2 here) segments
+    of free space, the idle pass goes on to COMPACT_IDLE_MIN_FREE_SEGMENTS."""
+    from cctmpfs.filemap import COMPACT_QUIET_SECONDS
+    h = Harness("zstd", buffer_blocks=8)
+    inos = fill_files(h, 600, 2000, noise=1000)
+    h.eng.seal_everything()
+    a = h.fs.store.arena
+    for ino in random.Random(5).sample(inos, 150):
+        remove(h, ino)
+    h.fs.store.compact(h.fs.lock, 1 << 30)
+    busy_left = a.reclaimable_bytes
+    seg = a.segment_bytes
+    assert a.live_bytes // 8 < 2 * seg                    # the floor is the busy bound
+    assert arena_mod.COMPACT_IDLE_MIN_FREE_SEGMENTS * seg < busy_left <= 2 * seg
+    assert h.eng.idle_compact() == 0                      # notes the activity
+    h.clock.advance(COMPACT_QUIET_SECONDS + 0.1)
+    while h.eng.idle_compact():
+        pass
+    assert a.reclaimable_bytes <= arena_mod.COMPACT_IDLE_MIN_FREE_SEGMENTS * seg < busy_left
     assert check_all(h.fs) == []
     for ino in h.models:
         assert h.read_all(ino) == bytes(h.models[ino])
