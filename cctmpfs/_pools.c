@@ -202,30 +202,6 @@ pools_trim(PyObject *self, PyObject *args)
                          (Py_ssize_t)before, (Py_ssize_t)n_arenas, (Py_ssize_t)failed);
 }
 
-/* arena_ranges() -> [(start, size), ...]: the arenas known (tests). */
-static PyObject *
-pools_arena_ranges(PyObject *self, PyObject *unused)
-{
-    /* Copy first: building the list allocates, and may add an arena. */
-    size_t n = n_arenas;
-    arena_t *copy = PyMem_RawMalloc((n ? n : 1) * sizeof(arena_t));
-    if (copy == NULL)
-        return PyErr_NoMemory();
-    memcpy(copy, arenas, n * sizeof(arena_t));
-    PyObject *out = PyList_New(0);
-    for (size_t i = 0; out != NULL && i < n; i++) {
-        PyObject *t = Py_BuildValue("(kn)", (unsigned long)copy[i].start, (Py_ssize_t)copy[i].size);
-        if (t == NULL || PyList_Append(out, t) < 0) {
-            Py_XDECREF(t);
-            Py_CLEAR(out);
-            break;
-        }
-        Py_DECREF(t);
-    }
-    PyMem_RawFree(copy);
-    return out;
-}
-
 static PyMethodDef methods[] = {
     {"install", pools_install, METH_NOARGS,
      "Become pymalloc's arena allocator (once), to know the arenas."},
@@ -233,8 +209,6 @@ static PyMethodDef methods[] = {
      "trim(limit, minimum): give back all pages but the first of up to limit "
      "empty pools, if at least minimum wait. "
      "Returns (pools, bytes, pools trimmed before, arenas, madvise failures)."},
-    {"arena_ranges", pools_arena_ranges, METH_NOARGS,
-     "The (start, size) of every arena handed out since install()."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -407,6 +407,18 @@ def test_threads_writing_deleting_and_reading_while_the_sealer_compacts(small_se
         assert fs.store.arena.counters.bytes_moved > 0, "compaction never ran: the test is too weak"
 
 
+def busy_compacted_after_deletes(seed: int, deleted: int) -> Harness:
+    """600 sealed files, `deleted` of them removed at random, and the
+    compaction the busy passes do: the state the idle pass starts from."""
+    h = Harness("zstd", buffer_blocks=8)
+    inos = fill_files(h, 600, 2000, noise=1000)
+    h.eng.seal_everything()
+    for ino in random.Random(seed).sample(inos, deleted):
+        remove(h, ino)
+    h.fs.store.compact(h.fs.lock, 1 << 30)
+    return h
+
+
 def test_a_quiet_mount_compacts_to_the_idle_bound(small_segments, monkeypatch) -> None:
     """Busy, compaction leaves up to COMPACT_FREE_FRACTION of the live
     payloads free; once the mount is quiet, the idle pass compacts down to
@@ -416,13 +428,8 @@ def test_a_quiet_mount_compacts_to_the_idle_bound(small_segments, monkeypatch) -
     monkeypatch.setattr(arena_mod, "COMPACT_MIN_FREE_SEGMENTS", 0)   # the fractions alone
     monkeypatch.setattr(arena_mod, "COMPACT_IDLE_MIN_FREE_SEGMENTS", 0)
     monkeypatch.setattr(filemap, "COMPACT_IDLE_MIN_FREE_SEGMENTS", 0)
-    h = Harness("zstd", buffer_blocks=8)
-    inos = fill_files(h, 600, 2000, noise=1000)
-    h.eng.seal_everything()
+    h = busy_compacted_after_deletes(seed=3, deleted=200)
     a = h.fs.store.arena
-    for ino in random.Random(3).sample(inos, 200):
-        remove(h, ino)
-    h.fs.store.compact(h.fs.lock, 1 << 30)             # what the busy passes do
     busy_left = a.reclaimable_bytes
     idle_target = a.compaction_target(arena_mod.COMPACT_IDLE_FRACTION,
                                       arena_mod.COMPACT_IDLE_MIN_FREE_SEGMENTS)
@@ -445,13 +452,8 @@ def test_a_quiet_mount_compacts_below_the_busy_floor(small_segments) -> None:
     busy compaction stops under COMPACT_MIN_FREE_SEGMENTS (2 here) segments
     of free space, the idle pass goes on to COMPACT_IDLE_MIN_FREE_SEGMENTS."""
     from cctmpfs.filemap import COMPACT_QUIET_SECONDS
-    h = Harness("zstd", buffer_blocks=8)
-    inos = fill_files(h, 600, 2000, noise=1000)
-    h.eng.seal_everything()
+    h = busy_compacted_after_deletes(seed=5, deleted=150)
     a = h.fs.store.arena
-    for ino in random.Random(5).sample(inos, 150):
-        remove(h, ino)
-    h.fs.store.compact(h.fs.lock, 1 << 30)
     busy_left = a.reclaimable_bytes
     seg = a.segment_bytes
     assert a.live_bytes // 8 < 2 * seg                    # the floor is the busy bound
