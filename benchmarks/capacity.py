@@ -152,7 +152,8 @@ class Target:
 
     def wait_idle(self) -> None:
         """Wait until the idle sealer is done: packing (pack=), idle
-        recompression (recompress=) and the idle compaction made no progress for IDLE_STABLE_S
+        recompression (recompress=), the idle compaction and the freezing of
+        cold inodes made no progress for IDLE_STABLE_S
         (longer than either's quiet time), at most IDLE_MAX_S."""
         end = time.monotonic() + IDLE_MAX_S
         last, since = None, time.monotonic()
@@ -160,8 +161,11 @@ class Target:
             st = self.stats(False)
             pk, rc = st.get("packing") or {}, st.get("recompress") or {}
             moved = (st.get("arena") or {}).get("bytes_moved")   # the idle compaction
+            # Inodes frozen into columns now (not the count of freezes: each
+            # stats call thaws the root, and the next idle pass freezes it).
+            frozen = (st.get("inode_table") or {}).get("frozen")
             now = (pk.get("packs_made"), pk.get("repacks"), rc.get("recompressed"), rc.get("no_gain"),
-                   moved)
+                   moved, frozen)
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= IDLE_STABLE_S:

@@ -35,7 +35,8 @@ def check_all(fs: Filesystem) -> list[str]:
 def check_namespace(fs: Filesystem) -> list[str]:
     """Directory entries against link counts, parents, kinds and limits."""
     bad: list[str] = []
-    inodes = fs.inodes
+    # A snapshot: frozen inodes get transient records, none is thawed.
+    inodes = dict(fs.inodes.items())
     root = inodes.get(ROOT_INO)
     if root is None or root.entries is None:
         return ["the root directory is missing"]
@@ -106,6 +107,30 @@ def check_namespace(fs: Filesystem) -> list[str]:
         bad.append(f"{fs.inodes_used} inodes in use, nr_inodes={fs.nr_inodes}")
     bad += _check_census(fs)
     bad += _check_side_tables(fs)
+    bad += _check_inode_table(fs)
+    return bad
+
+
+def _check_inode_table(fs: Filesystem) -> list[str]:
+    """The inode table (inodetable.py): hot records only for live rows,
+    kind objects only in frozen rows (a hot row's lives in its record),
+    and the live and free counts."""
+    t = fs.inodes
+    bad: list[str] = []
+    live = sum(t.state[1:t.top])
+    if live != t.live or t.top - 1 - live != t.free:
+        bad.append(f"inode table: {live} live rows of {t.top - 1}, counted {t.live} live "
+                   f"and {t.free} free")
+    if any(t.state[t.top:]) or any(o is not None for o in t.obj[t.top:]):
+        bad.append("inode table: rows past its top are in use")
+    for ino in dict.keys(t):
+        if ino not in t:
+            bad.append(f"inode table: a record for free row {ino}")
+        elif t.obj[ino] is not None:
+            bad.append(f"inode table: hot inode {ino} keeps an object in its row")
+    for ino in range(1, t.top):
+        if not t.state[ino] and t.obj[ino] is not None:
+            bad.append(f"inode table: free row {ino} keeps an object")
     return bad
 
 
@@ -114,7 +139,7 @@ def _check_side_tables(fs: Filesystem) -> list[str]:
     inodes that have some, empty directories on the shared EMPTY_ENTRIES
     (and it still empty), and shared ints equal to their values."""
     bad: list[str] = []
-    inodes = fs.inodes
+    inodes = dict(fs.inodes.items())
     for ino, xattrs in fs.xattrs.items():
         if ino not in inodes:
             bad.append(f"xattrs of freed inode {ino}")

@@ -190,6 +190,10 @@ class DataEngine:
         #: Shared-int tables (the engine's, and its owners') that the idle
         #: pass forgets (SharedInts.forget).
         self.idle_shared_ints: list[SharedInts] = [self.ints]
+        #: Run in each background pass, under the lock, with whether the
+        #: mount is idle: the namespace's freezing of cold inodes
+        #: (inodetable.InodeTable.freeze_pass).
+        self.pass_hooks: list[Callable[[bool], object]] = []
         self.recompress_counters = self.recompressor.counters
         #: `with self._unlocked:` releases the global lock for the body
         #: (one stateless instance, entered by any thread).
@@ -1114,6 +1118,9 @@ class DataEngine:
             if self.ram_budget and self.ram_in_use() > EVICT_HIGH * self.ram_budget:
                 self.evict(int(EVICT_LOW * self.ram_budget))
             self.maintain_device()
+        quiet = self.idle()
+        for hook in self.pass_hooks:
+            hook(quiet)
         if self.packer is not None and not done:
             self.packer.background_pass()
         if not done:

@@ -27,6 +27,7 @@ from .clock import TimestampClock
 from .codec import Codec
 from .errors import FsError
 from .filemap import MAX_FILE_SIZE, DataEngine, FileData, HotBuffer, joined, pages
+from .inodetable import InodeTable
 from .locking import GlobalLock, NoLock
 from .packing import Packer
 from .ranges import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_SUPPORTED,
@@ -205,7 +206,9 @@ class Filesystem:
         self.packer = Packer(self.engine, enabled=pack)
         self.counters = NamespaceCounters()
         self.census = NamespaceCensus()
-        self.inodes: dict[int, Inode] = {}
+        #: Every live inode: hot ones as records, cold ones frozen into
+        #: columns by the idle pass and thawed at their next use (inodetable.py).
+        self.inodes = InodeTable(self._thawed)
         #: inode -> its xattrs (name -> value), only for inodes that have
         #: some: most have none, and a field of its own cost every inode 8
         #: bytes. Freed with the inode.
@@ -234,10 +237,10 @@ class Filesystem:
         #: The idle pass gives back the room of these once they have emptied
         #: (tables.py: after `rm -rf` of 59,426 inodes the inode table and
         #: the content index kept 2.5 MiB each).
-        self.engine.idle_tables += [self.inodes, self.xattrs, self.open_counts, self.awaiting_forget,
-                                    self.store.index]
+        self.engine.idle_tables += [self.inodes, self.xattrs, self.open_counts,
+                                    self.awaiting_forget, self.store.index]
+        self.engine.pass_hooks.append(self.inodes.freeze_pass)
         self.engine.idle_shared_ints.append(self.shared_ints)
-        self.next_ino = ROOT_INO
         #: open directory handle -> (directory inode, snapshot of its entries,
         #: entry_changes when the snapshot was taken)
         self.dir_handles: dict[int, tuple[int, list[tuple[bytes, int]], int]] = {}
@@ -258,17 +261,19 @@ class Filesystem:
             raise self._no_inode(ino) from None
 
     def _dir(self, ino: int) -> Inode:
-        node = self.inodes.get(ino)
-        if node is None:
-            raise self._no_inode(ino)
+        try:
+            node = self.inodes[ino]
+        except KeyError:
+            raise self._no_inode(ino) from None
         if node.entries is None:
             raise FsError(errno.ENOTDIR)
         return node
 
     def _file(self, ino: int) -> Inode:
-        node = self.inodes.get(ino)
-        if node is None:
-            raise self._no_inode(ino)
+        try:
+            node = self.inodes[ino]
+        except KeyError:
+            raise self._no_inode(ino) from None
         if node.data is None:
             raise FsError(errno.EISDIR if node.is_dir else errno.EINVAL)
         return node
@@ -280,8 +285,7 @@ class Filesystem:
     def _new_inode(self, mode: int, uid: int, gid: int, rdev: int = 0) -> Inode:
         self._reserve_inode()
         now = self.now_ns()
-        ino = self.next_ino
-        self.next_ino += 1
+        ino = self.inodes.allocate()
         cls = INODE_CLASSES.get(S.S_IFMT(mode), Inode)
         share = self.share
         node = cls(ino, share(mode), share(uid), share(gid), 1, now, now, now)
@@ -296,6 +300,22 @@ class Filesystem:
         self.inodes[ino] = node
         self.counters.inodes_created += 1
         return node
+
+    def _thawed(self, ino: int, f: list[int], obj: object, aux: int) -> Inode:
+        """The record of a frozen inode (InodeTable.make): f holds mode,
+        uid, gid, nlink, atime_ns, mtime_ns, ctime_ns and nlookup, obj its
+        kind's object, aux a directory's parent or a device's rdev."""
+        mode = f[0]
+        share = self.share
+        cls = INODE_CLASSES.get(S.S_IFMT(mode), Inode)
+        head = (ino, share(mode), share(f[1]), share(f[2]), f[3], f[4], f[5], f[6], f[7])
+        if cls is FileInode or cls is SymlinkInode:
+            return cls(*head, obj)
+        if cls is DirInode:
+            return cls(*head, obj, aux)
+        if cls is DeviceInode:
+            return cls(*head, aux)
+        return cls(*head)
 
     @property
     def inodes_used(self) -> int:

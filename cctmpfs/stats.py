@@ -8,6 +8,7 @@ Threading: collect() reads shared state and must run with the global lock held.
 
 from __future__ import annotations
 
+import collections
 import functools
 import sys
 import time
@@ -17,10 +18,10 @@ import attrs
 
 from .blockmap import FILE_DATA_BYTES, SLOT_BYTES
 from .blockstore import RECORD_BYTES
-from .filemap import BlockState
+from .filemap import BlockState, FileData
 from .hotbuffer import HOT_ENTRY_BYTES
 from .memtrim import rss_bytes
-from .namespace import DirInode, FileInode, Filesystem, Inode, SymlinkInode
+from .namespace import DeviceInode, DirInode, FileInode, Filesystem, Inode, SymlinkInode
 from .packing import MEMBER_EXTRA_BYTES
 
 STATS_VERSION = 1
@@ -55,7 +56,7 @@ def _inode_bytes(cls: type[Inode]) -> int:
             + _int_bytes(_BIG) + 3 * _int_bytes(_TIME))
 
 
-#: A regular file: the inode, its FileData record and its size int
+#: A hot regular file: the inode, its FileData record and its size int
 #: (blockmap.FILE_DATA_BYTES; its block map is in file_map_bytes).
 FILE_INODE_BYTES = _inode_bytes(FileInode) + FILE_DATA_BYTES
 #: A directory: the inode (its entries dict is in the directory model below).
@@ -64,6 +65,11 @@ DIR_INODE_BYTES = _inode_bytes(DirInode)
 #: kinds), and a symlink's target bytes header (the target's length is in the
 #: census's name bytes).
 OTHER_INODE_BYTES = _inode_bytes(SymlinkInode) + sys.getsizeof(b"")
+#: What a frozen inode does not cost of those (inodetable.py): its record
+#: with its time ints, by record class. Its row is in the table's bytes;
+#: its ino int stays, held by its directory entry.
+RECORD_BYTES_BY_CLASS = {cls: _inode_bytes(cls) - _int_bytes(_BIG)
+                         for cls in (Inode, FileInode, DirInode, SymlinkInode, DeviceInode)}
 #: One directory entry beyond the bytes of its name: the name's bytes object
 #: header (its dict slot is in the directory model; the value is the inode's
 #: own ino int).
@@ -119,7 +125,16 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
     slots = store.counters.refs + unsealed + fs.engine.unwritten_slots
     full_dirs = c.dirs - c.empty_dirs
     # Empty directories share EMPTY_ENTRIES: no dict of their own.
-    inode = (sys.getsizeof(fs.inodes) + c.files * FILE_INODE_BYTES + c.dirs * DIR_INODE_BYTES
+    # Inodes frozen into the table's columns have no record (inodetable.py):
+    # the records of each kind not hot are taken off.
+    table = fs.inodes
+    hot = collections.Counter(map(type, dict.values(table)))
+    total = {FileInode: c.files, DirInode: c.dirs}
+    frozen_records = sum((total.get(cls, 0) - hot[cls]) * size if cls in total else 0
+                         for cls, size in RECORD_BYTES_BY_CLASS.items())
+    others_hot = sum(n for cls, n in hot.items() if cls not in total)
+    frozen_records += (others - others_hot) * RECORD_BYTES_BY_CLASS[SymlinkInode]
+    inode = (table.nbytes() - frozen_records + c.files * FILE_INODE_BYTES + c.dirs * DIR_INODE_BYTES
              + others * OTHER_INODE_BYTES + c.entries * ENTRY_BYTES + c.name_bytes
              + sys.getsizeof(fs.xattrs) + sys.getsizeof(fs.open_counts)
              + full_dirs * dict_bytes(c.entries / full_dirs if full_dirs else 0))
@@ -179,6 +194,11 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
         "entries": c.entries,
         "name_bytes": c.name_bytes,
         "slots": slots,
+        # Inodes held as records, and frozen into the table's columns
+        # (inodetable.py), and the bytes of the table (its dict and columns).
+        "hot_inodes": table.hot,
+        "frozen_inodes": len(table) - table.hot,
+        "inode_table_bytes": table.nbytes(),
         # The representative records, in bytes (see the constants in stats.py).
         "per_file_inode_bytes": FILE_INODE_BYTES,
         "per_dir_inode_bytes": DIR_INODE_BYTES,
@@ -320,7 +340,7 @@ def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> 
     # Slots, not distinct blocks: every reference is a slot that is either
     # cached (also in the buffer) or stored only.
     states["stored"] = store.refs - states["cached"]
-    files_bytes = sum(n.data.size for n in fs.inodes.values() if n.data is not None)
+    files_bytes = sum(o.size for o in fs.inodes.kind_objects() if type(o) is FileData)
     ram_used = store.stored_bytes + buf.total_bytes
     index_bytes = fs.store.index_bytes()
     rss = rss_bytes()
@@ -366,6 +386,11 @@ def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> 
         "limits": {"size_bytes": eng.size_limit, "ram_bytes": eng.ram_budget,
                    "buffer_bytes": buf.budget, "nr_inodes": fs.nr_inodes},
         "inodes": len(fs.inodes),
+        # Inodes held as records (hot) and frozen into columns now, and
+        # since mount the freezes and thaws (inodetable.InodeTableCounters
+        # has one comment each).
+        "inode_table": {"hot": fs.inodes.hot, "frozen": len(fs.inodes) - fs.inodes.hot,
+                        **attrs.asdict(fs.inodes.counters)},
         "counters": {**attrs.asdict(eng.counters), **attrs.asdict(fs.counters),
                      **attrs.asdict(fs.store.dedup_counters)},
         "rss_bytes": rss,

@@ -30,7 +30,10 @@ Table = Union[dict[Any, Any], set[Any]]
 
 def oversized(table: Table) -> bool:
     size = sys.getsizeof(table)
-    return size >= SHRINK_MIN_BYTES and size > SHRINK_FACTOR * ENTRY_BYTES * len(table)
+    # The entries it holds itself: the inode table's len() counts frozen
+    # inodes too (inodetable.py).
+    held = dict.__len__(table) if isinstance(table, dict) else len(table)
+    return size >= SHRINK_MIN_BYTES and size > SHRINK_FACTOR * ENTRY_BYTES * held
 
 
 def shrink(table: Table) -> int:
@@ -39,7 +42,15 @@ def shrink(table: Table) -> int:
     if not oversized(table):
         return 0
     before = sys.getsizeof(table)
-    items = table.copy()
-    table.clear()
-    table.update(items)  # type: ignore[arg-type]
+    if isinstance(table, dict):
+        # dict's own methods, on the entries it holds itself: the inode
+        # table's copy() would go through its keys() and __getitem__, and
+        # thaw every frozen inode (inodetable.py).
+        items = dict(dict.items(table))
+        dict.clear(table)
+        dict.update(table, items)
+    else:
+        kept = table.copy()
+        table.clear()
+        table.update(kept)
     return before - sys.getsizeof(table)

@@ -1141,9 +1141,10 @@ class Server:
         packed = self._listings.get(fh)
         if packed is not None and packed[0] is snap and 0 <= off - packed[1] < len(packed[2]):
             return packed
-        records, inodes = w.DIRENT_BY_NAMELEN, self.fs.inodes
+        # mode_of: the type without thawing a frozen inode (inodetable.py).
+        records, mode_of = w.DIRENT_BY_NAMELEN, self.fs.inodes.mode_of
         try:
-            recs = [records[len(name)].pack(ino, k, len(name), (inodes[ino].mode >> 12) & 15, name)
+            recs = [records[len(name)].pack(ino, k, len(name), (mode_of(ino) >> 12) & 15, name)
                     for k, (name, ino) in enumerate(snap[off:off + LISTING_CHUNK], off + 1)]
         except KeyError:    # `..` of a removed directory whose parent went too
             return None

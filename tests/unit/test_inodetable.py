@@ -1,0 +1,264 @@
+"""The inode table (inodetable.py): cold inodes frozen into columns and
+thawed at their next use change nothing a caller can see, a record someone
+holds is never frozen, numbers are reused only after many frees, and what
+does not fit a column stays a record."""
+
+from __future__ import annotations
+
+import errno
+import gc
+import random
+import stat as S
+import sys
+from typing import Any
+
+import pytest
+
+from cctmpfs import inodetable, stats
+from cctmpfs.check import check_all
+from cctmpfs.errors import FsError
+from cctmpfs.inodetable import UNHELD_REFS
+from cctmpfs.namespace import ROOT_INO, Caller, Filesystem
+
+from .conftest import FakeClock
+
+ME = Caller(uid=1000, gid=1000, pid=42)
+
+
+def new_fs(clock: FakeClock, **kw: Any) -> Filesystem:
+    return Filesystem(block_size=16384, buffer_bytes=1 << 20, clock_ns=clock.ns, **kw)
+
+
+def snapshot(fs: Filesystem) -> dict[int, tuple[Any, ...]]:
+    """Every field of every live inode, and its kind's content."""
+    out = {}
+    for ino, n in fs.inodes.items():
+        out[ino] = (type(n).__name__, n.ino, n.mode, n.uid, n.gid, n.nlink, n.nlookup,
+                    n.atime_ns, n.mtime_ns, n.ctime_ns, n.parent, n.rdev, n.target,
+                    dict(n.entries) if n.entries is not None else None,
+                    (n.data.size, n.data.alloc_pages) if n.data is not None else None,
+                    fs.xattrs.get(ino))
+    return out
+
+
+def random_step(fs: Filesystem, rng: random.Random, dirs: list[int]) -> None:
+    parent, other = rng.choice(dirs), rng.choice(dirs)
+    name, name2 = rng.choice([b"a", b"b", b"c"]), rng.choice([b"a", b"b", b"c"])
+    op = rng.randrange(13)
+    try:
+        if op == 0:
+            dirs.append(fs.mkdir(parent, name, 0o755, ME).ino)
+        elif op == 1:
+            ino = fs.create(parent, name, 0o644, ME).ino
+            fs.write(ino, rng.randrange(40000), b"y" * rng.randrange(1, 20000))
+            fs.release(ino)
+            if rng.random() < 0.7:
+                fs.forget(ino, 1)
+        elif op == 2:
+            node = fs.lookup(parent, name)
+            fs.link(node.ino, other, name2)
+        elif op == 3:
+            fs.unlink(parent, name)
+        elif op == 4:
+            fs.rmdir(parent, name)
+        elif op == 5:
+            fs.rename(parent, name, other, name2)
+        elif op == 6:
+            node = fs.symlink(parent, name, b"target-%d" % rng.randrange(1000), ME)
+            if rng.random() < 0.7:   # the kernel forgets it: an unlink frees it
+                fs.forget(node.ino, 1)
+        elif op == 7:
+            node = fs.mknod(parent, name, S.S_IFCHR | 0o600, rng.randrange(1 << 20), ME)
+            if rng.random() < 0.7:
+                fs.forget(node.ino, 1)
+        elif op == 8:   # a lookup the kernel forgets later, or at once
+            node = fs.lookup(parent, name)
+            if rng.random() < 0.5:
+                fs.forget(node.ino, node.nlookup)
+        elif op == 9:
+            node = fs.lookup(parent, name)
+            fs.setattr(node.ino, mode=rng.randrange(0o7777), uid=rng.randrange(5000),
+                       mtime_ns=rng.randrange(-10 ** 18, 10 ** 18), size=rng.randrange(30000)
+                       if node.data is not None else None)
+        elif op == 10:
+            node = fs.lookup(parent, name)
+            fs.setxattr(node.ino, b"user.k", b"v%d" % rng.randrange(9))
+        elif op == 11:   # churn: short-lived files, freed at once
+            for i in range(rng.randrange(1, 6)):
+                fs.forget(fs.mknod(parent, b"t%d" % i, S.S_IFREG | 0o600, 0, ME).ino, 1)
+                fs.unlink(parent, b"t%d" % i)
+        else:
+            ino = fs.lookup(parent, name).ino
+            fh = fs.open(ino)
+            fs.read(fh, 0, 100)
+            fs.release(fh)
+    except FsError as e:
+        assert e.errno in (errno.EEXIST, errno.ENOENT, errno.ENOTEMPTY, errno.EISDIR,
+                           errno.ENOTDIR, errno.EINVAL, errno.EPERM, errno.ENOSPC,
+                           errno.ENODATA, errno.EOPNOTSUPP), e
+    dirs[:] = [i for i in dirs if i in fs.inodes and fs.inodes[i].nlink > 0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_freezing_after_every_step_changes_nothing_a_caller_sees(seed: int,
+                                                                  monkeypatch: Any) -> None:
+    """Two filesystems run the same random workload; one freezes every
+    record nobody holds after each step (and reuses numbers after 8 frees).
+    Every field of every inode stays the same as the other's."""
+    monkeypatch.setattr(inodetable, "REUSE_MIN", 8)
+    plain, frozen = new_fs(FakeClock()), new_fs(FakeClock())
+    rng_a, rng_b = random.Random(seed), random.Random(seed)
+    dirs_a, dirs_b = [ROOT_INO], [ROOT_INO]
+    froze = 0
+    for step in range(400):
+        random_step(plain, rng_a, dirs_a)
+        random_step(frozen, rng_b, dirs_b)
+        froze += frozen.inodes.freeze()
+        assert snapshot(frozen) == snapshot(plain), (seed, step)
+        assert check_all(frozen) == [], (seed, step)
+    assert froze > 300 and frozen.inodes.counters.thaws > 100
+    assert frozen.inodes.counters.reused > 0, (frozen.inodes.top, frozen.inodes.free)
+
+
+def test_a_record_someone_holds_is_not_frozen(clock: FakeClock) -> None:
+    fs = new_fs(clock)
+    a = fs.create(ROOT_INO, b"a", 0o644, ME).ino
+    b = fs.create(ROOT_INO, b"b", 0o644, ME).ino
+    held = fs.inodes[a]
+    gc.collect()
+    assert fs.inodes.freeze() == 2   # b and the root
+    assert fs.inodes.is_hot(a) and not fs.inodes.is_hot(b)
+    assert fs.inodes.counters.held == 1
+    # The holder's changes are the inode's: its record was never replaced.
+    held.nlink += 0
+    held.uid = 4242
+    assert fs.inodes[a] is held and fs.getattr(a).uid == 4242
+    del held
+    assert fs.inodes.freeze() == 1 and not fs.inodes.is_hot(a)
+    assert fs.getattr(a).uid == 4242
+    assert check_all(fs) == []
+
+
+def test_unheld_refs_is_what_this_python_counts() -> None:
+    """freeze() tells a held record by its reference count: the table's
+    dict, freeze()'s local name and getrefcount's argument."""
+    table: dict[int, object] = {}
+    table[5] = object()
+    for key in table:
+        node = table[key]
+        assert sys.getrefcount(node) == UNHELD_REFS
+        extra = node
+        assert sys.getrefcount(node) == UNHELD_REFS + 1
+        del extra
+
+
+def test_a_file_keeps_its_data_object_and_contents_across_freezing(clock: FakeClock) -> None:
+    fs = new_fs(clock)
+    ino = fs.create(ROOT_INO, b"f", 0o640, ME).ino
+    fs.write(ino, 0, b"hello" * 5000)
+    fs.release(ino)
+    data = fs.inodes[ino].data
+    fs.engine.seal_everything()
+    fs.inodes.freeze()
+    assert not fs.inodes.is_hot(ino)
+    # A READDIR's types and stats' sums do not thaw it.
+    assert S.S_ISREG(fs.inodes.mode_of(ino))
+    collected = stats.collect(fs)
+    assert collected["inode_table"]["frozen"] == 2 and not fs.inodes.is_hot(ino)
+    assert collected["files_bytes"] == 25000
+    fh = fs.open(ino)
+    assert fs.read(fh, 0, 1 << 20) == b"hello" * 5000
+    fs.release(fh)
+    assert fs.inodes[ino].data is data   # the slots' owner is the same object
+    assert check_all(fs) == []
+
+
+def test_every_kind_comes_back_whole(clock: FakeClock) -> None:
+    fs = new_fs(clock)
+    d = fs.mkdir(ROOT_INO, b"d", 0o2775, ME).ino
+    sub = fs.mkdir(d, b"sub", 0o700, ME).ino
+    ln = fs.symlink(d, b"l", b"../somewhere/else", ME).ino
+    dev = fs.mknod(d, b"dev", S.S_IFBLK | 0o660, (8 << 8) | 3, ME).ino
+    fifo = fs.mknod(d, b"p", S.S_IFIFO | 0o644, 0, ME).ino
+    before = snapshot(fs)
+    assert fs.inodes.freeze() == 6 and fs.inodes.hot == 0
+    assert snapshot(fs) == before   # transient records, nothing thawed
+    assert fs.inodes.hot == 0
+    assert fs.readlink(ln) == b"../somewhere/else"
+    assert fs.inodes[dev].rdev == (8 << 8) | 3 and S.S_ISFIFO(fs.inodes[fifo].mode)
+    assert fs.inodes[sub].parent == d and fs.lookup(d, b"sub").ino == sub
+    after = snapshot(fs)
+    assert after.pop(sub)[6] == before.pop(sub)[6] + 1   # the lookup's reference
+    assert after.pop(ln)[7] > before.pop(ln)[7]          # readlink's atime (relatime)
+    assert after == before
+
+
+def test_a_value_too_big_for_its_column_stays_a_record(clock: FakeClock) -> None:
+    fs = new_fs(clock)
+    ino = fs.create(ROOT_INO, b"far", 0o644, ME).ino
+    fs.release(ino)
+    far = (1 << 63) + 5   # past 2262 in ns: no int64 holds it
+    fs.setattr(ino, mtime_ns=far)
+    fs.inodes.freeze()
+    assert fs.inodes.is_hot(ino) and fs.inodes.counters.too_big == 1
+    assert fs.getattr(ino).mtime_ns == far
+    fs.setattr(ino, mtime_ns=-far)
+    fs.inodes.freeze()
+    assert fs.inodes.is_hot(ino) and fs.getattr(ino).mtime_ns == -far
+    fs.setattr(ino, mtime_ns=-5)
+    fs.inodes.freeze()
+    assert not fs.inodes.is_hot(ino) and fs.getattr(ino).mtime_ns == -5
+
+
+def test_numbers_are_reused_only_after_many_frees_and_the_table_stays_bounded(
+        clock: FakeClock) -> None:
+    fs = new_fs(clock)
+    seen: set[int] = set()
+    live: list[tuple[bytes, int]] = []
+    for i in range(40_000):
+        name = b"f%d" % i
+        ino = fs.mknod(ROOT_INO, name, S.S_IFREG | 0o644, 0, ME).ino
+        fs.forget(ino, 1)
+        assert ino not in {n for _name, n in live}
+        if ino in seen:
+            # A reused number: at least REUSE_MIN inodes were freed since.
+            assert fs.inodes.counters.reused > 0
+        seen.add(ino)
+        live.append((name, ino))
+        if len(live) > 3000:
+            old, _ = live.pop(0)
+            fs.unlink(ROOT_INO, old)
+    # 3,000 live at most: the rows stay within 4/3 of that plus REUSE_MIN.
+    assert fs.inodes.top <= 4 * 3001 // 3 + inodetable.REUSE_MIN + inodetable.GROW_ROWS
+    assert fs.inodes.counters.reused > 20_000
+    assert check_all(fs) == []
+
+
+def test_the_idle_pass_freezes_and_stats_account_for_it(clock: FakeClock) -> None:
+    from cctmpfs.filemap import COMPACT_QUIET_SECONDS
+    fs = new_fs(clock)
+    fs.engine.clock = clock.seconds
+    n = 3 * inodetable.FREEZE_PER_PASS   # a table big enough for tables.shrink
+    assert n - inodetable.HOT_KEEP > inodetable.FREEZE_PER_BUSY_PASS
+    for i in range(n):
+        fs.forget(fs.mknod(ROOT_INO, b"f%d" % i, S.S_IFREG | 0o644, 0, ME).ino, 1)
+    hot = stats.memory(fs, 0, None, 0)
+    full = sys.getsizeof(fs.inodes)
+    fs.engine.background_pass()   # busy: the oldest beyond HOT_KEEP
+    busy = inodetable.FREEZE_PER_BUSY_PASS
+    assert fs.inodes.hot == n + 1 - busy
+    clock.advance(COMPACT_QUIET_SECONDS + 1)
+    passes = 0
+    while fs.inodes.hot and passes < 10:
+        fs.engine.background_pass()
+        passes += 1
+    cold = stats.memory(fs, 0, None, 0)
+    assert passes == 3   # FREEZE_PER_PASS a pass
+    assert (hot["hot_inodes"], cold["hot_inodes"]) == (n + 1, 0)
+    assert cold["frozen_inodes"] == n + 1 and fs.inodes.counters.thaws == 0
+    # The emptied dict was rebuilt, without thawing what it no longer holds.
+    assert sys.getsizeof(fs.inodes) < full // 50
+    # Each frozen file no longer pays its record and its time ints.
+    saved = hot["inode_bytes"] - cold["inode_bytes"]
+    record = stats.RECORD_BYTES_BY_CLASS[type(fs.getattr(5))]
+    assert n * record * 0.9 < saved < n * record * 1.3, (saved, record)
