@@ -8,7 +8,8 @@ stdlib with site-packages (59,428 inodes) records, their ints and the table
 took 15.4 MB (benchmarks/memprofile.py), 0.06 bytes of RSS per byte of
 files, as much as issue 15's target has left.
 
-So a record lives only while it is used. The idle pass (freeze()) writes
+So a record lives only while it is used. The sealer's background pass
+(freeze_pass(): beyond HOT_KEEP records while busy, all once idle) writes
 the records nobody holds into columns indexed by inode number, about 60
 bytes an inode (COLUMNS), and drops them; the first access to a frozen
 inode (InodeTable[ino], `in`, get()) builds its record again (thaw). A
@@ -28,7 +29,7 @@ so a number waits for thousands of frees before it comes back, and the
 table stays within 4/3 of the most inodes ever live at once.
 
 Threading: every method runs with the global lock held (docs/locking.md),
-freeze() from the idle sealer pass. Never releases it.
+freeze_pass() from the sealer's background pass. Never releases it.
 """
 
 from __future__ import annotations
