@@ -202,7 +202,54 @@ pools_trim(PyObject *self, PyObject *args)
                          (Py_ssize_t)before, (Py_ssize_t)n_arenas, (Py_ssize_t)failed);
 }
 
+/* A pool in use: its header is consistent with the layout, and it holds
+ * between 1 and its capacity of blocks. */
+static unsigned int
+pool_free_blocks(const struct pool_header *pool, unsigned int *size_out)
+{
+    if (pool->ref.count == 0 || pool->szidx >= NB_SMALL_SIZE_CLASSES)
+        return 0;
+    unsigned int size = (pool->szidx + 1) << ALIGNMENT_SHIFT;
+    unsigned int capacity = (unsigned int)((POOL_SIZE - POOL_OVERHEAD) / size);
+    if (pool->maxnextoffset != POOL_SIZE - size || pool->ref.count > capacity
+        || pool->nextoffset > POOL_SIZE)
+        return 0;
+    *size_out = size;
+    return capacity - pool->ref.count;
+}
+
+/* room() -> (free bytes in pools in use, empty pools still resident,
+ * empty pools given back, arena bytes known): where pymalloc's arenas hold
+ * no object. Free blocks of a pool in use are reused by objects of their
+ * size class only; an empty pool still resident (not trimmed yet) is
+ * 16 KiB; one given back keeps its first page. Holds the GIL, as trim(). */
+static PyObject *
+pools_room(PyObject *self, PyObject *unused)
+{
+    size_t free_bytes = 0, empty = 0, trimmed = 0, arena_bytes = 0;
+    for (size_t i = 0; i < n_arenas; i++) {
+        uintptr_t end = arenas[i].start + arenas[i].size;
+        uintptr_t p = (arenas[i].start + POOL_SIZE - 1) & ~(POOL_SIZE - 1);
+        arena_bytes += arenas[i].size;
+        for (; p + POOL_SIZE <= end; p += POOL_SIZE) {
+            const struct pool_header *pool = (const struct pool_header *)p;
+            unsigned int size = 0;
+            if (pool->ref.count == 0 && pool->szidx == DUMMY_SIZE_IDX)
+                trimmed++;
+            else if (pool_is_empty(pool))
+                empty++;
+            else
+                free_bytes += (size_t)pool_free_blocks(pool, &size) * size;
+        }
+    }
+    return Py_BuildValue("(nnnn)", (Py_ssize_t)free_bytes, (Py_ssize_t)empty,
+                         (Py_ssize_t)trimmed, (Py_ssize_t)arena_bytes);
+}
+
 static PyMethodDef methods[] = {
+    {"room", pools_room, METH_NOARGS,
+     "room(): (free bytes in pools in use, empty pools resident, empty pools "
+     "given back, arena bytes), over the arenas made since install()."},
     {"install", pools_install, METH_NOARGS,
      "Become pymalloc's arena allocator (once), to know the arenas."},
     {"trim", pools_trim, METH_VARARGS,

@@ -143,6 +143,7 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
                                     "seal_batches_idle": sealer.idle_batches,
                                     "seal_batches_normal": sealer.normal_batches}
     frontend.background_busy = lambda: sealer.working
+    frontend.pymalloc_free = pool_trimmer.free_room
     try:
         session.mount(frontend, source, mountpoint, opts)
     except MountError as e:
@@ -153,6 +154,7 @@ def serve(source: str, mountpoint: str, opts: MountOptions, ready: Callable[[str
     log.info("mounted %s on %s (transport=%s, %s)", source, mountpoint, opts.transport,
              ",".join(opts.fuse_options))
     frontend.runtime_rss = rss_bytes()   # before any file: the base of stats' memory breakdown
+    pool_trimmer.mark_mounted()          # and of pymalloc's room in it
     sealer.start()
     ready("ok")
     code = 0

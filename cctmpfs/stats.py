@@ -109,14 +109,18 @@ def dict_bytes(mean: float) -> float:
 
 #: The parts of memory() that add up to accounted_bytes.
 MEMORY_PARTS = ("payload_bytes", "arena_free_bytes", "hot_buffer_bytes", "inode_bytes",
-                "file_map_bytes", "block_record_bytes", "dedup_index_bytes", "codec_context_bytes")
+                "file_map_bytes", "block_record_bytes", "dedup_index_bytes", "codec_context_bytes",
+                "pymalloc_free_bytes")
 
 
-def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> dict[str, Any]:
+def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int,
+           pymalloc_free: int = 0) -> dict[str, Any]:
     """Where the daemon's RAM goes, estimated from the structures without
     walking them (caller holds the lock). runtime is the RSS the daemon had
     once mounted, before any file (None in process, without a daemon);
-    unsealed is the number of dirty and sealing slots."""
+    unsealed is the number of dirty and sealing slots; pymalloc_free the
+    room pymalloc holds without objects since the mount, measured
+    (pools.PoolTrimmer.free_room; 0 without a daemon or without _pools)."""
     c = fs.census
     store = fs.store
     buf = fs.engine.buffer
@@ -173,6 +177,13 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int) -> d
         # before any file. They were most of /usr/include's slack (3.6 of
         # 4.6 MiB, results/s25-contexts-include.md).
         "codec_context_bytes": fs.engine.codec.context_bytes(),
+        # What pymalloc holds without objects, measured from its pool
+        # headers (pools.py): freed blocks of pools still in use (a frozen
+        # inode's record leaves one, reused by objects of its size class
+        # only), empty pools not given back yet, and the page each empty
+        # pool keeps. The metadata's slack, as arena_free_bytes is the
+        # payloads'.
+        "pymalloc_free_bytes": pymalloc_free,
     }
     accounted = sum(parts.values())
     return {
@@ -325,10 +336,12 @@ def _packing(fs: Filesystem) -> dict[str, Any]:
     }
 
 
-def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> dict[str, Any]:
+def collect(fs: Filesystem, runtime_rss: Optional[int] = None, pymalloc_free: int = 0,
+            **extra: Any) -> dict[str, Any]:
     """Every figure of the mount as one JSON-ready dict. Caller holds the lock.
 
-    runtime_rss: the daemon's RSS once mounted, before any file (memory())."""
+    runtime_rss: the daemon's RSS once mounted, before any file;
+    pymalloc_free: pymalloc's room without objects since then (memory())."""
     eng = fs.engine
     store = fs.store.counters
     buf = eng.buffer
@@ -394,7 +407,7 @@ def collect(fs: Filesystem, runtime_rss: Optional[int] = None, **extra: Any) -> 
         "counters": {**attrs.asdict(eng.counters), **attrs.asdict(fs.counters),
                      **attrs.asdict(fs.store.dedup_counters)},
         "rss_bytes": rss,
-        "memory": memory(fs, rss, runtime_rss, states["dirty"] + states["sealing"]),
+        "memory": memory(fs, rss, runtime_rss, states["dirty"] + states["sealing"], pymalloc_free),
     }
     out.update(extra)
     return out

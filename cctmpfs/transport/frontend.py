@@ -99,6 +99,9 @@ class Frontend:
         self.background_busy: Callable[[], bool] = lambda: False
         #: Figures of other parts of the daemon (the sealer's), merged into stats.
         self.extra_stats: Callable[[], dict[str, Any]] = dict
+        #: pymalloc's room without objects since the mount (the daemon sets
+        #: pools.PoolTrimmer.free_room): memory.pymalloc_free_bytes.
+        self.pymalloc_free: Callable[[], int] = int
 
     # ---- the error boundary ----------------------------------------------
     def errno_for(self, exc: BaseException, where: str, args: tuple[Any, ...] = ()) -> int:
@@ -141,7 +144,8 @@ class Frontend:
             self.fs.engine.seal_everything()
         requests = collections.Counter(self.requests)
         requests.update(self.request_counts())
-        return stats_mod.collect(self.fs, self.runtime_rss, internal_errors=self.internal_errors,
+        return stats_mod.collect(self.fs, self.runtime_rss, self.pymalloc_free(),
+                                 internal_errors=self.internal_errors,
                                  requests=dict(sorted(requests.items())),
                                  transport=self._transport(), **self.extra_stats())
 

@@ -179,3 +179,48 @@ def test_a_few_empty_pools_wait_for_more() -> None:
     assert r["waiting"] == 0 and r["held"] == 0
     assert r["some"] == 5 and r["rest"] > pools.MIN_POOLS
     assert r["before"] == 5
+
+
+def test_room_measures_what_pymalloc_holds_without_objects() -> None:
+    """room() walks the pool headers: freed 96-byte blocks of pools still
+    in use are free block bytes, pools emptied are empty pool bytes until
+    trimmed, then the one page each keeps."""
+    out = run("""
+        import json, os
+        from cctmpfs import pools
+        trimmer = pools.PoolTrimmer.install()
+        assert trimmer.unavailable is None, trimmer.unavailable
+        trimmer.mark_mounted()
+        base = trimmer.room()
+        # bytes of 63: 33 + 63 = 96, one size class; distinct objects. A
+        # keeper of another size class every 1,000 keeps a few arenas mapped.
+        objs, keepers = [], []
+        for i in range(100_000):
+            objs.append(os.urandom(63))
+            if i % 1000 == 0:
+                keepers.append(os.urandom(300))
+        full = trimmer.room()
+        del objs[::2]
+        half = trimmer.room()
+        freed_half = trimmer.free_room()
+        del objs[:]
+        empty = trimmer.room()
+        trimmer.maybe_trim(); trimmer.maybe_trim(); trimmer.maybe_trim(); trimmer.maybe_trim()
+        trimmed = trimmer.room()
+        print(json.dumps({"base": base, "full": full, "half": half, "empty": empty,
+                          "trimmed": trimmed, "freed_half": freed_half}))
+    """)
+    grew = out["half"]["free_block_bytes"] - out["full"]["free_block_bytes"]
+    assert 0.9 * 50_000 * 96 < grew < 1.1 * 50_000 * 96, out
+    assert 0.9 * 50_000 * 96 < out["freed_half"] < 1.3 * 50_000 * 96, out
+    # All gone: their pools are empty, 100,000 blocks of 96 in 16 KiB pools,
+    # or pymalloc unmapped their arenas (then room() no longer sees them).
+    pools_used = 100_000 * 96 / (16384 - 48)
+    unmapped = out["full"]["arena_bytes"] - out["empty"]["arena_bytes"]
+    assert out["empty"]["empty_pool_bytes"] + unmapped >= 0.9 * pools_used * 16384, out
+    assert out["empty"]["empty_pool_bytes"] >= pools.MIN_POOLS * 16384, out   # the keepers' arenas
+    assert out["empty"]["free_block_bytes"] < out["full"]["free_block_bytes"] + 256 * 1024, out
+    # Given back, each keeps its first page.
+    emptied = out["empty"]["empty_pool_bytes"] // 16384
+    assert out["trimmed"]["empty_pool_bytes"] == 0, out
+    assert out["trimmed"]["given_back_header_bytes"] == emptied * 4096, out
