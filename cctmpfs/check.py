@@ -18,8 +18,9 @@ from .blockmap import MapCensus
 from .blockstore import StoredBlock
 from .codec import CodecId
 from .devlog import Location
-from .filemap import PAGE, Slot
+from .filemap import PAGE, FileData, Slot
 from .namespace import EMPTY_ENTRIES, NAME_MAX, ROOT_INO, Filesystem
+from .packedentries import PackedEntries
 from .packing import PackRef
 
 #: Version of the report a mount gives (transport.Frontend.check); changes
@@ -128,9 +129,21 @@ def _check_inode_table(fs: Filesystem) -> list[str]:
             bad.append(f"inode table: a record for free row {ino}")
         elif t.obj[ino] is not None:
             bad.append(f"inode table: hot inode {ino} keeps an object in its row")
+    modes = t.cols["mode"]
     for ino in range(1, t.top):
-        if not t.state[ino] and t.obj[ino] is not None:
-            bad.append(f"inode table: free row {ino} keeps an object")
+        obj = t.obj[ino]
+        if not t.state[ino]:
+            if obj is not None:
+                bad.append(f"inode table: free row {ino} keeps an object")
+            continue
+        if t.is_hot(ino):
+            continue
+        kind = stat.S_IFMT(modes[ino])
+        want = {stat.S_IFDIR: (PackedEntries, type(EMPTY_ENTRIES)), stat.S_IFREG: (FileData,),
+                stat.S_IFLNK: (bytes,)}.get(kind, (type(None),))
+        if type(obj) not in want:
+            bad.append(f"inode table: frozen inode {ino} of type {kind:o} keeps a "
+                       f"{type(obj).__name__}")
     return bad
 
 

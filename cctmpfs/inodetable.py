@@ -100,14 +100,18 @@ class InodeTable(dict):  # type: ignore[type-arg]
     frozen inode a transient record that is not kept: read it, never
     change it (check.py, stats, tests)."""
 
-    __slots__ = ("cols", "obj", "state", "top", "live", "free", "cursor", "make",
+    __slots__ = ("cols", "obj", "state", "top", "live", "free", "cursor", "make", "unmake",
                  "counters", "__weakref__")
 
-    def __init__(self, make: Callable[[int, list[Any], Any, int], Any]) -> None:
+    def __init__(self, make: Callable[[int, list[Any], Any, int], Any],
+                 unmake: Callable[[Any], tuple[list[int], Any, int]]) -> None:
         super().__init__()
         #: make(ino, fields, obj, aux) builds a record (namespace.py):
-        #: fields are COLUMNS' values but aux, in their order.
+        #: fields are COLUMNS' values but aux, in their order. unmake(record)
+        #: is the other way: (fields, obj, aux); it raises OverflowError for
+        #: what a row cannot hold.
         self.make = make
+        self.unmake = unmake
         self.cols = {name: array.array(code) for name, code in COLUMNS.items()}
         self.obj: list[Any] = []
         self.state = bytearray()
@@ -255,6 +259,7 @@ class InodeTable(dict):  # type: ignore[type-arg]
                 c["ctime_ns"], c["nlookup"])
         aux_col, obj = c["aux"], self.obj
         getrefcount = sys.getrefcount
+        unmake = self.unmake
         done: list[int] = []
         kept: list[int] = []
         node = None
@@ -264,8 +269,8 @@ class InodeTable(dict):  # type: ignore[type-arg]
                 kept.append(ino)
                 self.counters.held += 1
                 continue
-            values, kind_obj, aux = record_fields(node)
             try:
+                values, kind_obj, aux = unmake(node)
                 for col, v in zip(cols, values):
                     col[ino] = v
                 aux_col[ino] = aux
@@ -284,12 +289,3 @@ class InodeTable(dict):  # type: ignore[type-arg]
         self.counters.freezes += len(done)
         return len(done)
 
-
-def record_fields(node: Any) -> tuple[list[int], Any, int]:
-    """A record's column values in COLUMNS' order (aux apart), its kind
-    object for the obj column and its aux value."""
-    aux = node.parent if node.entries is not None else node.rdev
-    kind_obj = node.data if node.data is not None else (
-        node.entries if node.entries is not None else node.target)
-    return ([node.mode, node.uid, node.gid, node.nlink, node.atime_ns, node.mtime_ns,
-             node.ctime_ns, node.nlookup], kind_obj, aux)

@@ -28,6 +28,7 @@ from .codec import Codec
 from .errors import FsError
 from .filemap import MAX_FILE_SIZE, DataEngine, FileData, HotBuffer, joined, pages
 from .inodetable import InodeTable
+from .packedentries import pack as pack_entries, unpack as unpack_entries
 from .locking import GlobalLock, NoLock
 from .packing import Packer
 from .ranges import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_SUPPORTED,
@@ -208,7 +209,7 @@ class Filesystem:
         self.census = NamespaceCensus()
         #: Every live inode: hot ones as records, cold ones frozen into
         #: columns by the idle pass and thawed at their next use (inodetable.py).
-        self.inodes = InodeTable(self._thawed)
+        self.inodes = InodeTable(self._thawed, self._frozen)
         #: inode -> its xattrs (name -> value), only for inodes that have
         #: some: most have none, and a field of its own cost every inode 8
         #: bytes. Freed with the inode.
@@ -312,10 +313,26 @@ class Filesystem:
         if cls is FileInode or cls is SymlinkInode:
             return cls(*head, obj)
         if cls is DirInode:
-            return cls(*head, obj, aux)
+            return cls(*head, obj if obj is EMPTY_ENTRIES else unpack_entries(obj), aux)
         if cls is DeviceInode:
             return cls(*head, aux)
         return cls(*head)
+
+    @staticmethod
+    def _frozen(node: Inode) -> tuple[list[int], object, int]:
+        """What a frozen inode keeps (InodeTable.unmake): its fields in
+        COLUMNS' order, its kind's object (a directory's entries packed,
+        packedentries.py), and aux: a directory's parent or a device's
+        rdev. OverflowError for a value a row cannot hold."""
+        entries = node.entries
+        if entries is not None:
+            obj: object = entries if entries is EMPTY_ENTRIES else pack_entries(entries)
+            aux = node.parent
+        else:
+            obj = node.data if node.data is not None else node.target
+            aux = node.rdev
+        return ([node.mode, node.uid, node.gid, node.nlink, node.atime_ns, node.mtime_ns,
+                 node.ctime_ns, node.nlookup], obj, aux)
 
     @property
     def inodes_used(self) -> int:

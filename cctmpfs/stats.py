@@ -22,6 +22,7 @@ from .filemap import BlockState, FileData
 from .hotbuffer import HOT_ENTRY_BYTES
 from .memtrim import rss_bytes
 from .namespace import DeviceInode, DirInode, FileInode, Filesystem, Inode, SymlinkInode
+from .packedentries import INO_BYTES as PACKED_INO_BYTES, PackedEntries
 from .packing import MEMBER_EXTRA_BYTES
 
 STATS_VERSION = 1
@@ -127,21 +128,29 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int,
     others = len(fs.inodes) - c.files - c.dirs
     # Every other slot holds one reference, except UNWRITTEN ones (fallocated).
     slots = store.counters.refs + unsealed + fs.engine.unwritten_slots
-    full_dirs = c.dirs - c.empty_dirs
-    # Empty directories share EMPTY_ENTRIES: no dict of their own.
     # Inodes frozen into the table's columns have no record (inodetable.py):
     # the records of each kind not hot are taken off.
     table = fs.inodes
     hot = collections.Counter(map(type, dict.values(table)))
-    total = {FileInode: c.files, DirInode: c.dirs}
-    frozen_records = sum((total.get(cls, 0) - hot[cls]) * size if cls in total else 0
-                         for cls, size in RECORD_BYTES_BY_CLASS.items())
-    others_hot = sum(n for cls, n in hot.items() if cls not in total)
+    frozen_records = sum((n - hot[cls]) * RECORD_BYTES_BY_CLASS[cls]
+                         for cls, n in ((FileInode, c.files), (DirInode, c.dirs)))
+    others_hot = sum(n for cls, n in hot.items() if cls is not FileInode and cls is not DirInode)
     frozen_records += (others - others_hot) * RECORD_BYTES_BY_CLASS[SymlinkInode]
+    # Hot directories hold a dict (empty ones share EMPTY_ENTRIES: none of
+    # their own); frozen ones their entries packed (packedentries.py), ~5
+    # bytes beside each name, without the name's bytes object and without
+    # the child's ino int.
+    hot_dicts = [len(n.entries) for n in dict.values(table) if n.entries]
+    hot_entries = sum(hot_dicts)
+    frozen_entries = c.entries - hot_entries
+    packed_dirs = sum(1 for o in table.obj if type(o) is PackedEntries)
+    packed = (packed_dirs * sys.getsizeof(PackedEntries()) + frozen_entries * (1 + PACKED_INO_BYTES)
+              - frozen_entries * (ENTRY_BYTES + _int_bytes(_BIG)))
     inode = (table.nbytes() - frozen_records + c.files * FILE_INODE_BYTES + c.dirs * DIR_INODE_BYTES
              + others * OTHER_INODE_BYTES + c.entries * ENTRY_BYTES + c.name_bytes
              + sys.getsizeof(fs.xattrs) + sys.getsizeof(fs.open_counts)
-             + full_dirs * dict_bytes(c.entries / full_dirs if full_dirs else 0))
+             + len(hot_dicts) * dict_bytes(hot_entries / len(hot_dicts) if hot_dicts else 0)
+             + packed)
     # A map of no block or one costs nothing beyond its slot (blockmap.py).
     # In a dict, a block index past 256 is an int of its own (the dict's key
     # and the slot's index are one object); dense maps are the usual case.
