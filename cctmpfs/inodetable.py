@@ -85,7 +85,8 @@ class InodeTableCounters:
     freezes: int = 0       # records written into the columns and dropped
     thaws: int = 0         # records built again from the columns
     held: int = 0          # freeze() skips: the record had another holder
-    too_big: int = 0       # freeze() skips: a value did not fit its column
+    too_big: int = 0       # freeze() skips: a value did not fit its column, or a directory
+                           # past packedentries.PACK_MAX_ENTRIES
     reused: int = 0        # inode numbers given out again
 
 
@@ -247,13 +248,18 @@ class InodeTable(dict):  # type: ignore[type-arg]
         excess = self.hot - (0 if idle else HOT_KEEP)
         if excess <= 0:
             return 0
-        return self.freeze(min(excess, FREEZE_PER_PASS if idle else FREEZE_PER_BUSY_PASS))
+        if idle:
+            return self.freeze(min(excess, FREEZE_PER_PASS))
+        return self.freeze(min(excess, FREEZE_PER_BUSY_PASS), dirs=False)
 
-    def freeze(self, limit: int = FREEZE_PER_PASS) -> int:
+    def freeze(self, limit: int = FREEZE_PER_PASS, dirs: bool = True) -> int:
         """Write up to limit of the oldest hot records that nothing else
         holds into the columns and drop them; returns how many. A record
-        held elsewhere, or with a value too big for its column, moves to the
-        back and stays hot. Under the global lock."""
+        held elsewhere, with a value too big for its column, or a directory
+        when dirs is False, moves to the back and stays hot. dirs=False is
+        for busy passes: a directory in use stays in the dict at its place
+        while used, so it would be among the oldest, packed and unpacked
+        again each pass (0.8 and 0.6 us an entry). Under the global lock."""
         c = self.cols
         cols = (c["mode"], c["uid"], c["gid"], c["nlink"], c["atime_ns"], c["mtime_ns"],
                 c["ctime_ns"], c["nlookup"])
@@ -268,6 +274,9 @@ class InodeTable(dict):  # type: ignore[type-arg]
             if getrefcount(node) > UNHELD_REFS:
                 kept.append(ino)
                 self.counters.held += 1
+                continue
+            if not dirs and node.entries is not None:
+                kept.append(ino)
                 continue
             try:
                 values, kind_obj, aux = unmake(node)

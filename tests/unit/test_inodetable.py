@@ -242,14 +242,20 @@ def test_the_idle_pass_freezes_and_stats_account_for_it(clock: FakeClock) -> Non
     n = 3 * inodetable.FREEZE_PER_PASS   # a table big enough for tables.shrink
     assert n - inodetable.HOT_KEEP > inodetable.FREEZE_PER_BUSY_PASS
     tracemalloc.start()
+    # Two directories of n/2 files each (under PACK_MAX_ENTRIES: packed).
+    dirs = [fs.mkdir(ROOT_INO, b"d%d" % k, 0o755, ME).ino for k in range(2)]
+    for d in dirs:
+        fs.forget(d, 1)
     for i in range(n):
-        fs.forget(fs.mknod(ROOT_INO, b"f%d" % i, S.S_IFREG | 0o644, 0, ME).ino, 1)
+        fs.forget(fs.mknod(dirs[i % 2], b"f%d" % i, S.S_IFREG | 0o644, 0, ME).ino, 1)
+    total = n + 3
     hot = stats.memory(fs, 0, None, 0)
     full = sys.getsizeof(fs.inodes)
     traced_hot = tracemalloc.get_traced_memory()[0]
-    fs.engine.background_pass()   # busy: the oldest beyond HOT_KEEP
+    fs.engine.background_pass()   # busy: the oldest beyond HOT_KEEP, but no directory
     busy = inodetable.FREEZE_PER_BUSY_PASS
-    assert fs.inodes.hot == n + 1 - busy
+    assert fs.inodes.hot == total - (busy - 3)   # the root and both directories kept
+    assert all(fs.inodes.is_hot(d) for d in [ROOT_INO, *dirs])
     clock.advance(COMPACT_QUIET_SECONDS + 1)
     passes = 0
     while fs.inodes.hot and passes < 10:
@@ -259,17 +265,17 @@ def test_the_idle_pass_freezes_and_stats_account_for_it(clock: FakeClock) -> Non
     tracemalloc.stop()
     cold = stats.memory(fs, 0, None, 0)
     assert passes == 3   # FREEZE_PER_PASS a pass
-    assert (hot["hot_inodes"], cold["hot_inodes"]) == (n + 1, 0)
-    assert cold["frozen_inodes"] == n + 1 and fs.inodes.counters.thaws == 0
+    assert (hot["hot_inodes"], cold["hot_inodes"]) == (total, 0)
+    assert cold["frozen_inodes"] == total and fs.inodes.counters.thaws == 0
     # The emptied dict was rebuilt, without thawing what it no longer holds.
     assert sys.getsizeof(fs.inodes) < full // 50
     # Each frozen file no longer pays its record and its time ints, and
-    # the root's entries are packed: no name objects, ino ints or dict; and
-    # the table's dict of hot records was rebuilt small.
+    # the directories' entries are packed: no name objects, ino ints or
+    # dicts; and the table's dict of hot records was rebuilt small.
     saved = hot["inode_bytes"] - cold["inode_bytes"] \
         - (hot["inode_table_bytes"] - cold["inode_table_bytes"])
     record = stats.RECORD_BYTES_BY_CLASS[type(fs.getattr(5))]
-    entry = stats.ENTRY_BYTES + sys.getsizeof(1 << 20) - 5 + stats.dict_bytes(n) / n
+    entry = stats.ENTRY_BYTES + sys.getsizeof(1 << 20) - 5 + stats.dict_bytes(n / 2) / (n / 2)
     assert n * (record + entry) * 0.9 < saved < n * (record + entry) * 1.1, (saved, record, entry)
     # And the heap gave back what the estimate says (tracemalloc), the
     # columns it grew excepted: between the estimate, whose record has three
@@ -281,7 +287,7 @@ def test_the_idle_pass_freezes_and_stats_account_for_it(clock: FakeClock) -> Non
 
 
 def test_packed_entries_round_trip_every_name_and_number() -> None:
-    from cctmpfs.packedentries import PackedEntries, pack, unpack
+    from cctmpfs.packedentries import PACK_MAX_ENTRIES, PackedEntries, pack, unpack
     rng = random.Random(5)
     alphabet = bytes(b for b in range(1, 256) if b != ord("/"))
     entries = {bytes(rng.choice(alphabet) for _ in range(n)): rng.randrange(1 << 32)
@@ -294,6 +300,8 @@ def test_packed_entries_round_trip_every_name_and_number() -> None:
     assert unpack(pack({})) == {}
     with pytest.raises(OverflowError):
         pack({b"big": 1 << 32})
+    with pytest.raises(OverflowError):
+        pack({b"%d" % i: i for i in range(PACK_MAX_ENTRIES + 1)})
 
 
 def test_a_frozen_directory_keeps_its_names_packed(clock: FakeClock) -> None:
