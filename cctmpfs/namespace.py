@@ -28,8 +28,8 @@ from .codec import Codec
 from .errors import FsError
 from .filemap import MAX_FILE_SIZE, DataEngine, FileData, HotBuffer, joined, pages
 from .inodetable import InodeTable
-from .packedentries import pack as pack_entries, unpack as unpack_entries
 from .locking import GlobalLock, NoLock
+from .packedentries import pack as pack_entries, unpack as unpack_entries
 from .packing import Packer
 from .ranges import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_SUPPORTED,
                      FALLOC_VALID, allocate, copy_range, punch_hole)
