@@ -209,7 +209,7 @@ class Filesystem:
         self.census = NamespaceCensus()
         #: Every live inode: hot ones as records, cold ones frozen into
         #: columns by the idle pass and thawed at their next use (inodetable.py).
-        self.inodes = InodeTable(self._thawed, self._frozen)
+        self.inodes = InodeTable(self._thawed, self._frozen, self.now_ns)
         #: inode -> its xattrs (name -> value), only for inodes that have
         #: some: most have none, and a field of its own cost every inode 8
         #: bytes. Freed with the inode.

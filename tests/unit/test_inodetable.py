@@ -252,7 +252,7 @@ def test_the_idle_pass_freezes_and_stats_account_for_it(clock: FakeClock) -> Non
     hot = stats.memory(fs, 0, None, 0)
     full = sys.getsizeof(fs.inodes)
     traced_hot = tracemalloc.get_traced_memory()[0]
-    fs.engine.background_pass()   # busy: the oldest beyond HOT_KEEP, but no directory
+    fs.engine.background_pass()   # busy: the oldest beyond HOT_KEEP, but no directory just changed
     busy = inodetable.FREEZE_PER_BUSY_PASS
     assert fs.inodes.hot == total - (busy - 3)   # the root and both directories kept
     assert all(fs.inodes.is_hot(d) for d in [ROOT_INO, *dirs])
@@ -325,3 +325,20 @@ def test_a_frozen_directory_keeps_its_names_packed(clock: FakeClock) -> None:
     dh = fs.opendir(d)
     assert [name for name, _node, _off in fs.readdir(dh, 0)] == [b".", b"..", *inos]
     fs.releasedir(dh)
+
+
+def test_a_busy_pass_packs_a_quiet_directory_not_one_being_filled(clock: FakeClock,
+                                                                   monkeypatch: Any) -> None:
+    monkeypatch.setattr(inodetable, "HOT_KEEP", 0)
+    fs = new_fs(clock)
+    quiet = fs.mkdir(ROOT_INO, b"quiet", 0o755, ME).ino
+    fs.forget(fs.create(quiet, b"done", 0o644, ME).ino, 1)
+    clock.advance(inodetable.DIR_QUIET_NS / 1e9 + 1)
+    fs_dir = fs.mkdir(ROOT_INO, b"filling", 0o755, ME).ino
+    fs.forget(fs.create(fs_dir, b"first", 0o644, ME).ino, 1)
+    fs.inodes.freeze_pass(idle=False)
+    assert not fs.inodes.is_hot(quiet) and fs.inodes.is_hot(fs_dir)
+    assert fs.inodes.is_hot(ROOT_INO)   # changed when "filling" was made
+    fs.inodes.freeze_pass(idle=True)    # idle: every directory
+    assert not fs.inodes.is_hot(fs_dir) and fs.inodes.hot == 0
+    assert check_all(fs) == []
