@@ -3,14 +3,14 @@ step, and it names each kind of damage done to the state on purpose."""
 
 from __future__ import annotations
 
-import errno
 import random
 
 import pytest
 
 from cctmpfs.check import check_all, check_data, check_namespace
-from cctmpfs.errors import FsError
 from cctmpfs.namespace import ROOT_INO, Caller, Filesystem
+
+from .workload import random_step
 
 ME = Caller(uid=1000, gid=1000)
 
@@ -34,37 +34,9 @@ def test_a_random_namespace_workload_stays_consistent(seed: int) -> None:
     rng = random.Random(seed)
     fs = new_fs()
     dirs = [ROOT_INO]
-    names = [b"a", b"b", b"c", b"d"]
-    for _ in range(400):
-        parent, other = rng.choice(dirs), rng.choice(dirs)
-        name, name2 = rng.choice(names), rng.choice(names)
-        op = rng.randrange(8)
-        try:
-            if op == 0:
-                dirs.append(fs.mkdir(parent, name, 0o755, ME).ino)
-            elif op == 1:
-                ino = fs.create(parent, name, 0o644, ME).ino
-                fs.write(ino, rng.randrange(50000), b"y" * rng.randrange(1, 30000))
-                fs.release(ino)
-            elif op == 2:
-                node = fs.lookup(parent, name)
-                fs.forget(node.ino, 1)
-                fs.link(node.ino, other, name2)
-            elif op == 3:
-                fs.unlink(parent, name)
-            elif op == 4:
-                fs.rmdir(parent, name)
-            elif op == 5:
-                fs.rename(parent, name, other, name2)
-            elif op == 6:
-                fs.symlink(parent, name, b"target", ME)
-            else:
-                fs.engine.seal_everything()
-        except FsError as e:
-            assert e.errno in (errno.EEXIST, errno.ENOENT, errno.ENOTEMPTY, errno.EISDIR,
-                               errno.ENOTDIR, errno.EINVAL, errno.EPERM, errno.ENOSPC), e
-        dirs = [i for i in dirs if i in fs.inodes and fs.inodes[i].nlink > 0]
-        assert check_all(fs) == [], (seed, op)
+    for step in range(400):
+        random_step(fs, rng, dirs)
+        assert check_all(fs) == [], (seed, step)
 
 
 def test_each_kind_of_damage_is_named() -> None:
