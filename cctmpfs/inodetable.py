@@ -79,10 +79,24 @@ FREEZE_PER_BUSY_PASS = 2048
 #: 5.6 MiB of pymalloc free blocks after `cp -a` of the stdlib
 #: (results/s28-packed).
 DIR_QUIET_NS = 2 * 10 ** 9
-#: sys.getrefcount of a record only the table holds, as freeze() asks it:
-#: the dict's value, freeze()'s local name and getrefcount's argument.
-#: Checked by tests/unit/test_inodetable.py on the running Python.
-UNHELD_REFS = 3
+
+
+def _unheld_refs() -> int:
+    """sys.getrefcount of a value only its dict holds, asked as freeze()
+    asks it: the dict's reference, the loop's local name and getrefcount's
+    argument, 3 on CPython 3.10-3.13. Measured at import rather than
+    assumed, so that a Python that counts otherwise (borrowed references)
+    cannot make freeze() take a held record for an unheld one."""
+    table = {1: object()}
+    count = 0
+    for key in itertools.islice(dict.__iter__(table), 1):
+        value = dict.__getitem__(table, key)
+        count = sys.getrefcount(value)
+    return count
+
+
+#: What a record nobody else holds counts (_unheld_refs).
+UNHELD_REFS = _unheld_refs()
 
 
 @attrs.define(slots=True)
