@@ -130,6 +130,8 @@ def _check_inode_table(fs: Filesystem) -> list[str]:
         elif t.obj[ino] is not None:
             bad.append(f"inode table: hot inode {ino} keeps an object in its row")
     modes = t.cols["mode"]
+    kind_objects = {stat.S_IFDIR: (PackedEntries, type(EMPTY_ENTRIES)), stat.S_IFREG: (FileData,),
+                    stat.S_IFLNK: (bytes,)}
     for ino in range(1, t.top):
         obj = t.obj[ino]
         if not t.state[ino]:
@@ -139,8 +141,7 @@ def _check_inode_table(fs: Filesystem) -> list[str]:
         if t.is_hot(ino):
             continue
         kind = stat.S_IFMT(modes[ino])
-        want = {stat.S_IFDIR: (PackedEntries, type(EMPTY_ENTRIES)), stat.S_IFREG: (FileData,),
-                stat.S_IFLNK: (bytes,)}.get(kind, (type(None),))
+        want = kind_objects.get(kind, (type(None),))
         if type(obj) not in want:
             bad.append(f"inode table: frozen inode {ino} of type {kind:o} keeps a "
                        f"{type(obj).__name__}")

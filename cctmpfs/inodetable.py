@@ -36,13 +36,10 @@ from __future__ import annotations
 
 import array
 import itertools
-import logging
 import sys
 from typing import Any, Callable, Iterator, Optional
 
 import attrs
-
-log = logging.getLogger(__name__)
 
 #: The columns of a frozen inode, one definition: name -> array typecode.
 #: mode, uid, gid and nlink are 32-bit, as the kernel's; times are signed
@@ -123,7 +120,7 @@ class InodeTable(dict):  # type: ignore[type-arg]
     change it (check.py, stats, tests)."""
 
     __slots__ = ("cols", "obj", "state", "top", "live", "free", "cursor", "make", "unmake",
-                 "clock_ns", "counters", "__weakref__")
+                 "clock_ns", "counters")
 
     def __init__(self, make: Callable[[int, list[Any], Any, int], Any],
                  unmake: Callable[[Any], tuple[list[int], Any, int]],

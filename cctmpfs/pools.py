@@ -136,16 +136,17 @@ class PoolTrimmer:
         return {"free_block_bytes": free_blocks, "empty_pool_bytes": empty * POOL_BYTES,
                 "given_back_header_bytes": given_back * PAGE_BYTES, "arena_bytes": arena_bytes}
 
+    def _room_total(self) -> int:
+        r = self.room()
+        return r["free_block_bytes"] + r["empty_pool_bytes"] + r["given_back_header_bytes"]
+
     def free_room(self) -> int:
         """The bytes room() counts, less what there was at mark_mounted():
         what pymalloc holds beyond the objects, since the mount."""
-        r = self.room()
-        total = r["free_block_bytes"] + r["empty_pool_bytes"] + r["given_back_header_bytes"]
-        return max(0, total - self.room_at_mount)
+        return max(0, self._room_total() - self.room_at_mount)
 
     def mark_mounted(self) -> None:
-        self.room_at_mount = 0
-        self.room_at_mount = self.free_room()
+        self.room_at_mount = self._room_total()
 
     def stats(self) -> dict[str, Any]:
         return {"enabled": self.unavailable is None, "unavailable": self.unavailable,
