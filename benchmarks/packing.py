@@ -4,6 +4,11 @@ what it costs a cold read, pack=on against pack=off, side by side.
 
     .venv/bin/python benchmarks/packing.py [--name packing] [--rounds 5]
         [--src /usr/lib/python3.11 --src /usr/include] [--extra-opts OPTS]
+        [--a NAME=OPTS --b NAME=OPTS]
+
+--a and --b name the two mounts and their options (default pack-on=pack=on
+and pack-off=pack=off; e.g. --a pack-1m=pack=1m --b pack-128k=pack=128k to
+compare pack sizes).
 
 Root only. Both mounts are up at once (a fresh daemon each): the sources are
 copied into each with cp -a, settled, and left until the idle sealer is done
@@ -104,6 +109,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--src", action="append", default=[])
     ap.add_argument("--extra-opts", default="", help="more -o options for both mounts")
+    ap.add_argument("--a", default="pack-on=pack=on", metavar="NAME=OPTS", help="the first mount")
+    ap.add_argument("--b", default="pack-off=pack=off", metavar="NAME=OPTS", help="the second mount")
     ap.add_argument("--cctmpfs", default=os.environ.get("CCTMPFS") or os.path.join(capacity.REPO, ".venv", "bin", "cctmpfs"))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     a = ap.parse_args()
@@ -118,8 +125,10 @@ def main() -> int:
     a.wait, a.wait_idle, a.name_ = 0.0, True, a.name
     logical, nfiles = capacity.file_bytes(srcs)
     extra = ("," + a.extra_opts) if a.extra_opts else ""
-    targets = [capacity.Target("pack-on", "pack=on" + extra, a),
-               capacity.Target("pack-off", "pack=off" + extra, a)]
+    (na, _, oa), (nb, _, ob) = a.a.partition("="), a.b.partition("=")
+    if not (na and oa and nb and ob) or na == nb:
+        ap.error("--a/--b: want two different NAME=OPTS")
+    targets = [capacity.Target(na, oa + extra, a), capacity.Target(nb, ob + extra, a)]
     res: dict = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M"), "srcs": srcs, "logical": logical,
                           "files": nfiles, "rounds": a.rounds, "argv": sys.argv,
                           "load": os.getloadavg()}, "held": {}, "cat": {}, "shuffled": {},
@@ -171,18 +180,19 @@ def main() -> int:
     os.makedirs(a.results, exist_ok=True)
     with open(os.path.join(a.results, a.name + ".json"), "w") as f:
         json.dump(res, f, indent=1)
-    on, off = res["held"]["pack-on"], res["held"]["pack-off"]
+    on, off = res["held"][na], res["held"][nb]
     kinds = ("cat", "cat_cpu", "shuffled", "shuffled_cpu")
     med = {k: {n: statistics.median(v) for n, v in res[k].items()} for k in kinds}
-    print("| %s, %.1f MiB in %d files | pack=on | pack=off | on/off |" % (" + ".join(srcs), logical / MiB, nfiles))
+    print("| %s, %.1f MiB in %d files | %s | %s | %s/%s |" % (" + ".join(srcs), logical / MiB, nfiles,
+                                                            oa, ob, na, nb))
     print("|---|---:|---:|---:|")
     for label, key in (("stored bytes (MiB)", "stored_bytes"), ("RSS growth (MiB)", "rss_growth"),
                        ("accounted (MiB)", "accounted_bytes")):
         print("| %s | %.1f | %.1f | %.3f |" % (label, on[key] / MiB, off[key] / MiB, on[key] / off[key]))
     print("| RSS per byte of files | %.3f | %.3f | |" % (on["rss_per_byte"], off["rss_per_byte"]))
     for k in kinds:
-        print("| cold %s, median s | %.3f | %.3f | %.2f |" % (k, med[k]["pack-on"], med[k]["pack-off"],
-                                                          med[k]["pack-on"] / med[k]["pack-off"]))
+        print("| cold %s, median s | %.3f | %.3f | %.2f |" % (k, med[k][na], med[k][nb],
+                                                          med[k][na] / med[k][nb]))
     print("packing:", json.dumps(on["packing"]))
     return 0
 

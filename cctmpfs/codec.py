@@ -157,6 +157,26 @@ class Codec:
             return CodecId.RAW, raw
         return cid, payload
 
+    def decompress_prefix(self, cid: int, payload: bytes | bytearray | memoryview, raw_len: int,
+                          n: int) -> bytes | bytearray:
+        """At least the first n of a payload's raw_len decoded bytes (n <=
+        raw_len). zstd stops once it has them: it decodes whole zstd blocks
+        of up to 128 KiB, so the first 4 KiB of a 1 MiB pack cost 95 us,
+        512 KiB 436 us and the whole 1 MiB 762-805 us here (zstd -9 on
+        stdlib sources). The other codecs decode everything."""
+        if cid != CodecId.ZSTD or n >= raw_len:
+            return self.decompress(cid, payload, raw_len)
+        reader = self._zstd_d().stream_reader(payload, read_across_frames=False)
+        out = reader.read(n)
+        while len(out) < n:   # a reader may return less than asked
+            more = reader.read(n - len(out))
+            if not more:
+                break
+            out += more
+        if len(out) != n:
+            raise ValueError(f"codec {cid}: decoded {len(out)} bytes, expected at least {n}")
+        return out
+
     def decompress(self, cid: int, payload: bytes | bytearray | memoryview, raw_len: int,
                    mutable: bool = False) -> bytes | bytearray:
         """Decode a payload, which may be a view into the payload arena (the

@@ -64,7 +64,8 @@ def build(opts: MountOptions, lock: object) -> Filesystem:
         block_size=opts.block_size, codec=Codec(opts.codec, opts.level, opts.recompress_level),
         size_limit=opts.size_bytes, nr_inodes=opts.nr_inodes, ram_budget=opts.ram_bytes,
         buffer_bytes=opts.buffer_bytes, root_mode=opts.root_mode, root_uid=opts.root_uid,
-        root_gid=opts.root_gid, dedup=opts.dedup, pack=opts.pack, lock=lock)  # type: ignore[arg-type]
+        root_gid=opts.root_gid, dedup=opts.dedup, pack=opts.pack, pack_bytes=opts.pack_bytes,
+        lock=lock)  # type: ignore[arg-type]
 
 
 class KmsgHandler(logging.Handler):

@@ -185,7 +185,7 @@ class Filesystem:
                  size_limit: int = 0, nr_inodes: int = 0, ram_budget: int = 0,
                  buffer_bytes: int = 64 * 1024 * 1024, root_mode: int = 0o1777,
                  root_uid: int = 0, root_gid: int = 0, lock: Optional[GlobalLock] = None,
-                 dedup: bool = True, pack: bool = True,
+                 dedup: bool = True, pack: bool = True, pack_bytes: int = 0,
                  clock_ns: Optional[Callable[[], int]] = None) -> None:
         self.lock: GlobalLock = lock if lock is not None else NoLock()
         self.block_size = block_size
@@ -203,8 +203,8 @@ class Filesystem:
             buffer=HotBuffer(buffer_bytes), lock=self.lock, size_limit=size_limit,
             ram_budget=ram_budget)
         #: Small-file packing on the idle sealer (packing.py); pack=off only
-        #: stops building packs.
-        self.packer = Packer(self.engine, enabled=pack)
+        #: stops building packs. pack_bytes 0: packs of a block.
+        self.packer = Packer(self.engine, enabled=pack, pack_bytes=pack_bytes or block_size)
         self.counters = NamespaceCounters()
         self.census = NamespaceCensus()
         #: Every live inode: hot ones as records, cold ones frozen into

@@ -4,8 +4,10 @@ squashfs packs fragments (issue 15 item 4, docs/packing.md).
 
 Why. A small file compressed alone compresses badly: zstd has no history to
 match against. Measured on the small files of the Python stdlib (128 KiB
-blocks, zstd -3), packs store 23% fewer payload bytes than one payload per
-file, and reading one member decodes one 128 KiB pack (~100-250 us).
+blocks, zstd -3), packs of 128 KiB store 23% fewer payload bytes than one
+payload per file. Packs of 1 MiB (options.DEFAULT_PACK_BYTES) store 13%
+fewer than packs of 128 KiB, and a read of one member decodes its whole
+pack: ~0.8 ms for 1 MiB, ~0.1 ms for 128 KiB (docs/packing.md, "Pack size").
 
 Model. A pack is a stored block like any other (blockstore.add_pack): its
 payload lives in the arena, is compacted, recompressed and evicted to the
@@ -78,10 +80,11 @@ PACK_QUIET_SECONDS = 2.0
 #: gains from its neighbours' history, and the more a read of a neighbour
 #: decodes for nothing.
 MEMBER_MAX_FRACTION = 0.5
-#: Packs built per lock release: 4 x 128 KiB is ~5-10 ms of zstd work at the
-#: sealer's idle CPU class, as a batch of recompression.
-PACKS_PER_BATCH = 4
-#: Batches per sealer pass (every 0.5 s): 32 packs, 4 MiB of small files.
+#: Decoded bytes packed per lock release (at least one pack): 512 KiB is
+#: ~5-10 ms of zstd work at the sealer's idle CPU class, as a batch of
+#: recompression.
+BATCH_BYTES = 512 * 1024
+#: Batches per sealer pass (every 0.5 s): 4 MiB of small files, or 8 packs.
 BATCHES_PER_PASS = 8
 #: Arena payload handles the candidate scan looks at per pass.
 SCAN_PER_PASS = 16384
@@ -160,14 +163,15 @@ Job = tuple[StoredBlock, Union[int, PackRef], Union[tuple[int], int]]
 class Packer:
     """Builds, reads and frees packs for one data engine."""
 
-    def __init__(self, engine: "DataEngine", enabled: bool = True) -> None:
+    def __init__(self, engine: "DataEngine", enabled: bool = True, pack_bytes: int = 0) -> None:
         self.engine = engine
         self.store = engine.store
         self.enabled = enabled
         self.member_max = int(engine.bs * MEMBER_MAX_FRACTION)
-        #: Decoded bytes a pack is built to: a block, so that a member read
-        #: decodes at most what the read of any stored block decodes.
-        self.pack_bytes = engine.bs
+        #: Decoded bytes a pack is built to (pack=SIZE, options.DEFAULT_PACK_BYTES):
+        #: at least a block, at most what a handle's raw_len holds (arena.py).
+        self.pack_bytes = max(engine.bs, pack_bytes)
+        assert self.pack_bytes <= 1 << 20, self.pack_bytes
         #: Live packs -> their record. Protected by the global lock.
         self.packs: dict[StoredBlock, PackInfo] = {}
         #: Packs to pack again (their live bytes fell under REPACK_LIVE_FRACTION).
@@ -179,7 +183,15 @@ class Packer:
         #: Decoded packs, least recently used first: pack -> (content, last use).
         self.cache: collections.OrderedDict[StoredBlock, tuple[bytes, float]] = \
             collections.OrderedDict()
-        self.cache_budget = max(engine.bs, min(CACHE_PACKS * engine.bs, engine.buffer.budget // 16))
+        self.cache_budget = max(self.pack_bytes, min(CACHE_PACKS * self.pack_bytes,
+                                                     engine.buffer.budget // 16))
+        #: The last pack peek_member decoded: (pack, its payload then, the
+        #: decoded bytes, when). A copy of a packed tree probes its members
+        #: in the order they were packed, and each probe decoded a whole
+        #: pack. Replaced as a whole (one store), read without the lock: a
+        #: stale entry costs the caller a copy, since it checks every byte.
+        #: Dropped once unused for CACHE_COLD_SECONDS (background_pass).
+        self._peeked: Optional[tuple[StoredBlock, object, bytes, float]] = None
         self.counters = PackCounters()
         #: When the mount went quiet (quiet.py); `exhausted` once a scan went
         #: round every segment and found nothing to pack.
@@ -225,17 +237,25 @@ class Packer:
         ref: PackRef = member.payload  # type: ignore[assignment]
         if mutable:
             self.counters.write_loads += 1
-        data = self._decoded(ref.pack)
-        out = data[ref.offset:ref.offset + ref.raw_len]
+        end = ref.offset + ref.raw_len
+        data = self._decoded(ref.pack, end)
+        out = data[ref.offset:end]
         return bytearray(out) if mutable else out
 
-    def _decoded(self, pack: StoredBlock) -> bytes:
-        """The decoded content of pack, from the cache or decoded now (then
-        cached if the pack is still live). Releases the global lock."""
+    def _decoded(self, pack: StoredBlock, need: int) -> bytes:
+        """At least the first need decoded bytes of pack, from the cache or
+        decoded now (then cached if the pack is still live). Releases the
+        global lock.
+
+        A pack not in the cache is decoded only up to need: a small file
+        read alone decodes half a pack on average, not all of it (~480
+        against ~800 us for 1 MiB packs). A second read past that prefix
+        decodes the whole pack: a directory read in order reads the next
+        member of the same pack next."""
         eng = self.engine
         now = eng.clock()
         hit = self.cache.get(pack)
-        if hit is not None:
+        if hit is not None and len(hit[0]) >= need:
             self.cache[pack] = (hit[0], now)
             self.cache.move_to_end(pack)
             self.counters.cache_hits += 1
@@ -245,12 +265,13 @@ class Packer:
             p = pack.payload
             cid: int = pack.codec
             raw_len = pack.raw_len
+            want = need if hit is None else raw_len
             if type(p) is int:
                 view = eng.arena.pin(p)
                 try:
                     with released(eng.lock):
                         faults.hit("read.decode")
-                        data = eng.codec.decompress(cid, view, raw_len)
+                        data = eng.codec.decompress_prefix(cid, view, raw_len, want)
                 finally:
                     eng.arena.unpin(view)
                 break
@@ -264,7 +285,7 @@ class Packer:
                     except ColdReadError as e:
                         log.error("reading an evicted pack failed: %s", e)
                         raise FsError(errno.EIO, str(e)) from None
-                    data = eng.codec.decompress(cid, payload, raw_len)
+                    data = eng.codec.decompress_prefix(cid, payload, raw_len, want)
             except FsError:
                 if pack.payload is p:
                     raise
@@ -274,8 +295,10 @@ class Packer:
             break
         data = bytes(data)
         self.counters.decodes += 1
-        if pack.refs > 0 and pack not in self.cache:
+        had = self.cache.get(pack)   # looked up again: the lock was released
+        if pack.refs > 0 and (had is None or len(had[0]) < len(data)):
             self.store.touch(pack)
+            self._uncache(pack)
             self.cache[pack] = (data, eng.clock())
             buf = eng.buffer
             buf.pack_cache_bytes += len(data)
@@ -316,14 +339,20 @@ class Packer:
         pack = ref.pack
         try:
             hit = self.cache.get(pack)
+            peeked = self._peeked
             if hit is not None:
                 data = hit[0]
+            elif peeked is not None and peeked[0] is pack and peeked[1] is pack.payload:
+                data = peeked[2]
+                self._peeked = (pack, peeked[1], data, self.engine.clock())
             else:
                 cid: int = pack.codec
+                where = pack.payload
                 payload = self.store.peek_payload(pack)
                 if payload is None:
                     return None
-                data = self.engine.codec.decompress(cid, payload, pack.raw_len)
+                data = bytes(self.engine.codec.decompress(cid, payload, pack.raw_len))
+                self._peeked = (pack, where, data, self.engine.clock())
         except Exception:  # noqa: BLE001 - a racing change; the caller compresses instead
             return None
         return bytes(data[ref.offset:ref.offset + ref.raw_len])
@@ -363,6 +392,9 @@ class Packer:
         eng = self.engine
         now = eng.clock()
         self._trim_cache(self.cache_budget, now - CACHE_COLD_SECONDS)
+        peeked = self._peeked
+        if peeked is not None and peeked[3] < now - CACHE_COLD_SECONDS:
+            self._peeked = None
         if not self.enabled:
             return 0
         if not self.watch.quiet(eng, now):
@@ -371,7 +403,7 @@ class Packer:
         for _ in range(BATCHES_PER_PASS):
             if self.watch.busy(eng):
                 break   # sealing work comes first
-            jobs, packs = self._candidates(PACKS_PER_BATCH * self.pack_bytes)
+            jobs, packs = self._candidates(max(BATCH_BYTES, self.pack_bytes))
             if not jobs:
                 self.watch.exhausted = True
                 break

@@ -329,6 +329,7 @@ def _packing(fs: Filesystem) -> dict[str, Any]:
     in_ram = [p for p in pk.packs if p.in_ram]
     return {
         "enabled": pk.enabled,
+        "pack_bytes": pk.pack_bytes,   # decoded bytes a pack is built to (pack=SIZE)
         # Live: packs, their members, the decoded bytes of the members and
         # the dead slices (deleted members the packs still hold until they
         # are repacked), the packs' payload bytes in RAM, and the decoded

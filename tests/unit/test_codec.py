@@ -52,6 +52,21 @@ def test_round_trip(name: str, sample: str) -> None:
 
 
 @pytest.mark.parametrize("name", CODECS)
+def test_a_prefix_decode_gives_at_least_the_prefix_asked_for(name: str) -> None:
+    c = Codec(name)
+    raw = compressible(1024 * 1024, seed=7)   # a pack: eight zstd blocks of 128 KiB
+    cid, payload = c.compress(raw)
+    for n in (0, 1, 4096, 128 * 1024, 128 * 1024 + 1, 700_000, len(raw) - 1, len(raw)):
+        out = c.decompress_prefix(cid, memoryview(payload), len(raw), n)
+        assert len(out) >= n and out == raw[:len(out)]
+        if name == "zstd" and n:
+            assert len(out) == n   # zstd stops there
+    if name == "zstd":
+        with pytest.raises(ValueError):   # a payload that decodes short
+            c.decompress_prefix(cid, payload[:len(payload) // 2], len(raw), len(raw) - 1)
+
+
+@pytest.mark.parametrize("name", CODECS)
 @pytest.mark.parametrize("sample", sorted(SAMPLES))
 def test_mutable_decode_gives_a_private_bytearray(name: str, sample: str) -> None:
     c = Codec(name)

@@ -79,12 +79,13 @@ class Harness:
 
     def __init__(self, codec: str = "zstd", bs: int = BS, buffer_blocks: int = 4,
                  size_limit: int = 0, ram_budget: int = 0, lock: object = None,
-                 dedup: bool = True) -> None:
+                 dedup: bool = True, pack_bytes: int = 0) -> None:
         self.clock = FakeClock()
         self.codec_name = codec
         self.fs = Filesystem(block_size=bs, codec=Codec(codec, 1), buffer_bytes=buffer_blocks * bs,
                              size_limit=size_limit, ram_budget=ram_budget, dedup=dedup,
-                             clock_ns=self.clock.ns, lock=lock)  # type: ignore[arg-type]
+                             pack_bytes=pack_bytes, clock_ns=self.clock.ns,
+                             lock=lock)  # type: ignore[arg-type]
         self.fs.engine.clock = self.clock.seconds
         self.eng = self.fs.engine
         self.bs = bs

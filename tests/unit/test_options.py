@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cctmpfs import options as options_mod
 from cctmpfs.errors import OptionError
-from cctmpfs.options import parse_options, split_option_strings
+from cctmpfs.options import DEFAULT_PACK_BYTES, parse_options, split_option_strings
 
 KiB, MiB, GiB = 1024, 1024 ** 2, 1024 ** 3
 #: A fixed "physical RAM" so percentages and defaults have exact expected values.
@@ -504,9 +504,23 @@ def test_pack_defaults_on_and_can_be_turned_off(ram: int) -> None:
     assert parse("pack=off").pack is False
 
 
-@pytest.mark.parametrize("text", ["yes", "1", "ON", "x" * 100])
+@pytest.mark.parametrize("text", ["yes", "ON", "x" * 100, "-1", "k"])
 def test_pack_bad_values(ram: int, text: str) -> None:
-    assert "must be on or off" in refused(f"pack={text}")
+    assert "must be on, off or a pack size" in refused(f"pack={text}")
+
+
+def test_pack_size_defaults_to_1m_and_can_be_set_from_a_block_to_1m(ram: int) -> None:
+    assert parse().pack_bytes == DEFAULT_PACK_BYTES == 1024 * 1024
+    assert parse("pack=512k").pack_bytes == 512 * 1024 and parse("pack=512k").pack is True
+    assert parse("pack=128k").pack_bytes == 128 * 1024
+    assert parse("block_size=16k,pack=16k").pack_bytes == 16 * 1024
+    assert parse("block_size=1m").pack_bytes == 1024 * 1024
+
+
+@pytest.mark.parametrize("text", ["pack=64k", "pack=2m", "block_size=256k,pack=128k", "pack=1", "pack=5%"])
+def test_pack_sizes_out_of_range(ram: int, text: str) -> None:
+    msg = refused(text)
+    assert "pack=" in msg and ("from block_size" in msg or "not allowed" in msg), msg
 
 
 # ---- allocator= --------------------------------------------------------------
