@@ -158,8 +158,10 @@ def memory(fs: Filesystem, rss: int, runtime: Optional[int], unsealed: int,
     file_map = maps.dicts * dict_bytes(maps.dict_slots / maps.dicts if maps.dicts else 0) \
         + slots * SLOT_BYTES + max(0, maps.dict_slots - 257 * maps.dicts) * _int_bytes(_BIG)
     # Pack members keep their block record (fingerprint, index entry) and
-    # point into their pack with a PackRef instead of an arena handle.
-    records = store.counters.blocks * RECORD_BYTES + fs.packer.members * MEMBER_EXTRA_BYTES
+    # point into their pack with a PackRef instead of an arena handle. The
+    # store's `blocks` counts the packs, not their members.
+    members = fs.packer.members
+    records = (store.counters.blocks + members) * RECORD_BYTES + members * MEMBER_EXTRA_BYTES
     if store.ram_order is not None:   # with a backing device: the blocks' LRU order
         records += sys.getsizeof(store.ram_order)
     parts = {

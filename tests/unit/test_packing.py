@@ -16,7 +16,8 @@ from cctmpfs import faults
 from cctmpfs.arena import ArenaFull
 from cctmpfs.check import check_all
 from cctmpfs.namespace import ROOT_INO
-from cctmpfs.packing import CACHE_COLD_SECONDS, PACK_QUIET_SECONDS, PackRef
+from cctmpfs.blockstore import RECORD_BYTES
+from cctmpfs.packing import CACHE_COLD_SECONDS, MEMBER_EXTRA_BYTES, PACK_QUIET_SECONDS, PackRef, pack_ref
 
 from .test_filemap import BS, Harness
 from .test_recompress import source_text
@@ -314,7 +315,7 @@ def test_check_finds_a_wrong_pack_record() -> None:
     m = info.members[0]
     ref = m.payload
     assert type(ref) is PackRef
-    m.payload = PackRef(pack, ref.offset + 1, ref.raw_len)   # overlaps its neighbour or passes the end
+    m.payload = pack_ref(pack, ref.offset + 1, ref.raw_len)   # overlaps its neighbour or passes the end
     assert check_all(h.fs)
     m.payload = ref
     assert check_all(h.fs) == []
@@ -409,3 +410,40 @@ def test_what_packing_remembers_of_incompressible_blocks_goes_with_their_segment
     idle_pass()
     assert pk._no_gain == {}
     h.check_empty()
+
+
+def test_the_estimate_of_member_records_matches_tracemalloc() -> None:
+    """What packing changes in RAM, measured with tracemalloc (each member's
+    PackRef and span int made, its arena handle freed, its place in its
+    pack's member list, the packs' records), against what stats estimates.
+    Before stop 29 the estimate left out the members' own block records."""
+    import gc
+    import tracemalloc
+
+    from cctmpfs import stats
+    h = Harness(buffer_blocks=8, pack_bytes=8 * BS)
+    pk = h.fs.packer
+    # Traced from before the files are made: tracemalloc subtracts only the
+    # frees of what it saw allocated (the members' arena handles).
+    tracemalloc.start()
+    try:
+        small_files(h, 3000, seed=1, sizes=(300, 3000))
+        gc.collect()
+        est0 = stats.collect(h.fs)["memory"]["block_record_bytes"]
+        assert est0 == 3000 * RECORD_BYTES
+        s0 = tracemalloc.take_snapshot()
+        pack_all(h)
+        pk._no_gain.clear()    # transient: what packing tried and found no gain in
+        pk._peeked = None
+        pk._trim_cache(0)      # the decoded cache is the hot buffer's
+        gc.collect()
+        s1 = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    measured = sum(d.size_diff for d in s1.compare_to(s0, "filename")
+                   if "tracemalloc" not in d.traceback[0].filename)
+    est1 = stats.collect(h.fs)["memory"]["block_record_bytes"]
+    m = pk.members
+    assert m > 2900 and 10 < len(pk.packs) < 100
+    assert est1 == (3000 - m + len(pk.packs) + m) * RECORD_BYTES + m * MEMBER_EXTRA_BYTES
+    assert abs((est1 - est0) - measured) < 0.2 * measured, (est1 - est0, measured)
