@@ -112,15 +112,17 @@ def heap_free_bytes() -> Optional[int]:
 
 
 #: glibc arenas (M_ARENA_MAX): one, shared by every thread. malloc_trim(0)
-#: gives back the free chunks of every arena but the top chunk of the main
-#: one only (systrim); a thread arena's top shrinks only from free() once it
-#: passes HEAP_TRIM_THRESHOLD_BYTES. With two arenas the sealer's (arena 1)
+#: gives back the whole free pages inside the free chunks of every arena,
+#: but shrinks the top chunk of the main arena only (systrim); a thread
+#: arena's top shrinks only from a free() once it passes
+#: HEAP_TRIM_THRESHOLD_BYTES. With two arenas the sealer's (arena 1)
 #: kept its transient buffers' top resident: on /usr/include, settled, arena
 #: 1 held 5.1 MB of system memory, 3.4 MB resident, for 0.5 MB in use, and
 #: malloc_trim(0) gave none of it back (memprofile.py). One arena: the heap
 #: slack of the capacity run fell from 4.2-6.1 to 0.3 MiB on /usr/include
 #: (RSS / accounted 1.23-1.31 -> 1.01) and from 12.4-14.4 to 8.0 MiB on the
-#: stdlib with site-packages (results/s29-arena). The threads that allocate
+#: stdlib with site-packages (results/s29-arena1-pack128k against
+#: s29-arenas2-pack128k); no slower (s29-arena-untar). The threads that allocate
 #: here are few and mostly take turns on the GIL.
 MALLOC_ARENAS = 1
 
