@@ -6,8 +6,9 @@ Why. A small file compressed alone compresses badly: zstd has no history to
 match against. Measured on the small files of the Python stdlib (128 KiB
 blocks, zstd -3), packs of 128 KiB store 23% fewer payload bytes than one
 payload per file. Packs of 1 MiB (options.DEFAULT_PACK_BYTES) store 13%
-fewer than packs of 128 KiB, and a read of one member decodes its whole
-pack: ~0.8 ms for 1 MiB, ~0.1 ms for 128 KiB (docs/packing.md, "Pack size").
+fewer than packs of 128 KiB, and a cold read of one member decodes its pack
+up to the member's end: ~0.5 ms on average for 1 MiB, ~0.1 ms for 128 KiB
+(docs/packing.md, "Pack size").
 
 Model. A pack is a stored block like any other (blockstore.add_pack): its
 payload lives in the arena, is compacted, recompressed and evicted to the
@@ -218,7 +219,8 @@ class Packer:
         #: in the order they were packed, and each probe decoded a whole
         #: pack. Replaced as a whole (one store), read without the lock: a
         #: stale entry costs the caller a copy, since it checks every byte.
-        #: Dropped once unused for CACHE_COLD_SECONDS (background_pass).
+        #: Dropped once unused for CACHE_COLD_SECONDS (background_pass). At
+        #: most one pack, and not charged to the hot buffer as the cache is.
         self._peeked: Optional[tuple[StoredBlock, object, bytes, float]] = None
         self.counters = PackCounters()
         #: When the mount went quiet (quiet.py); `exhausted` once a scan went
