@@ -326,6 +326,7 @@ def main() -> int:
     if unknown:
         ap.error("--sets: unknown %s (want %s)" % (",".join(sorted(unknown)), ",".join(DATA_SETS)))
     a.targets_sh = os.path.join(a.bench_dir, "targets.sh")
+    os.makedirs(a.results, exist_ok=True)   # the daemons' logs go there first
     if os.geteuid() != 0:
         ap.error("must run as root")
     for tool in ("fio", "mkfs.ext4", "fusermount"):
