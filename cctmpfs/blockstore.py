@@ -406,15 +406,20 @@ class BlockStore:
         return saved
 
     # ---- packs (packing.py) -----------------------------------------------------
-    def add_pack(self, codec: CodecId, payload: Payload) -> StoredBlock:
+    def add_pack(self, codec: CodecId, payload: Payload, recompressed: bool = False) -> StoredBlock:
         """Store the payload of a pack: a block like any other (in the arena,
         evicted and compacted as any), but unindexed, and its refs count its
         members, not file slots, so it adds nothing to the counters of
-        references. Lock held. Raises arena.ArenaFull with nothing changed.
-        The caller sets refs to its number of members."""
+        references. recompressed: the payload is already at the recompress
+        level (Codec.compress_cold), so idle recompression leaves it alone.
+        Lock held. Raises arena.ArenaFull with nothing changed. The caller
+        sets refs to its number of members."""
         block = self._add(codec, payload, None)
         self.counters.refs -= 1
         self.counters.referenced_raw_bytes -= block.raw_len
+        if recompressed:
+            block.__class__ = RECOMPRESSED_TYPE
+            self.counters.recompressed_blocks += 1
         return block
 
     def make_member(self, block: StoredBlock, ref: object) -> None:

@@ -135,6 +135,22 @@ class Codec:
                 self._contexts.pop((threading.get_ident(), kind), None)
         return freed
 
+    def compress_cold(self, raw: bytes | bytearray) -> tuple[CodecId, bytes | bytearray, bool]:
+        """Compress data that is already cold (a pack, packing.py) straight
+        at the level idle recompression would bring it to, when the mount
+        recompresses (recompresses(): stronger than the sealing level, or
+        lz4). Returns (codec, payload, strong): strong says the payload is
+        at recompress_level, so the block is born recompressed. Falls back
+        to compress() when that does not pay. Runs unlocked."""
+        cid = CodecId.LZ4 if self.name == "lz4" else CodecId.ZSTD
+        if self.name != "none" and self.recompresses(cid):
+            n = len(raw)
+            payload = self.compress_strong(raw)
+            if len(payload) <= n - (n >> MIN_SAVING_SHIFT):
+                return CodecId.ZSTD, payload, True
+        cid2, plain = self.compress(raw)
+        return cid2, plain, False
+
     def compress(self, raw: bytes | bytearray) -> tuple[CodecId, bytes | bytearray]:
         """Compress raw; fall back to RAW when compression does not pay.
 

@@ -527,7 +527,7 @@ class Packer:
         groups = [(g, n) for g, n in groups if len(g) >= 2 or any(type(j[2]) is int for j, _o in g)]
         if not groups:
             return 0
-        built: list[tuple[list[tuple[Job, int]], int, CodecId, Payload]] = []
+        built: list[tuple[list[tuple[Job, int]], int, CodecId, Payload, bool]] = []
         views = [arena.pin(p.payload) for p in packs]  # type: ignore[arg-type]
         srcs = [(p.codec, p.raw_len) for p in packs]
         members = [[(arena.pin(j[1]), j[2][0]) if type(j[1]) is int else None  # type: ignore[index]
@@ -548,8 +548,11 @@ class Packer:
                             view, cid = pin
                             k = expect >> RAW_SHIFT  # type: ignore[operator]
                             buf[off:off + k] = codec.decompress(cid, view, k)
-                    cid2, payload = codec.compress(buf)
-                    built.append((g, n, cid2, payload))
+                    # Straight at the recompress level: packs are cold by
+                    # construction, and idle recompression would decode
+                    # and compress each again a few seconds later.
+                    cid2, payload, strong = codec.compress_cold(buf)
+                    built.append((g, n, cid2, payload, strong))
         except Exception as e:  # noqa: BLE001 - nothing is changed; the blocks stay as they are
             log.error("packing small blocks failed (they stay as they are): %r", e)
             self.counters.errors += 1
@@ -564,7 +567,7 @@ class Packer:
         return sum(self._publish(*b) for b in built)
 
     def _publish(self, group: list[tuple[Job, int]], raw_len: int, cid: CodecId,
-                 payload: Payload) -> int:
+                 payload: Payload, strong: bool = False) -> int:
         """Store one built pack and turn its still unchanged blocks into its
         members. Lock held; never releases it. Returns 1 if published."""
         c = self.counters
@@ -587,7 +590,7 @@ class Packer:
                 self._no_gain[id(b)] = h   # not tried again while it keeps this payload
             return 0
         try:
-            pack = self.store.add_pack(cid, payload)
+            pack = self.store.add_pack(cid, payload, recompressed=strong)
         except ArenaFull:
             c.arena_full += 1   # nothing changed: the blocks keep their payloads
             return 0

@@ -51,6 +51,23 @@ def test_round_trip(name: str, sample: str) -> None:
         assert payload == raw
 
 
+def test_cold_data_is_compressed_at_the_recompress_level_when_the_mount_recompresses() -> None:
+    raw = SAMPLES["text"]
+    strong = Codec("zstd", 3, 9).compress_cold(raw)
+    assert strong[0] == CodecId.ZSTD and strong[2] is True
+    assert strong[1] == zstandard.ZstdCompressor(level=9, write_content_size=True,
+                                                 write_checksum=False).compress(raw)
+    assert Codec("lz4", 3, 9).compress_cold(raw)[::2] == (CodecId.ZSTD, True)   # lz4 goes to zstd
+    # Not when the mount does not recompress, or not to a stronger level.
+    for c in (Codec("zstd", 3, 0), Codec("zstd", 9, 9), Codec("lz4", 3, 0)):
+        cid, payload, strong_ = c.compress_cold(raw)
+        assert not strong_ and (cid, payload) == c.compress(raw)
+    assert Codec("none", 3, 9).compress_cold(raw) == (CodecId.RAW, raw, False)
+    # Incompressible: stored raw, as compress() would.
+    noise = SAMPLES["random"]
+    assert Codec("zstd", 3, 9).compress_cold(noise) == (CodecId.RAW, noise, False)
+
+
 @pytest.mark.parametrize("name", CODECS)
 def test_a_prefix_decode_gives_at_least_the_prefix_asked_for(name: str) -> None:
     c = Codec(name)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from cctmpfs import faults
 from cctmpfs.arena import ArenaFull
 from cctmpfs.check import check_all
+from cctmpfs.codec import CodecId
 from cctmpfs.namespace import ROOT_INO
 from cctmpfs.blockstore import RECORD_BYTES
 from cctmpfs.packing import CACHE_COLD_SECONDS, MEMBER_EXTRA_BYTES, PACK_QUIET_SECONDS, PackRef, pack_ref
@@ -373,6 +374,35 @@ def test_idle_recompression_recompresses_packs_and_members_read_back() -> None:
     assert check_all(h.fs) == []
     for ino in inos:
         h.read(ino, 0, BS)
+    h.check()
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_packs_are_built_at_the_recompress_level_and_recompression_leaves_them(codec: str) -> None:
+    from .test_recompress import settle as recompress_all
+    h = Harness(codec=codec, buffer_blocks=8, pack_bytes=4 * BS)
+    h.eng.codec.recompress_level = 9
+    inos = small_files(h, 40, seed=13)
+    pack_all(h)
+    pk = h.fs.packer
+    assert pk.packs and all(p.recompressed and p.codec == CodecId.ZSTD for p in pk.packs)
+    assert h.fs.store.counters.recompressed_blocks == len(pk.packs)
+    assert check_all(h.fs) == []
+    before = h.eng.recompress_counters.recompressed
+    recompress_all(h)
+    assert h.eng.recompress_counters.recompressed == before   # nothing left to do for the packs
+    for ino in inos:
+        h.read(ino, 0, BS)
+    h.check()
+
+
+def test_packs_are_built_at_the_mount_level_without_recompression() -> None:
+    h = Harness(buffer_blocks=8, pack_bytes=4 * BS)
+    assert h.eng.codec.recompress_level == 0
+    small_files(h, 40, seed=14)
+    pack_all(h)
+    assert h.fs.packer.packs and not any(p.recompressed for p in h.fs.packer.packs)
+    assert h.fs.store.counters.recompressed_blocks == 0
     h.check()
 
 
