@@ -31,6 +31,11 @@ class CodecId(enum.IntEnum):
 MIN_SAVING_SHIFT = 5
 
 
+def pays(raw_len: int, payload_len: int) -> bool:
+    """Whether a payload saves at least MIN_SAVING_SHIFT's share of raw_len."""
+    return payload_len <= raw_len - (raw_len >> MIN_SAVING_SHIFT)
+
+
 def decoded_length(cid: int, payload: bytes | bytearray | memoryview) -> int:
     """The length a payload decodes to, read from the payload itself (~0.1 us)."""
     if cid == CodecId.RAW:
@@ -144,9 +149,8 @@ class Codec:
         to compress() when that does not pay. Runs unlocked."""
         cid = CodecId.LZ4 if self.name == "lz4" else CodecId.ZSTD
         if self.name != "none" and self.recompresses(cid):
-            n = len(raw)
             payload = self.compress_strong(raw)
-            if len(payload) <= n - (n >> MIN_SAVING_SHIFT):
+            if pays(len(raw), len(payload)):
                 return CodecId.ZSTD, payload, True
         cid2, plain = self.compress(raw)
         return cid2, plain, False
@@ -169,7 +173,7 @@ class Codec:
             cid = CodecId.LZ4
         else:
             return CodecId.RAW, raw
-        if len(payload) > n - (n >> MIN_SAVING_SHIFT):
+        if not pays(n, len(payload)):
             return CodecId.RAW, raw
         return cid, payload
 

@@ -65,6 +65,7 @@ from .coldstore import ColdReadError, Tally
 from .devlog import Location
 from .errors import FsError
 from .locking import released
+from .options import MAX_PACK_BYTES
 from .quiet import QuietWatch
 
 if TYPE_CHECKING:
@@ -200,7 +201,7 @@ class Packer:
         #: Decoded bytes a pack is built to (pack=SIZE, options.DEFAULT_PACK_BYTES):
         #: at least a block, at most what a handle's raw_len holds (arena.py).
         self.pack_bytes = max(engine.bs, pack_bytes)
-        assert self.pack_bytes <= 1 << 20, self.pack_bytes
+        assert self.pack_bytes <= MAX_PACK_BYTES, self.pack_bytes
         #: Live packs -> their record. Protected by the global lock.
         self.packs: dict[StoredBlock, PackInfo] = {}
         #: Packs to pack again (their live bytes fell under REPACK_LIVE_FRACTION).
